@@ -1,0 +1,21 @@
+# facealign: `make demo` trains the demo job on embedded synthetic data; `make test` runs every test.
+# Both set up what they need first (install.sh: venv, MXNet, Horovod built from source, native/).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export FACEALIGN_VENV := $(abspath $(VENV))
+
+.PHONY: setup test bench bench-models clean
+
+setup:
+	bash install.sh
+
+test: setup
+	$(PY) -m pytest tests
+
+bench: bench-models
+
+bench-models: setup
+	$(PY) bench/models.py --out bench/results/models.json
+
+clean:
+	rm -rf build facealign/_native/*.so facealign/_native/*.c *.egg-info .pytest_cache

@@ -1,0 +1,1 @@
+"""Compiled fast paths built from native/*.pyx (see setup.py)."""

@@ -1,0 +1,154 @@
+"""The four residual block types (seed-spec §2.4), each ``in_channels -> channels`` at stride 1.
+
+``make_block(kind, in_channels, channels, name)`` is the reference's
+``conv_block``: "inception" and "cab" exist only for ``in == out``, and fall
+back to "resnet" and "hpm" respectively where a block changes the channel
+count (the stem's ``res0``/``res2``).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from mxnet.gluon import HybridBlock
+
+from .layers import BNReLU, ConvBNReLU, conv2d
+
+
+class PreActBottleneck(HybridBlock):
+    """"resnet": pre-activation bottleneck (fb.resnet.torch).
+
+    BN-ReLU-conv1x1(C/2) -> BN-ReLU-conv3x3(C/2) -> BN-ReLU-conv1x1(C), plus the
+    input, or a 1x1 projection of the *pre-activated* input when channels change.
+    """
+
+    def __init__(self, in_channels: int, channels: int, name: str):
+        super().__init__(prefix=name + "_")
+        mid = channels // 2
+        self.act1 = BNReLU(in_channels, name + "_bn1")
+        self.conv1 = conv2d(in_channels, mid, 1, name + "_conv1")
+        self.act2 = BNReLU(mid, name + "_bn2")
+        self.conv2 = conv2d(mid, mid, 3, name + "_conv2")
+        self.act3 = BNReLU(mid, name + "_bn3")
+        self.conv3 = conv2d(mid, channels, 1, name + "_conv3")
+        self.shortcut = conv2d(in_channels, channels, 1, name + "_sc") if in_channels != channels else None
+
+    def hybrid_forward(self, F, x):
+        act1 = self.act1(x)
+        out = self.conv3(self.act3(self.conv2(self.act2(self.conv1(act1)))))
+        return out + (self.shortcut(act1) if self.shortcut is not None else x)
+
+
+class HPMBlock(HybridBlock):
+    """"hpm": hierarchical, parallel and multi-scale block (Bulat & Tzimiropoulos).
+
+    Three chained pre-activated 3x3 convs to C/2, C/4, C/4 channels, concatenated
+    back to C, plus the same shortcut rule as the resnet block.
+    """
+
+    def __init__(self, in_channels: int, channels: int, name: str):
+        super().__init__(prefix=name + "_")
+        c1, c2 = channels // 2, channels // 4
+        self.act1 = BNReLU(in_channels, name + "_bn1")
+        self.conv1 = conv2d(in_channels, c1, 3, name + "_conv1")
+        self.act2 = BNReLU(c1, name + "_bn2")
+        self.conv2 = conv2d(c1, c2, 3, name + "_conv2")
+        self.act3 = BNReLU(c2, name + "_bn3")
+        self.conv3 = conv2d(c2, channels - c1 - c2, 3, name + "_conv3")
+        self.shortcut = conv2d(in_channels, channels, 1, name + "_sc") if in_channels != channels else None
+
+    def hybrid_forward(self, F, x):
+        act1 = self.act1(x)
+        b1 = self.conv1(act1)
+        b2 = self.conv2(self.act2(b1))
+        b3 = self.conv3(self.act3(b2))
+        out = F.concat(b1, b2, b3, dim=1)
+        return out + (self.shortcut(act1) if self.shortcut is not None else x)
+
+
+class InceptionResA(HybridBlock):
+    """"inception": Inception-ResNet-A (the reference's ``block35``), channel-preserving.
+
+    Towers 1x1(C/4); 1x1(C/4)-3x3(C/4); 1x1(C/4)-3x3(3C/8)-3x3(C/2), concatenated
+    (C), a 1x1 conv + BN without activation, added to the input, then ReLU.
+    """
+
+    def __init__(self, channels: int, name: str):
+        super().__init__(prefix=name + "_")
+        c4, c38, c2 = channels // 4, channels * 3 // 8, channels // 2
+        self.tower0 = ConvBNReLU(channels, c4, 1, name + "_conv")
+        self.tower1_0 = ConvBNReLU(channels, c4, 1, name + "_conv1_0")
+        self.tower1_1 = ConvBNReLU(c4, c4, 3, name + "_conv1_1")
+        self.tower2_0 = ConvBNReLU(channels, c4, 1, name + "_conv2_0")
+        self.tower2_1 = ConvBNReLU(c4, c38, 3, name + "_conv2_1")
+        self.tower2_2 = ConvBNReLU(c38, c2, 3, name + "_conv2_2")
+        self.project = ConvBNReLU(c4 + c4 + c2, channels, 1, name + "_conv_out", relu=False)
+
+    def hybrid_forward(self, F, x):
+        t0 = self.tower0(x)
+        t1 = self.tower1_1(self.tower1_0(x))
+        t2 = self.tower2_2(self.tower2_1(self.tower2_0(x)))
+        return F.relu(x + self.project(F.concat(t0, t1, t2, dim=1)))
+
+
+class CAB(HybridBlock):
+    """"cab": channel aggregation block (SDU-Net), channel-preserving.
+
+    A chain of 3x3 convs halves the channels three times (b1: C/2, b2: C/4,
+    b3: C/8); the reference's memoised 4x4 grid then merges neighbours by
+    averaging a tensor with a channel-doubled ``cat(y, y)`` of the narrower one::
+
+        o33 = (x       + 2*b1) / 2          # C
+        o23 = (dw(b1)  + 2*b2) / 2          # C/2, dw = depthwise 3x3 conv-BN-ReLU
+        o13 = (dw(b2)  + 2*b3) / 2          # C/4
+        o22 = (o33 + 2*o23) / 2 ; o12 = (o23 + 2*o13) / 2
+        out = (o22 + 2*o12) / 2             # C
+
+    (``2*t`` above is ``cat(t, t)``.) No pre-activation and no explicit
+    shortcut: the input reaches the output through o33 with weight 1/8.
+    Names: ``{name}_w3_h4_1``, ``_w2_h4_1``, ``_w1_h4_1``, ``_w2_h3_2``, ``_w1_h3_2``.
+    """
+
+    def __init__(self, channels: int, name: str, *, dilation: int = 1, groups: int = 1):
+        super().__init__(prefix=name + "_")
+        c2, c4, c8 = channels // 2, channels // 4, channels // 8
+        self.b1 = ConvBNReLU(channels, c2, 3, f"{name}_w3_h4_1", dilation=dilation, groups=groups)
+        self.b2 = ConvBNReLU(c2, c4, 3, f"{name}_w2_h4_1")
+        self.b3 = ConvBNReLU(c4, c8, 3, f"{name}_w1_h4_1")
+        self.dw23 = ConvBNReLU(c2, c2, 3, f"{name}_w2_h3_2", groups=c2)
+        self.dw13 = ConvBNReLU(c4, c4, 3, f"{name}_w1_h3_2", groups=c4)
+
+    def hybrid_forward(self, F, x):
+        def merge(wide, narrow):
+            return (wide + F.concat(narrow, narrow, dim=1)) / 2
+
+        b1 = self.b1(x)
+        b2 = self.b2(b1)
+        b3 = self.b3(b2)
+        o33 = merge(x, b1)
+        o23 = merge(self.dw23(b1), b2)
+        o13 = merge(self.dw13(b2), b3)
+        return merge(merge(o33, o23), merge(o23, o13))
+
+
+BlockFactory = Callable[[int, int, str], HybridBlock]
+
+# kind -> (factory for in == out, kind to fall back to when in != out)
+BLOCKS: dict[str, tuple[BlockFactory, str | None]] = {
+    "resnet": (lambda cin, cout, name: PreActBottleneck(cin, cout, name), None),
+    "hpm": (lambda cin, cout, name: HPMBlock(cin, cout, name), None),
+    "inception": (lambda cin, cout, name: InceptionResA(cout, name), "resnet"),
+    "cab": (lambda cin, cout, name: CAB(cout, name), "hpm"),
+}
+
+# Smallest channel divisor each block needs (C/2, C/4, 3C/8, C/8 must be whole).
+CHANNEL_MULTIPLE = {"resnet": 2, "hpm": 4, "inception": 8, "cab": 8}
+
+
+def make_block(kind: str, in_channels: int, channels: int, name: str) -> HybridBlock:
+    """The reference's ``conv_block``: a ``kind`` block, or its fallback when channels change."""
+    if kind not in BLOCKS:
+        raise ValueError(f"unknown block type {kind!r}; expected one of {sorted(BLOCKS)}")
+    factory, fallback = BLOCKS[kind]
+    if in_channels != channels and fallback is not None:
+        return make_block(fallback, in_channels, channels, name)
+    return factory(in_channels, channels, name)

@@ -1,0 +1,106 @@
+"""Primitive layers with the reference's conventions.
+
+Every layer is built with explicit ``in_channels`` so shapes are known at
+construction (parameter counts are testable before a forward pass, and
+``load_parameters`` needs no dummy input).
+
+Parameter names follow the reference's Module names (seed-spec §2, §11.5):
+each layer takes the reference's layer name as ``name`` and gets the Gluon
+prefix ``name + "_"``, so a conv named ``conv0`` owns ``conv0_weight`` and a
+BatchNorm named ``bn0`` owns ``bn0_gamma`` / ``bn0_running_mean``. Blocks are
+built outside any ``name_scope`` so these prefixes are used verbatim; a name
+used twice inside one network makes ``collect_params`` fail loudly.
+"""
+from __future__ import annotations
+
+import mxnet as mx
+from mxnet.gluon import HybridBlock, nn
+
+BN_MOMENTUM = 0.9
+BN_EPSILON = 2e-5
+
+
+def conv2d(in_channels: int, channels: int, kernel: int, name: str, *, groups: int = 1,
+           dilation: int = 1, stride: int = 1, padding: int | None = None, use_bias: bool = False) -> nn.Conv2D:
+    """A 2D convolution; "same" padding for odd kernels unless ``padding`` is given."""
+    if padding is None:
+        padding = dilation * (kernel - 1) // 2
+    return nn.Conv2D(channels, kernel, strides=stride, padding=padding, dilation=dilation, groups=groups,
+                     use_bias=use_bias, in_channels=in_channels, prefix=name + "_")
+
+
+def batch_norm(channels: int, name: str) -> nn.BatchNorm:
+    """BatchNorm with learnable gamma (the reference's fix_gamma=False), eps 2e-5, momentum 0.9."""
+    return nn.BatchNorm(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, in_channels=channels, prefix=name + "_")
+
+
+def deformable_conv3x3(in_channels: int, channels: int, name: str) -> HybridBlock:
+    """3x3 deformable convolution with bias and a zero-initialised 18-channel offset conv (seed-spec §2.5)."""
+    from mxnet.gluon.contrib.cnn import DeformableConvolution
+
+    layer = DeformableConvolution(channels, kernel_size=(3, 3), padding=(1, 1), num_deformable_group=1,
+                                  use_bias=True, in_channels=in_channels, offset_weight_initializer="zeros",
+                                  offset_bias_initializer="zeros", prefix=name + "_")
+    # MXNet 1.9.1 leaves the weight's input dimension deferred even with in_channels given; fill it in
+    # so every shape is known at construction, like the other layers.
+    layer.deformable_conv_weight.shape = (channels, in_channels, 3, 3)
+    return layer
+
+
+class ConvBNReLU(HybridBlock):
+    """conv (no bias) -> BN -> optional ReLU: the reference's ``lin3`` and ``ConvFactory``.
+
+    Names: ``{name}_conv`` and ``{name}_bn``.
+    """
+
+    def __init__(self, in_channels: int, channels: int, kernel: int, name: str, *, groups: int = 1,
+                 dilation: int = 1, relu: bool = True, deformable: bool = False):
+        super().__init__(prefix=name + "_")
+        if deformable:
+            self.conv = deformable_conv3x3(in_channels, channels, name + "_conv")
+        else:
+            self.conv = conv2d(in_channels, channels, kernel, name + "_conv", groups=groups, dilation=dilation)
+        self.bn = batch_norm(channels, name + "_bn")
+        self.relu = relu
+
+    def hybrid_forward(self, F, x):
+        x = self.bn(self.conv(x))
+        return F.relu(x) if self.relu else x
+
+
+class BNReLU(HybridBlock):
+    """BN -> ReLU: the pre-activation used by the resnet and HPM blocks."""
+
+    def __init__(self, channels: int, name: str):
+        super().__init__(prefix=name + "_")
+        self.bn = batch_norm(channels, name)
+
+    def hybrid_forward(self, F, x):
+        return F.relu(self.bn(x))
+
+
+class Deconv2xBNReLU(HybridBlock):
+    """Learned 2x up-sampling of the SAT grid: 2x2 stride-2 transposed conv (no bias, bilinear init), BN, ReLU.
+
+    The weight keeps the reference name ``{sat}_upsampling_w{w}_h{h}``: the
+    reference's initialiser picked bilinear init by that "upsampling" substring.
+    """
+
+    def __init__(self, channels: int, deconv_name: str, bn_name: str):
+        super().__init__(prefix=deconv_name + "_")
+        self.deconv = nn.Conv2DTranspose(channels, 2, strides=2, use_bias=False, in_channels=channels,
+                                         weight_initializer=mx.init.Bilinear(), prefix=deconv_name + "_")
+        self.bn = batch_norm(channels, bn_name)
+
+    def hybrid_forward(self, F, x):
+        return F.relu(self.bn(self.deconv(x)))
+
+
+def upsample_nearest_2x(F, x):
+    """Parameter-free nearest-neighbour 2x up-sampling (hourglass merge, SAT w=1 column)."""
+    return F.UpSampling(x, scale=2, sample_type="nearest")
+
+
+def maxpool_2x(F, x):
+    """2x2 stride-2 max pooling: the only down-sampling inside the networks."""
+    return F.Pooling(x, kernel=(2, 2), stride=(2, 2), pool_type="max")

@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# One source of truth for facealign's environment: `make setup` runs it on a
+# workstation or CI machine, docker/Dockerfile runs it in the CUDA image.
+#
+#   FACEALIGN_VENV    where the virtualenv goes (default: .venv beside this file;
+#                     set to "system" to install into the current interpreter, as docker/ does)
+#   FACEALIGN_MXNET   the MXNet wheel: mxnet (CPU, default) or mxnet-cu112 (GPU)
+#   FACEALIGN_PYTHON  the interpreter that creates the venv (default: python3)
+#
+# Idempotent: a stamp keyed on this script, pyproject.toml, native/ and the
+# chosen wheel makes a second run a no-op that finishes in about a second.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$here"
+
+MXNET_DIST="${FACEALIGN_MXNET:-mxnet}"
+MXNET_VERSION="1.9.1"
+HOROVOD_VERSION="0.28.1"
+PYTHON="${FACEALIGN_PYTHON:-python3}"
+VENV="${FACEALIGN_VENV:-$here/.venv}"
+
+case "$MXNET_DIST" in
+  mxnet|mxnet-cu112|mxnet-cu110|mxnet-cu102|mxnet-cu117) ;;
+  *) echo "install.sh: FACEALIGN_MXNET=$MXNET_DIST is not one of mxnet, mxnet-cu112 (or cu102/cu110/cu117)" >&2; exit 2 ;;
+esac
+
+say() { printf '[setup] %s\n' "$*"; }
+
+# --- the interpreter --------------------------------------------------------
+if [ "$VENV" = "system" ]; then
+  py="$(command -v "$PYTHON")"
+  stamp_dir="$here/.setup"
+else
+  if [ ! -x "$VENV/bin/python" ]; then
+    say "creating virtualenv $VENV"
+    "$PYTHON" -m venv "$VENV"
+  fi
+  py="$VENV/bin/python"
+  stamp_dir="$VENV"
+fi
+mkdir -p "$stamp_dir"
+
+inputs_hash() {
+  {
+    echo "$MXNET_DIST $MXNET_VERSION $HOROVOD_VERSION"
+    cat "$here/install.sh" "$here/pyproject.toml"
+    find "$here/native" -type f \( -name '*.pyx' -o -name '*.pxd' -o -name '*.c' -o -name '*.h' \) \
+      -not -name '*.cpp' -print0 2>/dev/null | sort -z | xargs -0 cat 2>/dev/null || true
+  } | sha256sum | cut -d' ' -f1
+}
+stamp="$stamp_dir/.facealign-setup"
+want="$(inputs_hash)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$py" -c "import facealign, horovod.mxnet" 2>/dev/null; then
+  say "environment up to date ($py)"
+  exit 0
+fi
+
+pip() { "$py" -m pip --disable-pip-version-check "$@"; }
+
+# --- Python packages ---------------------------------------------------------
+# numpy<1.24: mxnet 1.9.1 uses np.bool, removed in 1.24 (apache/mxnet#21165).
+say "installing $MXNET_DIST==$MXNET_VERSION and the Python dependencies"
+pip install -q --upgrade "pip>=23" wheel "setuptools<70"
+pip install -q "$MXNET_DIST==$MXNET_VERSION" "numpy<1.24" \
+  "opencv-python-headless<4.11" pyyaml tensorboardX "cython>=3" pytest
+
+# --- Horovod, built from source against the MXNet just installed ------------
+horovod_ok() {
+  "$py" - <<'EOF' 2>/dev/null
+import horovod, horovod.mxnet as hvd  # the import itself fails without the MXNet extension
+assert horovod.__version__ == "0.28.1" and hvd.gloo_built()
+EOF
+}
+if horovod_ok; then
+  say "horovod $HOROVOD_VERSION already built with MXNet and Gloo"
+else
+  say "building horovod $HOROVOD_VERSION against $MXNET_DIST (about 3 minutes on 2 cores)"
+  export HOROVOD_WITH_MXNET=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1
+  # MPI where an MPI compiler is present (docker/ has OpenMPI), Gloo always.
+  if command -v mpicxx >/dev/null 2>&1 || command -v mpicc >/dev/null 2>&1; then
+    export HOROVOD_WITH_MPI=1
+    say "  MPI found: building with MPI and Gloo"
+  else
+    export HOROVOD_WITHOUT_MPI=1
+  fi
+  # NCCL only with a CUDA wheel and a visible NCCL (docker/ sets HOROVOD_NCCL_HOME or ships libnccl).
+  if [ "$MXNET_DIST" != "mxnet" ]; then
+    if [ -n "${HOROVOD_NCCL_HOME:-}" ] || ls /usr/lib/x86_64-linux-gnu/libnccl.so* >/dev/null 2>&1 \
+       || ls /usr/local/cuda/lib64/libnccl.so* >/dev/null 2>&1; then
+      export HOROVOD_GPU_OPERATIONS=NCCL
+      say "  NCCL found: GPU collectives through NCCL"
+    fi
+  fi
+  # Horovod's vendored gloo needs cmake_minimum_required < 3.5 support; pip's cmake 4 refuses it.
+  export CMAKE_POLICY_VERSION_MINIMUM=3.5
+  export MAKEFLAGS="-j$(nproc)"
+  # --no-build-isolation: the build must see the MXNet installed above, not a fresh one.
+  # No [mxnet] extra: it would pull the CPU mxnet over a CUDA wheel (horovod#3455).
+  pip install --no-build-isolation --no-binary horovod "horovod==$HOROVOD_VERSION"
+  horovod_ok || { echo "install.sh: horovod built but lacks MXNet or Gloo support" >&2; exit 1; }
+fi
+
+# --- facealign itself (editable; builds the Cython extensions in native/) ---
+say "installing facealign (editable) and building native/ extensions"
+pip install -q --no-build-isolation -e "$here"
+"$py" -c "import facealign" >/dev/null
+
+echo "$want" > "$stamp"
+say "done: $("$py" -c 'import mxnet, horovod; print("mxnet", mxnet.__version__, "| horovod", horovod.__version__)')"

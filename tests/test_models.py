@@ -1,0 +1,275 @@
+"""The network zoo: structure, parity with the reference, gradients, hybridisation and export."""
+import mxnet as mx
+import numpy as np
+import pytest
+from mxnet import autograd, gluon
+
+from facealign.models import (ModelSpec, build_model, count_parameters, get_model, get_model_spec, initialize,
+                              list_models)
+from facealign.models.blocks import CAB, HPMBlock, InceptionResA, PreActBottleneck, make_block
+from facealign.models.hourglass import Hourglass
+from facealign.models.layers import Deconv2xBNReLU
+from facealign.models.sat import SAT
+
+ALL_MODELS = list_models()
+
+# seed-spec §2.8 / §10: the released checkpoints' sizes, floor(4 bytes x (weights + BN statistics) / 10^6).
+REFERENCE_SIZES_MB = {
+    "hg2-d4-resnet": 26,
+    "hg2-d3-hpm": 38,
+    "hg2-d4-cab": 46,
+    "sat2-d3-cab": 40,
+    "hg2-d3-cab": 37,
+    "hg2-d3-cab-3d": 37,  # 3D models are their 2D networks (§2.8)
+    "sat2-d3-cab-3d": 40,
+}
+
+
+def _pixels(batch, size=128, seed=0):
+    rng = np.random.RandomState(seed)
+    return mx.nd.array(rng.uniform(0, 255, (batch, 3, size, size)))
+
+
+def _rel_diff(a, b):
+    return float(np.abs(a.asnumpy() - b.asnumpy()).max() / max(np.abs(a.asnumpy()).max(), 1e-12))
+
+
+def _blocks(net, cls):
+    found = []
+
+    def visit(block):
+        if isinstance(block, cls):
+            found.append(block)
+        for child in block._children.values():
+            visit(child)
+
+    visit(net)
+    return found
+
+
+def test_zoo_lists_the_named_models():
+    assert set(ALL_MODELS) == {"hg2-d4-resnet", "hg2-d3-hpm", "hg2-d4-cab", "sat2-d3-cab", "hg2-d3-cab",
+                               "hg2-d3-inception", "hg2-d3-cab-3d", "sat2-d3-cab-3d"}
+    assert get_model_spec("hg2-d3-cab-3d").landmark_dims == 3
+    assert get_model_spec("hg2-d3-cab").landmark_dims == 2
+
+
+@pytest.mark.parametrize("name,size_mb", sorted(REFERENCE_SIZES_MB.items()))
+def test_reference_checkpoint_sizes(name, size_mb):
+    assert count_parameters(get_model(name))["size_mb"] == size_mb
+
+
+def test_cab_parameter_count_matches_reference():
+    # seed-spec §2.4: 389,632 trainable parameters for C = 256.
+    cab = CAB(256, "cab")
+    assert sum(int(np.prod(p.shape)) for p in cab.collect_params().values() if p.grad_req != "null") == 389_632
+
+
+def test_deformable_variant_matches_the_unreleased_dcn_model():
+    # seed-spec §2.5: "Hourglass2(d=3)-CAB-DCN, 45MB" matches dcn=3 at 45.20 MB.
+    counts = count_parameters(get_model("hg2-d3-cab", dcn=3))
+    assert counts["total"] * 4 / 1e6 == pytest.approx(45.20, abs=0.005)
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_model_builds_with_reference_output_shapes(name):
+    net = initialize(get_model(name))
+    with autograd.train_mode():
+        out = net(_pixels(2))
+    assert isinstance(out, list) and len(out) == 2
+    for heatmap in out:
+        assert heatmap.shape == (2, 68, 64, 64)
+        assert np.isfinite(heatmap.asnumpy()).all()
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_hybridised_equals_imperative(name):
+    # float64: both paths run the same reference kernels, so they must agree to the bit.
+    x = _pixels(2).astype("float64")
+    net = initialize(get_model(name), seed=1)
+    net.cast("float64")
+    with autograd.train_mode():
+        imperative = net(x)
+    predict_imperative = net(x)
+    net.hybridize()
+    with autograd.train_mode():
+        hybrid = net(x)
+    predict_hybrid = net(x)
+    for a, b in zip(imperative + predict_imperative, hybrid + predict_hybrid):
+        assert a.shape == b.shape
+        assert _rel_diff(a, b) < 1e-12
+
+
+def test_hybridised_equals_imperative_float32_predict():
+    net = initialize(get_model("sat2-d3-cab"), seed=2)
+    x = _pixels(2)
+    before = net(x)
+    net.hybridize(static_alloc=True, static_shape=True)
+    after = net(x)
+    for a, b in zip(before, after):
+        assert _rel_diff(a, b) < 1e-5
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_every_parameter_receives_a_gradient(name):
+    net = initialize(get_model(name), seed=3)
+    x, target = _pixels(2), mx.nd.random.uniform(0, 1, (2, 68, 64, 64))
+    with autograd.record():
+        loss = sum(((h - target) ** 2).mean() for h in net(x))
+    loss.backward()
+    missing = [p.name for p in net.collect_params().values()
+               if p.grad_req != "null" and not np.abs(p.grad().asnumpy()).sum() > 0]
+    assert missing == []
+
+
+@pytest.mark.parametrize("name", ["hg2-d3-cab", "sat2-d3-cab", "hg2-d4-resnet"])
+def test_export_reloads_with_symbolblock_and_gives_the_same_output(name, tmp_path):
+    net = initialize(get_model(name), seed=4)
+    net.hybridize()
+    x = _pixels(1)
+    expected = net(x)
+    net.export(str(tmp_path / name), epoch=0)
+    reloaded = gluon.SymbolBlock.imports(str(tmp_path / f"{name}-symbol.json"), ["data"],
+                                         str(tmp_path / f"{name}-0000.params"))
+    got = reloaded(x)
+    assert len(got) == len(expected)
+    for a, b in zip(expected, got):
+        np.testing.assert_array_equal(a.asnumpy(), b.asnumpy())
+
+
+@pytest.mark.parametrize("overrides,heatmap_shape", [
+    (dict(num_stacks=1), (1, 68, 64, 64)),
+    (dict(num_stacks=3, width=64), (1, 68, 64, 64)),
+    (dict(depth=2, width=64), (1, 68, 64, 64)),
+    (dict(num_landmarks=98, width=64), (1, 98, 64, 64)),
+    (dict(num_landmarks=29, width=64, input_size=256, heatmap_size=64), (1, 29, 64, 64)),
+    (dict(width=32, input_size=64, heatmap_size=32, depth=2), (1, 68, 32, 32)),
+])
+@pytest.mark.parametrize("name", ["hg2-d3-cab", "sat2-d3-cab", "hg2-d3-inception"])
+def test_overrides(name, overrides, heatmap_shape):
+    spec = get_model_spec(name, **overrides)
+    net = initialize(build_model(spec))
+    with autograd.train_mode():
+        out = net(_pixels(1, spec.input_size))
+    assert len(out) == spec.num_stacks
+    assert all(h.shape == heatmap_shape for h in out)
+
+
+def test_256_input_uses_the_strided_7x7_stem():
+    net = get_model("hg2-d3-cab", input_size=256, heatmap_size=64)
+    assert net.conv0.weight.shape == (64, 3, 7, 7)
+    assert net.conv0._kwargs["stride"] == (2, 2)
+    assert get_model("hg2-d3-cab").conv0.weight.shape == (64, 3, 3, 3)
+
+
+def test_full_size_256_input():
+    net = initialize(get_model("hg2-d3-cab", input_size=256, heatmap_size=64))
+    with autograd.train_mode():
+        out = net(_pixels(1, 256))
+    assert [h.shape for h in out] == [(1, 68, 64, 64)] * 2
+
+
+@pytest.mark.parametrize("dcn", [1, 2, 3])
+@pytest.mark.parametrize("name", ["hg2-d3-cab", "sat2-d3-cab"])
+def test_deformable_variants_run(name, dcn):
+    net = initialize(get_model(name, dcn=dcn, width=32, input_size=64, heatmap_size=32, depth=2))
+    offsets = [p for n, p in net.collect_params().items() if n.endswith("offset_weight")]
+    assert offsets and all(np.abs(p.data().asnumpy()).max() == 0 for p in offsets)  # zero-initialised
+    with autograd.record():
+        out = net(_pixels(2, 64))
+        loss = sum((h ** 2).mean() for h in out)
+    loss.backward()
+    assert [h.shape for h in out] == [(2, 68, 32, 32)] * 2
+
+
+def test_block_fallbacks_follow_the_reference():
+    assert isinstance(make_block("cab", 128, 128, "a"), CAB)
+    assert isinstance(make_block("cab", 64, 128, "b"), HPMBlock)  # CAB changes no channels: HPM instead
+    assert isinstance(make_block("inception", 256, 256, "c"), InceptionResA)
+    assert isinstance(make_block("inception", 128, 256, "d"), PreActBottleneck)
+    net = get_model("hg2-d3-cab")
+    assert isinstance(net.res0, HPMBlock) and isinstance(net.res2, HPMBlock) and isinstance(net.res1, CAB)
+    with pytest.raises(ValueError, match="unknown block type 'dense'"):
+        make_block("dense", 8, 8, "e")
+
+
+@pytest.mark.parametrize("depth,blocks", [(1, 4), (3, 10), (4, 13)])
+def test_hourglass_block_count(depth, blocks):
+    hg = Hourglass(64, depth, "resnet", "hg")
+    assert len(_blocks(hg, PreActBottleneck)) == blocks
+
+
+def test_sat_module_structure():
+    sat = SAT(256, 4, "sat0")
+    assert len(_blocks(sat, CAB)) == 9
+    assert len(_blocks(sat, Deconv2xBNReLU)) == 3
+    depthwise = [n for n, p in sat.collect_params().items() if n.endswith("_x_conv_weight")]
+    assert sorted(depthwise) == ["sat0_w1_h3_x_conv_weight", "sat0_w2_h3_x_conv_weight"]
+    assert sat.collect_params()["sat0_w1_h3_x_conv_weight"].shape == (256, 1, 3, 3)
+
+
+def test_sat_upsampling_is_bilinear_initialised():
+    net = initialize(get_model("sat2-d3-cab", width=32, input_size=64, heatmap_size=32, depth=2))
+    deconvs = [p for n, p in net.collect_params().items() if "upsampling" in n]
+    assert deconvs
+    for p in deconvs:  # a 2x2 bilinear kernel is [[1, 0], [0, 0]] for every (in, out) pair
+        w = p.data().asnumpy()
+        assert (w[:, :, 0, 0] == 1).all() and (w[:, :, 1:, :] == 0).all() and (w[:, :, :, 1:] == 0).all()
+
+
+def test_batchnorm_settings_everywhere():
+    net = get_model("sat2-d3-cab")
+    bns = _blocks(net, gluon.nn.BatchNorm)
+    assert len(bns) > 100
+    for bn in bns:
+        assert bn._kwargs["eps"] == 2e-5 and bn._kwargs["momentum"] == 0.9 and bn._kwargs["fix_gamma"] is False
+
+
+def test_parameter_names_follow_the_reference():
+    names = set(get_model("hg2-d3-cab").collect_params().keys())
+    for expected in ["conv0_weight", "bn0_gamma", "bn0_running_mean", "res0_conv1_weight", "res0_sc_weight",
+                     "stack0_hg_up1_0_w3_h4_1_conv_weight", "stack0_hg_2_1_low2_0_w2_h3_2_bn_beta",
+                     "stack0_unit0_w1_h4_1_conv_weight", "stack0_ll_conv_weight", "heatmap0_weight",
+                     "heatmap_bias", "stack0_ll2_weight", "stack0_out2_bias"]:
+        assert expected in names, expected
+    assert not any(n.startswith("stack1_ll2") for n in names)  # no remap after the last stack
+    sat_names = set(get_model("sat2-d3-cab").collect_params().keys())
+    for expected in ["sat0_w3_h4_1_w3_h4_1_conv_weight", "sat0_w1_h4_2_w1_h3_2_conv_weight",
+                     "sat1_upsampling_w2_h2_weight", "sat0_w3_h3_y_bn_gamma", "sat0_w1_h2_4_w3_h4_1_conv_weight"]:
+        assert expected in sat_names, expected
+
+
+def test_normalisation_is_inside_the_network():
+    # A 127.5-grey image normalises to exactly zero: the stem conv then sees zeros.
+    net = initialize(get_model("hg2-d3-cab", width=32, input_size=64, heatmap_size=32, depth=2))
+    x = mx.nd.full((1, 3, 64, 64), 127.5)
+    zeros = net.conv0((x - 127.5) * 0.0078125)
+    assert np.abs(zeros.asnumpy()).max() == 0
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (dict(block="dense"), "block 'dense'"),
+    (dict(topology="unet"), "topology 'unet'"),
+    (dict(width=100), "width 100 must be a multiple of 8"),
+    (dict(input_size=128, heatmap_size=48), "input_size / heatmap_size must be 2 or 4"),
+    (dict(input_size=96, heatmap_size=48, depth=5), r"divisible by 2\^depth"),
+    (dict(dcn=7), "dcn must be"),
+    (dict(landmark_dims=4), "landmark_dims"),
+])
+def test_invalid_specs_are_rejected_clearly(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        get_model_spec("hg2-d3-cab", **overrides)
+
+
+def test_unknown_names_and_overrides():
+    with pytest.raises(KeyError, match="unknown model 'hg9'"):
+        get_model("hg9")
+    with pytest.raises(TypeError, match="unknown model override.*stacks"):
+        get_model("hg2-d3-cab", stacks=3)
+
+
+def test_spec_fingerprint_tracks_structure():
+    a, b = get_model_spec("hg2-d3-cab"), get_model_spec("hg2-d3-cab", num_landmarks=98)
+    assert a.fingerprint() == ModelSpec(**a.to_dict()).fingerprint()
+    assert a.fingerprint() != b.fingerprint()
+    assert get_model("hg2-d3-cab").spec == a
