@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export FACEALIGN_VENV := $(abspath $(VENV))
 
-.PHONY: setup test bench bench-models clean
+.PHONY: setup test bench bench-models bench-data clean
 
 setup:
 	bash install.sh
@@ -12,10 +12,13 @@ setup:
 test: setup
 	$(PY) -m pytest tests
 
-bench: bench-models
+bench: bench-models bench-data
 
 bench-models: setup
 	$(PY) bench/models.py --out bench/results/models.json
 
 clean:
 	rm -rf build facealign/_native/*.so facealign/_native/*.c *.egg-info .pytest_cache
+
+bench-data: setup
+	$(PY) bench/data.py --out bench/results/data.json

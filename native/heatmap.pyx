@@ -1,0 +1,98 @@
+# cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Fast path of facealign.data.codec: Gaussian heatmap encoding and sub-pixel decoding.
+
+Same arithmetic as the NumPy reference in codec.py (libm exp/log in double,
+stored as float32), so the results are identical; the tests check it.
+"""
+from libc.math cimport exp, floor, isfinite, log
+from libc.string cimport memset
+
+import numpy as np
+
+
+def encode(const double[:, ::1] pts, float[:, :, ::1] out, int stride, double sigma, double peak, bint subpixel):
+    """Write K heatmaps for K landmarks (input pixels) into out[K, H, W]; see codec.encode_numpy."""
+    cdef Py_ssize_t k = out.shape[0], h = out.shape[1], w = out.shape[2]
+    cdef Py_ssize_t i, xx, yy, ix, iy
+    cdef int radius = <int>(3 * sigma)
+    cdef double x, y, cx, cy, d2, two_s2 = 2 * sigma * sigma
+    if pts.shape[0] != k:
+        raise ValueError(f"{pts.shape[0]} landmarks for {k} heatmap channels")
+    with nogil:
+        memset(&out[0, 0, 0], 0, k * h * w * sizeof(float))
+        for i in range(k):
+            x = pts[i, 0]
+            y = pts[i, 1]
+            if not (isfinite(x) and isfinite(y)):
+                continue
+            if subpixel:
+                cx = (x - (stride - 1) / 2.0) / stride
+                cy = (y - (stride - 1) / 2.0) / stride
+                ix = <Py_ssize_t>floor(cx + 0.5)
+                iy = <Py_ssize_t>floor(cy + 0.5)
+            else:
+                cx = floor(x / stride)
+                cy = floor(y / stride)
+                ix = <Py_ssize_t>cx
+                iy = <Py_ssize_t>cy
+            if ix < 0 or ix >= w or iy < 0 or iy >= h:
+                continue
+            if sigma == 0:
+                out[i, iy, ix] = 1.0
+                continue
+            for yy in range(max(iy - radius, 0), min(iy + radius + 1, h)):
+                for xx in range(max(ix - radius, 0), min(ix + radius + 1, w)):
+                    d2 = (xx - cx) * (xx - cx) + (yy - cy) * (yy - cy)
+                    out[i, yy, xx] = <float>(peak * exp(-d2 / two_s2))
+
+
+cdef inline double _refine(double lo, double mid, double hi) nogil:
+    cdef double llo, lmid, lhi, curvature, step
+    if lo > 0 and mid > 0 and hi > 0:
+        llo = log(lo)
+        lmid = log(mid)
+        lhi = log(hi)
+        curvature = llo - 2 * lmid + lhi
+        if curvature < 0:
+            step = -0.5 * (lhi - llo) / curvature
+            return min(max(step, -0.5), 0.5)
+    if hi > lo:
+        return 0.25
+    if hi < lo:
+        return -0.25
+    return 0.0
+
+
+def decode_subpixel(const float[:, :, :, ::1] hm, int stride):
+    """Argmax + log-domain Newton refinement per channel; see codec.decode_subpixel_numpy."""
+    cdef Py_ssize_t n = hm.shape[0], k = hm.shape[1], h = hm.shape[2], w = hm.shape[3]
+    pts_arr = np.zeros((n, k, 2), np.float32)
+    scores_arr = np.zeros((n, k), np.float32)
+    cdef float[:, :, ::1] pts = pts_arr
+    cdef float[:, ::1] scores = scores_arr
+    cdef Py_ssize_t b, c, yy, xx, px, py
+    cdef float best, v
+    cdef double dx, dy
+    with nogil:
+        for b in range(n):
+            for c in range(k):
+                best = hm[b, c, 0, 0]
+                px = 0
+                py = 0
+                for yy in range(h):
+                    for xx in range(w):
+                        v = hm[b, c, yy, xx]
+                        if v > best:  # first maximum wins, as numpy's argmax
+                            best = v
+                            px = xx
+                            py = yy
+                dx = 0.0
+                dy = 0.0
+                if 0 < px < w - 1:
+                    dx = _refine(hm[b, c, py, px - 1], hm[b, c, py, px], hm[b, c, py, px + 1])
+                if 0 < py < h - 1:
+                    dy = _refine(hm[b, c, py - 1, px], hm[b, c, py, px], hm[b, c, py + 1, px])
+                pts[b, c, 0] = <float>((px + dx) * stride + (stride - 1) / 2.0)
+                pts[b, c, 1] = <float>((py + dy) * stride + (stride - 1) / 2.0)
+                scores[b, c] = best
+    return pts_arr, scores_arr
