@@ -1,6 +1,18 @@
-"""The network zoo: stacked Hourglass and SAT heatmap networks with four block types."""
-from .zoo import (MODELS, ModelSpec, build_model, count_parameters, default_initializer, get_model,
-                  get_model_spec, initialize, list_models)
+"""The network zoo: stacked Hourglass and SAT heatmap networks with four block types.
 
-__all__ = ["MODELS", "ModelSpec", "build_model", "count_parameters", "default_initializer", "get_model",
-           "get_model_spec", "initialize", "list_models"]
+``facealign.models.specs`` (names and structure) imports no MXNet; the builders
+below load MXNet on first use, so job specs validate on machines without it.
+"""
+from .specs import MODELS, ModelSpec, get_model_spec, list_models
+
+_BUILDERS = ("build_model", "count_parameters", "default_initializer", "get_model", "initialize")
+
+__all__ = ["MODELS", "ModelSpec", "get_model_spec", "list_models", *_BUILDERS]
+
+
+def __getattr__(name):
+    if name in _BUILDERS:
+        from . import zoo
+
+        return getattr(zoo, name)
+    raise AttributeError(f"module 'facealign.models' has no attribute {name!r}")

@@ -140,9 +140,6 @@ BLOCKS: dict[str, tuple[BlockFactory, str | None]] = {
     "cab": (lambda cin, cout, name: CAB(cout, name), "hpm"),
 }
 
-# Smallest channel divisor each block needs (C/2, C/4, 3C/8, C/8 must be whole).
-CHANNEL_MULTIPLE = {"resnet": 2, "hpm": 4, "inception": 8, "cab": 8}
-
 
 def make_block(kind: str, in_channels: int, channels: int, name: str) -> HybridBlock:
     """The reference's ``conv_block``: a ``kind`` block, or its fallback when channels change."""

@@ -1,4 +1,4 @@
-"""Named models: a plain dict of ``ModelSpec``s and the functions that build them.
+"""Building the named models of ``specs.MODELS`` as Gluon networks.
 
     >>> net = get_model("hg2-d3-cab")                    # the reference's best 2D model
     >>> net = get_model("sat2-d3-cab", num_landmarks=98, input_size=256)
@@ -11,107 +11,12 @@ predicts; ``landmark_dims`` records it for evaluation and inference.
 """
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
-from dataclasses import dataclass
-
 import mxnet as mx
 
-from .blocks import BLOCKS, CHANNEL_MULTIPLE
 from .hourglass import Hourglass
 from .network import StackedHeatmapNet
 from .sat import SAT
-
-TOPOLOGIES = ("hourglass", "sat")
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Everything that determines a network's structure (and so its checkpoint layout)."""
-
-    topology: str = "hourglass"  # "hourglass" or "sat"
-    num_stacks: int = 2
-    depth: int = 3  # down-sampling steps inside each hourglass / SAT module
-    block: str = "cab"  # resnet | hpm | inception | cab (SAT modules always use CAB inside)
-    width: int = 256  # channels of the stacks; the stem uses width/4 and width/2 (at least 32)
-    num_landmarks: int = 68
-    input_size: int = 128
-    heatmap_size: int = 64
-    dcn: int = 0  # deformable convolutions, seed-spec §2.5: 0 none, >=2 head, 1/3 out3 stage
-    landmark_dims: int = 2  # 2 or 3: which landmarks the model is trained for
-
-    def validate(self) -> "ModelSpec":
-        problems = []
-        if self.topology not in TOPOLOGIES:
-            problems.append(f"topology {self.topology!r} is not one of {TOPOLOGIES}")
-        if self.block not in BLOCKS:
-            problems.append(f"block {self.block!r} is not one of {sorted(BLOCKS)}")
-        elif self.width % CHANNEL_MULTIPLE[self.block] or (self.topology == "sat" and self.width % 8):
-            problems.append(f"width {self.width} must be a multiple of "
-                            f"{8 if self.topology == 'sat' else CHANNEL_MULTIPLE[self.block]} for {self.block} blocks")
-        if self.num_stacks < 1:
-            problems.append(f"num_stacks must be >= 1, got {self.num_stacks}")
-        if self.depth < 1:
-            problems.append(f"depth must be >= 1, got {self.depth}")
-        if self.num_landmarks < 1:
-            problems.append(f"num_landmarks must be >= 1, got {self.num_landmarks}")
-        if self.heatmap_size < 1 or self.input_size % self.heatmap_size or self.input_size // self.heatmap_size not in (2, 4):
-            problems.append(f"input_size / heatmap_size must be 2 or 4, got {self.input_size} / {self.heatmap_size}")
-        elif self.heatmap_size % (2 ** self.depth):
-            problems.append(f"heatmap_size {self.heatmap_size} must be divisible by 2^depth = {2 ** self.depth}")
-        if self.dcn not in (0, 1, 2, 3):
-            problems.append(f"dcn must be 0, 1, 2 or 3, got {self.dcn}")
-        if self.landmark_dims not in (2, 3):
-            problems.append(f"landmark_dims must be 2 or 3, got {self.landmark_dims}")
-        if problems:
-            raise ValueError("invalid model spec: " + "; ".join(problems))
-        return self
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def fingerprint(self) -> str:
-        """A stable hash of the structure: a checkpoint made by another structure must not load."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _hourglass(**kw) -> ModelSpec:
-    return ModelSpec(topology="hourglass", **kw)
-
-
-def _sat(**kw) -> ModelSpec:
-    return ModelSpec(topology="sat", **kw)
-
-
-# The reference's released models (seed-spec §10) and the other block types.
-MODELS: dict[str, ModelSpec] = {
-    "hg2-d4-resnet": _hourglass(depth=4, block="resnet"),
-    "hg2-d3-hpm": _hourglass(depth=3, block="hpm"),
-    "hg2-d4-cab": _hourglass(depth=4, block="cab"),
-    "sat2-d3-cab": _sat(depth=3, block="cab"),
-    "hg2-d3-cab": _hourglass(depth=3, block="cab"),
-    "hg2-d3-inception": _hourglass(depth=3, block="inception"),
-    "hg2-d3-cab-3d": _hourglass(depth=3, block="cab", landmark_dims=3),
-    "sat2-d3-cab-3d": _sat(depth=3, block="cab", landmark_dims=3),
-}
-
-
-def list_models() -> list[str]:
-    """Names accepted by ``get_model``."""
-    return list(MODELS)
-
-
-def get_model_spec(name: str, **overrides) -> ModelSpec:
-    """The named model's spec with ``overrides`` (any ``ModelSpec`` field) applied and validated."""
-    if name not in MODELS:
-        raise KeyError(f"unknown model {name!r}; available: {', '.join(MODELS)}")
-    unknown = set(overrides) - {f.name for f in dataclasses.fields(ModelSpec)}
-    if unknown:
-        raise TypeError(f"unknown model override(s) {sorted(unknown)}; "
-                        f"valid: {[f.name for f in dataclasses.fields(ModelSpec)]}")
-    return dataclasses.replace(MODELS[name], **overrides).validate()
-
+from .specs import MODELS, ModelSpec, get_model_spec, list_models  # noqa: F401  (re-exported)
 
 def build_model(spec: ModelSpec) -> StackedHeatmapNet:
     """An uninitialised network for ``spec``; ``spec`` is kept on it as ``net.spec``."""

@@ -1,0 +1,375 @@
+"""Job specs: one strict YAML schema for a training run. Imports no MXNet (the launcher validates on a login node).
+
+    spec = load_job("jobs/demo.yaml", overrides=["optim.lr=2e-4", "schedule.max_steps=50"])
+
+Every mistake is a ``SpecError`` naming the file, the key path and what was
+expected: an unknown key (with the closest valid key), a wrong type, or an
+inconsistent value (a heatmap size that does not divide the input size, a
+metric that names no validation set, stack weights that do not match the
+stacks, a world size the resources cannot give). ``dump_job`` writes the
+resolved spec (every default filled in) that a run directory keeps.
+
+Sections: run, data, model, loss, optim, schedule, checkpoint, eval, logging,
+resources. ``docs`` below each field says what it does; ``facealign.config``
+is the reference for the format.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class SpecError(ValueError):
+    """A job spec that cannot run; the message names the file and the key path."""
+
+
+def _f(default, doc: str, **kw):
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc, **kw})
+    return field(default=default, metadata={"doc": doc, **kw})
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    name: str = _f("run", "name of the run; the default run directory is runs/<name>")
+    seed: int = _f(0, "seed of initialisation, data order and augmentation")
+    out_root: str = _f("runs", "parent of run directories when --run-dir is not given")
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    base_size: float = _f(256.0, "side of the training window in stored-image pixels, before the random scale")
+    rotate: float = _f(40.0, "rotation in whole degrees, uniform in [-rotate, rotate)")
+    scale_sigma: float = _f(0.2, "std of the random scale, clipped to 1 +- scale_clip")
+    scale_clip: float = _f(0.2, "bound of the random scale around 1")
+    flip: bool = _f(True, "horizontal flip with p = 0.5, landmarks re-labelled by the scheme")
+    translate: float = _f(0.0, "max shift of the window centre, as a fraction of its side")
+    color: float = _f(0.0, "brightness / contrast / saturation jitter strength, 0..1")
+    blur: float = _f(0.0, "probability of a Gaussian blur")
+    occlusion: float = _f(0.0, "probability of a random occluding rectangle")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    train: list = _f([], "training record files (prefixes or .rec paths)", item=str)
+    val: dict = _f({}, "validation sets: name -> record file", item=str)
+    batch_size: int = _f(16, "samples per rank and step (per GPU)")
+    num_points: int = _f(68, "landmarks per face (68, 29, 98 or any K of a custom scheme)")
+    landmark_dims: int = _f(2, "2 or 3: which NME normalisation the 2D / 3D reference uses")
+    input_size: int = _f(128, "network input side")
+    heatmap_size: int = _f(64, "heatmap side; input_size / heatmap_size must be 2 or 4")
+    sigma: float = _f(1.0, "Gaussian target sigma in heatmap pixels (0: one-hot)")
+    peak: float = _f(20.0, "Gaussian target peak value")
+    target: str = _f("reference", "reference (integer centre) or subpixel Gaussian targets",
+                     choices=("reference", "subpixel"))
+    augment: AugmentSpec = _f(AugmentSpec(), "training augmentation")
+    workers: int = _f(1, "loader worker processes per rank (0: load in the training process)")
+    prefetch: int = _f(4, "batches prepared ahead")
+    decode_reduce: int = _f(1, "decode JPEGs at 1/n size (1, 2, 4, 8): faster when the crop down-samples",
+                            choices=(1, 2, 4, 8))
+    on_error: str = _f("raise", "bad records: raise, or skip (counted and reported)", choices=("raise", "skip"))
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    name: str = _f("hg2-d3-cab", "zoo model (facealign-models lists them)")
+    num_stacks: typing.Optional[int] = _f(None, "override the model's stacks")
+    depth: typing.Optional[int] = _f(None, "override the down-sampling steps")
+    width: typing.Optional[int] = _f(None, "override the stack channels")
+    block: typing.Optional[str] = _f(None, "override the block type: resnet, hpm, inception, cab")
+    dcn: typing.Optional[int] = _f(None, "deformable convolutions: 0, 1, 2, 3")
+    pretrained: typing.Optional[str] = _f(None, "initialise from this .params file (missing layers stay random)")
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    kind: str = _f("mse", "per-stack heatmap loss: mse (mean over all elements, as the reference)",
+                   choices=("mse",))
+    stack_weights: typing.Optional[list] = _f(None, "weight of each stack's loss (default 1 each: summed)",
+                                               item=float)
+
+
+@dataclass(frozen=True)
+class OptimSpec:
+    name: str = _f("nadam", "nadam, adam, sgd or rmsprop", choices=("nadam", "adam", "sgd", "rmsprop"))
+    lr: float = _f(1e-4, "learning rate for one rank at data.batch_size (see lr_scaling)")
+    lr_scaling: str = _f("none", "scale lr with the global batch: none, linear (x world x accumulation) "
+                                 "or sqrt", choices=("none", "linear", "sqrt"))
+    warmup_steps: int = _f(0, "linear warm-up from lr / world_size to the scaled lr over this many steps")
+    wd: float = _f(0.0, "weight decay")
+    momentum: float = _f(0.9, "momentum (sgd, rmsprop)")
+    clip_gradient: typing.Optional[float] = _f(None, "clip each gradient element to +- this")
+    grad_accumulation: int = _f(1, "micro-batches per optimizer step")
+    fp16_allreduce: bool = _f(False, "compress gradients to float16 for the allreduce")
+    amp: str = _f("off", "mixed precision through MXNet AMP: off, float16 (GPU) or bfloat16 (CPU)",
+                  choices=("off", "float16", "bfloat16"))
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    kind: str = _f("step", "step (x factor at each milestone) or cosine", choices=("step", "cosine"))
+    unit: str = _f("epoch", "milestones and length counted in epochs or steps", choices=("epoch", "step"))
+    milestones: list = _f([20, 35], "when the lr is multiplied by factor (step schedule)", item=int)
+    factor: float = _f(0.2, "lr multiplier at each milestone")
+    length: int = _f(45, "run length in `unit`s: the reference stops at epoch 45")
+    min_lr_ratio: float = _f(0.0, "cosine: final lr / initial lr")
+    max_steps: typing.Optional[int] = _f(None, "stop after this many steps, whatever the length says")
+
+
+@dataclass(frozen=True)
+class CheckpointSpec:
+    every_steps: typing.Optional[int] = _f(None, "save every this many steps (default: every epoch)")
+    keep_last: int = _f(3, "checkpoints kept by recency")
+    keep_best: int = _f(1, "checkpoints kept by the metric")
+    metric: typing.Optional[str] = _f(None, "nme/<val set> to rank checkpoints by (default: the first val set)")
+    mode: str = _f("min", "min or max of the metric is best", choices=("min", "max"))
+    resume: str = _f("auto", "auto: resume from the run directory's latest valid checkpoint; never",
+                     choices=("auto", "never"))
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    every_steps: typing.Optional[int] = _f(None, "validate every this many steps (default: every epoch)")
+    batch_size: int = _f(16, "validation batch per rank")
+    crop: str = _f("center", "validation crop: center (the training window) or box (1.2 x landmark box)",
+                   choices=("center", "box"))
+    decode: str = _f("subpixel", "heatmap decoding: subpixel, or reference (integer argmax after up-sampling)",
+                     choices=("subpixel", "reference"))
+    max_samples: typing.Optional[int] = _f(None, "evaluate at most this many samples of each set")
+
+
+@dataclass(frozen=True)
+class LoggingSpec:
+    every_steps: int = _f(20, "progress line and scalars every this many steps")
+    tensorboard: bool = _f(True, "write TensorBoard events under <run>/tb (rank 0)")
+    images: int = _f(4, "validation faces drawn to TensorBoard at each validation (0: none)")
+
+
+@dataclass(frozen=True)
+class ResourcesSpec:
+    nodes: int = _f(1, "machines")
+    tasks_per_node: int = _f(1, "ranks per machine (one per GPU)")
+    gpus_per_node: int = _f(0, "GPUs per machine (0: CPU training)")
+    cpus_per_task: int = _f(1, "cores per rank (threads for MXNet and loader workers)")
+    time: str = _f("02:00:00", "Slurm time limit")
+    partition: typing.Optional[str] = _f(None, "Slurm partition")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    run: RunSpec = _f(RunSpec(), "run identity")
+    data: DataSpec = _f(DataSpec(), "data and targets")
+    model: ModelSection = _f(ModelSection(), "network")
+    loss: LossSpec = _f(LossSpec(), "loss")
+    optim: OptimSpec = _f(OptimSpec(), "optimizer")
+    schedule: ScheduleSpec = _f(ScheduleSpec(), "learning-rate schedule and run length")
+    checkpoint: CheckpointSpec = _f(CheckpointSpec(), "checkpoints")
+    eval: EvalSpec = _f(EvalSpec(), "validation during training")
+    logging: LoggingSpec = _f(LoggingSpec(), "progress and TensorBoard")
+    resources: ResourcesSpec = _f(ResourcesSpec(), "what the job runs on")
+
+    @property
+    def world_size(self) -> int:
+        return self.resources.nodes * self.resources.tasks_per_node
+
+    def model_overrides(self) -> dict:
+        """ModelSpec fields for facealign.models.get_model_spec (structure only)."""
+        m = self.model
+        out = {k: getattr(m, k) for k in ("num_stacks", "depth", "width", "block", "dcn") if getattr(m, k) is not None}
+        out.update(num_landmarks=self.data.num_points, input_size=self.data.input_size,
+                   heatmap_size=self.data.heatmap_size, landmark_dims=self.data.landmark_dims)
+        return out
+
+    def metric_name(self) -> str | None:
+        if self.checkpoint.metric:
+            return self.checkpoint.metric
+        return f"nme/{next(iter(self.data.val))}" if self.data.val else None
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+def _describe(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        return " or ".join(_describe(a) for a in typing.get_args(tp) if a is not type(None)) + " (or null)"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list",
+            dict: "a mapping"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _convert(value, tp, meta, where: str, source: str):
+    """Check and coerce one YAML value to the field's type."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        if value is None:
+            return None
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    if tp is float and isinstance(value, str):
+        try:  # YAML 1.1 (PyYAML) reads 1e-4, without a dot, as a string
+            value = float(value)
+        except ValueError:
+            pass
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise SpecError(f"{source}: {where}: expected a mapping of {tp.__name__} keys, got {value!r}")
+        return _build(tp, value, where, source)
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+        list: isinstance(value, list),
+        dict: isinstance(value, dict),
+    }.get(tp, True)
+    if not ok:
+        raise SpecError(f"{source}: {where}: expected {_describe(tp)}, got {value!r} ({type(value).__name__})")
+    if tp is float:
+        value = float(value)
+    item = meta.get("item")
+    if item is not None and tp is list:
+        value = [_convert(v, item, {}, f"{where}[{i}]", source) for i, v in enumerate(value)]
+    if item is not None and tp is dict:
+        value = {str(k): _convert(v, item, {}, f"{where}.{k}", source) for k, v in value.items()}
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        raise SpecError(f"{source}: {where}: {value!r} is not one of {', '.join(map(str, choices))}")
+    return value
+
+
+def _build(cls, raw: dict, prefix: str, source: str):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in raw:
+        if key not in fields:
+            where = f"{prefix}.{key}" if prefix else str(key)
+            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
+            hint = f"; did you mean '{(prefix + '.') if prefix else ''}{close[0]}'?" if close else ""
+            raise SpecError(f"{source}: unknown key '{where}'{hint} (valid keys here: {', '.join(fields)})")
+    kwargs = {}
+    for name, f in fields.items():
+        if name in raw:
+            where = f"{prefix}.{name}" if prefix else name
+            kwargs[name] = _convert(raw[name], hints[name], f.metadata, where, source)
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict, dotted: str, value, source: str):
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        nxt = node.setdefault(k, {})
+        if not isinstance(nxt, dict):
+            raise SpecError(f"{source}: --set {dotted}: '{k}' is not a section")
+        node = nxt
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """``a.b=value`` with value parsed as YAML (so 2e-4 is a number, [1, 2] a list, null None)."""
+    if "=" not in text:
+        raise SpecError(f"--set {text!r}: expected dotted.key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise SpecError(f"--set {text!r}: value is not valid YAML: {e}")
+    return key.strip(), value
+
+
+def load_job(path, overrides=(), *, check_files: bool = False) -> JobSpec:
+    """Read, override, type-check and cross-check a job spec."""
+    path = Path(path)
+    source = str(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise SpecError(f"{source}: no such job spec")
+    except yaml.YAMLError as e:
+        raise SpecError(f"{source}: not valid YAML: {e}")
+    if not isinstance(raw, dict):
+        raise SpecError(f"{source}: a job spec is a mapping of sections (run, data, model, ...)")
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(raw, key, value, source)
+    return check_job(_build(JobSpec, raw, "", source), source, base_dir=path.parent, check_files=check_files)
+
+
+def job_from_dict(raw: dict, source: str = "<dict>") -> JobSpec:
+    return check_job(_build(JobSpec, raw, "", source), source)
+
+
+def check_job(spec: JobSpec, source: str, base_dir=None, check_files: bool = False) -> JobSpec:
+    """Cross-field checks: everything a type alone cannot say."""
+    d, m, r = spec.data, spec.model, spec.resources
+
+    def fail(where, msg):
+        raise SpecError(f"{source}: {where}: {msg}")
+
+    if d.heatmap_size < 1 or d.input_size % d.heatmap_size or d.input_size // d.heatmap_size not in (2, 4):
+        fail("data.heatmap_size", f"input_size / heatmap_size must be 2 or 4, got {d.input_size} / {d.heatmap_size}")
+    if d.landmark_dims not in (2, 3):
+        fail("data.landmark_dims", f"must be 2 or 3, got {d.landmark_dims}")
+    if d.batch_size < 1:
+        fail("data.batch_size", f"must be >= 1, got {d.batch_size}")
+    if not d.train:
+        fail("data.train", "no training record files given")
+    if check_files:
+        from facealign.data.records import record_paths
+
+        for name, p in [("data.train", p) for p in d.train] + [(f"data.val.{k}", v) for k, v in d.val.items()]:
+            rec, idx = record_paths(Path(base_dir or ".") / p if not Path(p).is_absolute() else p)
+            if not rec.exists() and not record_paths(p)[0].exists():
+                fail(name, f"record file {p} not found")
+    if m.name:
+        from facealign.models.specs import MODELS  # structure only: no MXNet
+
+        if m.name not in MODELS:
+            close = difflib.get_close_matches(m.name, list(MODELS), n=1)
+            fail("model.name", f"unknown model {m.name!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+                 + f" (models: {', '.join(MODELS)})")
+        stacks = m.num_stacks if m.num_stacks is not None else MODELS[m.name].num_stacks
+        if spec.loss.stack_weights is not None and len(spec.loss.stack_weights) != stacks:
+            fail("loss.stack_weights", f"{len(spec.loss.stack_weights)} weights for a {stacks}-stack model")
+    metric = spec.checkpoint.metric
+    if metric is not None:
+        if not metric.startswith("nme/") or metric[4:] not in d.val:
+            fail("checkpoint.metric", f"{metric!r} names no validation set; expected one of "
+                 + (", ".join(f"nme/{k}" for k in d.val) if d.val else "(none: data.val is empty)"))
+    if spec.schedule.kind == "step" and any(b >= a for a, b in zip(spec.schedule.milestones[1:],
+                                                                     spec.schedule.milestones[:-1])):
+        fail("schedule.milestones", f"must increase, got {spec.schedule.milestones}")
+    if spec.schedule.length < 1:
+        fail("schedule.length", f"must be >= 1, got {spec.schedule.length}")
+    if spec.optim.warmup_steps < 0 or spec.optim.grad_accumulation < 1:
+        fail("optim", "warmup_steps must be >= 0 and grad_accumulation >= 1")
+    if r.nodes < 1 or r.tasks_per_node < 1:
+        fail("resources", f"nodes and tasks_per_node must be >= 1, got {r.nodes} and {r.tasks_per_node}")
+    if r.gpus_per_node and r.tasks_per_node > r.gpus_per_node:
+        fail("resources.tasks_per_node", f"{r.tasks_per_node} ranks per node cannot each have a GPU with "
+             f"gpus_per_node = {r.gpus_per_node}")
+    if spec.optim.amp == "float16" and not r.gpus_per_node:
+        fail("optim.amp", "float16 AMP needs GPUs (resources.gpus_per_node); use bfloat16 on CPUs")
+    for key, every in (("checkpoint.every_steps", spec.checkpoint.every_steps),
+                       ("eval.every_steps", spec.eval.every_steps), ("logging.every_steps", spec.logging.every_steps)):
+        if every is not None and every < 1:
+            fail(key, f"must be >= 1, got {every}")
+    return spec
+
+
+def to_dict(spec) -> dict:
+    return dataclasses.asdict(spec)
+
+
+def dump_job(spec: JobSpec, path) -> None:
+    """Write the resolved spec (all defaults filled in) as YAML."""
+    Path(path).write_text(yaml.safe_dump(to_dict(spec), sort_keys=False))
+
+
+def spec_hash(spec: JobSpec) -> str:
+    return hashlib.sha256(json.dumps(to_dict(spec), sort_keys=True).encode()).hexdigest()[:16]

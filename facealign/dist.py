@@ -1,0 +1,131 @@
+"""The Horovod facade the trainer uses: rank facts and a few collectives on NumPy values.
+
+Every collective must be called by every rank in the same order: callers keep
+that invariant by never calling these inside rank-dependent branches.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int
+    size: int
+    local_rank: int
+    local_size: int
+
+    @property
+    def is_primary(self) -> bool:
+        return self.rank == 0
+
+
+def init() -> World:
+    import horovod.mxnet as hvd
+
+    hvd.init()
+    return World(hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size())
+
+
+def device(world: World, gpus_per_node: int):
+    """One device per rank: the GPU of the local rank, gpu(0) when CUDA_VISIBLE_DEVICES shows one GPU
+    (Slurm's per-task binding), or the CPU."""
+    import mxnet as mx
+
+    if not gpus_per_node:
+        return mx.cpu()
+    visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return mx.gpu(0) if len(visible) == 1 else mx.gpu(world.local_rank)
+
+
+def allreduce(value, op: str = "sum") -> np.ndarray:
+    """Sum (or max) a NumPy array or scalar over all ranks."""
+    import horovod.mxnet as hvd
+    import mxnet as mx
+
+    arr = mx.nd.array(np.atleast_1d(np.asarray(value, np.float64)), dtype="float64")
+    if op == "max":
+        out = hvd.allreduce(arr, op=hvd.Max) if hasattr(hvd, "Max") else hvd.allreduce(arr, average=False)
+    else:
+        out = hvd.allreduce(arr, average=False)
+    return out.asnumpy()
+
+
+def broadcast_object(obj, name: str, root: int = 0):
+    """Rank ``root``'s object on every rank. The explicit name matters: Horovod matches collectives
+    by name and would otherwise name this one after ``type(obj)``, which differs between a rank that
+    sends a path and one that passes None."""
+    import horovod.mxnet as hvd
+
+    return hvd.broadcast_object(obj, root_rank=root, name=name)
+
+
+def barrier() -> None:
+    allreduce(0.0)
+
+
+class RunningStats:
+    """BatchNorm running statistics across ranks.
+
+    Horovod averages gradients, not BatchNorm statistics: each rank's running
+    mean and variance follow its own data. For validation and checkpoints we
+    want the rank average (the better estimate, and identical everywhere); for
+    exact resume each rank must get back its own. ``gather()`` collects every
+    rank's values with one allgather; ``average()`` and ``of_rank()`` pick from
+    that; ``swapped(values)`` runs a block with other values in place.
+    """
+
+    def __init__(self, net, world: World):
+        self.world = world
+        self.params = [(k, p) for k, p in sorted(net._collect_params_with_prefix().items()) if p.grad_req == "null"]
+
+    def gather(self) -> list[dict]:
+        """[{structural name: NDArray} for each rank]"""
+        import horovod.mxnet as hvd
+        import mxnet as mx
+
+        if not self.params:
+            return [{} for _ in range(self.world.size)]
+        flat = mx.nd.concat(*[p.data().reshape(-1) for _, p in self.params], dim=0)
+        every = hvd.allgather(flat.reshape(1, -1), name="facealign.running_stats") if self.world.size > 1 \
+            else flat.reshape(1, -1)
+        out = []
+        for r in range(self.world.size):
+            row, offset, values = every[r], 0, {}
+            for k, p in self.params:
+                n = int(p.data().size)
+                values[k] = row[offset:offset + n].reshape(p.shape).copy()
+                offset += n
+            out.append(values)
+        return out
+
+    @staticmethod
+    def average(gathered: list[dict]) -> dict:
+        from facealign.checkpoint import _average
+
+        return _average(gathered)
+
+    def current(self) -> dict:
+        return {k: p.data().copy() for k, p in self.params}
+
+    def load(self, values: dict) -> None:
+        for k, p in self.params:
+            if k in values:
+                p.set_data(values[k])
+
+    def swapped(self, values: dict):
+        import contextlib
+
+        @contextlib.contextmanager
+        def ctx():
+            local = self.current()
+            self.load(values)
+            try:
+                yield
+            finally:
+                self.load(local)
+
+        return ctx()

@@ -1,0 +1,310 @@
+"""``python -m facealign.train --job jobs/<name>.yaml``: the training loop, under horovodrun or alone.
+
+    horovodrun -np 4 python -m facealign.train --job jobs/sat2-d3-cab.yaml --set optim.lr=2e-4
+
+One loop, top to bottom: set-up, resume, then per step: load, forward,
+backward, allreduced update, and on the step boundaries the stop vote,
+logging, validation and checkpoints. Only rank 0 writes (logs, TensorBoard,
+checkpoints); every rank reads.
+
+Exit status: 0 finished; 75 stopped by SIGTERM/SIGUSR2 after a checkpoint (the
+Slurm templates requeue on it); 1 error (including a non-finite loss, which
+names the step and leaves the last good checkpoint intact); 2 a bad job spec.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from facealign.config import JobSpec, SpecError, dump_job, load_job, spec_hash
+
+EXIT_OK, EXIT_ERROR, EXIT_SPEC, EXIT_REQUEUE = 0, 1, 2, 75
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def state_world_size(checkpoint) -> int | None:
+    try:
+        return json.loads((Path(checkpoint) / "state.json").read_text()).get("world_size")
+    except (OSError, ValueError):
+        return None
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m facealign.train", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--job", required=True, help="job spec (YAML); see jobs/ and facealign/config.py")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec value, e.g. --set optim.lr=2e-4 (repeatable)")
+    p.add_argument("--run-dir", help="run directory (default: <run.out_root>/<run.name>)")
+    return p.parse_args(argv)
+
+
+class StopFlag:
+    """SIGTERM / SIGUSR2 only set a flag; the ranks vote on it at each step boundary."""
+
+    def __init__(self):
+        self.signal = None
+        for sig in (signal.SIGTERM, signal.SIGUSR2):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.signal = signal.Signals(signum).name
+
+
+class Log:
+    """Rank 0: progress to stdout and <run>/log.txt. Other ranks: warnings only."""
+
+    def __init__(self, run_dir: Path, primary: bool):
+        self.primary = primary
+        self.fh = open(run_dir / "log.txt", "a") if primary else None
+
+    def __call__(self, msg: str, *, all_ranks: bool = False):
+        if self.primary:
+            line = time.strftime("%H:%M:%S ") + msg
+            print(line, flush=True)
+            self.fh.write(line + "\n")
+            self.fh.flush()
+        elif all_ranks:
+            print(msg, file=sys.stderr, flush=True)
+
+
+def _fmt_time(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        spec = load_job(args.job, args.set)
+    except SpecError as e:
+        print(f"facealign.train: {e}", file=sys.stderr)
+        return EXIT_SPEC
+    run_dir = Path(args.run_dir or Path(spec.run.out_root) / spec.run.name)
+    try:
+        return train(spec, run_dir)
+    except SpecError as e:
+        print(f"facealign.train: {e}", file=sys.stderr)
+        return EXIT_SPEC
+
+
+def train(spec: JobSpec, run_dir: Path, on_finish=None) -> int:
+    """Run the job in this process (one rank); ``on_finish(net, world)`` is called at the end on every rank."""
+    # --- set-up ------------------------------------------------------------------------------------
+    from facealign import dist
+
+    world = dist.init()
+    if world.size != spec.world_size:
+        raise SpecError(f"resources give a world of {spec.resources.nodes} node(s) x "
+                        f"{spec.resources.tasks_per_node} task(s) = {spec.world_size} rank(s), but {world.size} "
+                        f"were started; launch -np {spec.world_size} or set resources.tasks_per_node")
+    stop = StopFlag()
+    import mxnet as mx
+    from mxnet import autograd
+
+    from facealign.checkpoint import CheckpointManager
+    from facealign.data.codec import HeatmapCodec
+    from facealign.data.loader import SampleConfig, TrainLoader
+    from facealign.data.transforms import AugmentConfig
+    from facealign.models import build_model, get_model_spec, initialize
+    from facealign.optim import lr_at, make_trainer, total_steps
+    from facealign.validation import Validator, add_image, draw_faces
+
+    if world.is_primary:
+        (run_dir / "tb").mkdir(parents=True, exist_ok=True)
+        dump_job(spec, run_dir / "job.yaml")
+    dist.barrier()  # the run directory exists before any rank looks into it
+    log = Log(run_dir, world.is_primary)
+    ctx = dist.device(world, spec.resources.gpus_per_node)
+    threads = os.environ.get("OMP_NUM_THREADS", "default")
+    log(f"rank 0 of {world.size} on {ctx}; run directory {run_dir}; OMP_NUM_THREADS={threads}; "
+        f"SLURM_RESTART_COUNT={os.environ.get('SLURM_RESTART_COUNT', '0')}")
+
+    d = spec.data
+    codec = HeatmapCodec(d.input_size, d.heatmap_size, d.sigma, d.peak, encode_mode=d.target,
+                         decode_mode=spec.eval.decode)
+    a = d.augment
+    sample_cfg = SampleConfig(input_size=d.input_size, num_points=d.num_points,
+                              augment=AugmentConfig(a.base_size, a.rotate, a.scale_sigma, a.scale_clip, a.flip,
+                                                    a.translate, a.color, a.blur, a.occlusion),
+                              eval_crop=spec.eval.crop, decode_reduce=d.decode_reduce, on_error=d.on_error)
+    loader = TrainLoader(d.train, batch_size=d.batch_size, codec=codec, rank=world.rank, world_size=world.size,
+                         seed=spec.run.seed, cfg=sample_cfg, workers=d.workers, prefetch=d.prefetch)
+    accumulation = spec.optim.grad_accumulation
+    steps_per_epoch = loader.steps_per_epoch // accumulation
+    if steps_per_epoch < 1:
+        raise SpecError(f"data.train: {loader.steps_per_epoch} batch(es) per epoch cannot fill one step of "
+                        f"{accumulation} accumulated batches")
+    last_step = total_steps(spec, steps_per_epoch)
+
+    model_spec = get_model_spec(spec.model.name, **spec.model_overrides())
+    net = initialize(build_model(model_spec), ctx=ctx, seed=spec.run.seed)
+    if spec.model.pretrained:
+        net.load_parameters(spec.model.pretrained, ctx=ctx, allow_missing=True, ignore_extra=True)
+    net.hybridize(static_alloc=True, static_shape=True)
+    if accumulation > 1:
+        for p in net.collect_params().values():
+            if p.grad_req != "null":
+                p.grad_req = "add"
+    trainer = make_trainer(net, spec)
+    weights = spec.loss.stack_weights or [1.0] * model_spec.num_stacks
+
+    # --- resume ------------------------------------------------------------------------------------
+    metric = spec.metric_name()
+    ckpt = CheckpointManager(run_dir / "checkpoints", writer=world.is_primary, keep_last=spec.checkpoint.keep_last,
+                             keep_best=spec.checkpoint.keep_best, metric=metric, mode=spec.checkpoint.mode)
+    found = ckpt.latest_valid(log=log) if spec.checkpoint.resume == "auto" and world.is_primary else None
+    found = dist.broadcast_object(str(found) if found else None, "facealign.resume")  # rank 0 chooses for all
+    step, epoch, batch_in_epoch, last_metrics = 0, 0, 0, {}
+    if found:
+        state = ckpt.load(Path(found), net, trainer, ctx, fingerprint=model_spec.fingerprint(),
+                          rank=world.rank if state_world_size(found) == world.size else None)
+        step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        last_metrics = state.get("metrics", {})
+        log(f"resumed from {found}: step {step}, epoch {epoch}, batch {batch_in_epoch} of the epoch")
+    else:
+        import horovod.mxnet as hvd
+
+        hvd.broadcast_parameters(net.collect_params(), root_rank=0)  # rank 0's initialisation everywhere
+    writer = None
+    if world.is_primary and spec.logging.tensorboard:
+        from tensorboardX import SummaryWriter
+
+        # purge_step drops events a previous attempt wrote after this checkpoint, so curves never fold back
+        writer = SummaryWriter(str(run_dir / "tb"), purge_step=step if found else None)
+    validator = Validator(spec, codec, sample_cfg, world, ctx)
+    stats = dist.RunningStats(net, world)
+
+    def validate():
+        """Validation with the rank-averaged BatchNorm statistics; each rank's own come back after."""
+        with stats.swapped(stats.average(stats.gather())):
+            return validator.run(net)
+
+    def checkpoint_state(metrics):
+        return {"epoch": epoch, "batch_in_epoch": batch_in_epoch, "samples_seen": step * d.batch_size * world.size
+                * accumulation, "world_size": world.size, "model": model_spec.to_dict(),
+                "model_fingerprint": model_spec.fingerprint(), "spec_hash": spec_hash(spec), "metrics": metrics,
+                "lr": lr_at(max(step - 1, 0), spec, steps_per_epoch, world.size),
+                "versions": {"mxnet": mx.__version__}}
+
+    eval_every = spec.eval.every_steps or steps_per_epoch
+    ckpt_every = spec.checkpoint.every_steps or steps_per_epoch
+    log(f"{spec.model.name} ({model_spec.num_stacks} stacks, {d.num_points} points, {d.input_size}->"
+        f"{d.heatmap_size}); {len(loader.records)} training faces, {steps_per_epoch} steps/epoch, "
+        f"batch {d.batch_size} x {world.size} rank(s) x {accumulation}; training to step {last_step}")
+    if step == 0 and validator.sets:
+        metrics, images = validate()
+        log("before training: " + ", ".join(f"{k} {v * 100:.2f}%" for k, v in metrics.items()))
+        if writer:
+            for k, v in metrics.items():
+                writer.add_scalar(f"val/{k}", v, 0)
+
+    # --- the loop ----------------------------------------------------------------------------------
+    exit_code, window = EXIT_OK, {"t": time.perf_counter(), "wait": 0.0, "images": 0, "loss": None, "n": 0}
+    start_step, start_time = step, time.perf_counter()
+    while step < last_step:
+        batches = loader.epoch(epoch, start_step=batch_in_epoch * accumulation)
+        for micro, batch in enumerate(batches, start=1):
+            # forward and backward; DistributedTrainer allreduces the gradients inside step()
+            data = mx.nd.array(batch.images, ctx=ctx, dtype="float32")
+            target = mx.nd.array(batch.heatmaps, ctx=ctx)
+            with autograd.record():
+                outputs = net(data)
+                stack_losses = [((o - target) ** 2).mean() for o in outputs]
+                loss = sum(w * l for w, l in zip(weights, stack_losses))
+            loss.backward()
+            window["wait"] += batch.wait_s
+            window["images"] += len(batch.indices)
+            if micro % accumulation:
+                continue
+            # The vote, before the update: every rank learns at the same step whether any rank was
+            # signalled or saw a non-finite loss (one rank raising alone would leave the others
+            # waiting in an allreduce).
+            values = np.array([l.asscalar() for l in stack_losses])
+            signalled, nonfinite = dist.allreduce([1.0 if stop.signal else 0.0,
+                                                   0.0 if np.isfinite(values).all() else 1.0])
+            if nonfinite:
+                raise NonFiniteLoss(f"non-finite loss at step {step + 1} (epoch {epoch}; this rank's stack losses "
+                                    f"{values.tolist()}); stopped before the update, the last checkpoint is intact")
+            stopping = signalled > 0
+            trainer.set_learning_rate(lr_at(step, spec, steps_per_epoch, world.size))
+            trainer.step(accumulation)  # the loss is a mean already: average over the micro-batches only
+            if accumulation > 1:
+                net.collect_params().zero_grad()
+            step += 1
+            batch_in_epoch += 1
+            window["loss"] = values if window["loss"] is None else window["loss"] + values
+            window["n"] += 1
+            end_of_epoch = batch_in_epoch == steps_per_epoch
+            if step % spec.logging.every_steps == 0 or step == last_step or stopping:
+                elapsed = time.perf_counter() - window["t"]
+                ips = window["images"] * world.size / max(elapsed, 1e-9)
+                mean_loss = window["loss"] / window["n"]
+                lr = lr_at(step - 1, spec, steps_per_epoch, world.size)
+                eta = (time.perf_counter() - start_time) / max(step - start_step, 1) * (last_step - step)
+                log(f"step {step}/{last_step} epoch {epoch} [{batch_in_epoch}/{steps_per_epoch}] loss "
+                    f"{mean_loss.sum():.5f} ({' '.join(f'{v:.5f}' for v in mean_loss)}) lr {lr:.3g} "
+                    f"img/s {ips:.1f} data-wait {100 * window['wait'] / max(elapsed, 1e-9):.0f}% eta {_fmt_time(eta)}")
+                if writer:
+                    writer.add_scalar("train/loss", float(mean_loss.sum()), step)
+                    for i, v in enumerate(mean_loss):
+                        writer.add_scalar(f"train/loss_stack{i}", float(v), step)
+                    writer.add_scalar("train/lr", lr, step)
+                    writer.add_scalar("perf/images_per_s", ips, step)
+                    writer.add_scalar("perf/data_wait", window["wait"] / max(elapsed, 1e-9), step)
+                window = {"t": time.perf_counter(), "wait": 0.0, "images": 0, "loss": None, "n": 0}
+            metrics = None
+            if validator.sets and (step % eval_every == 0 or step == last_step or end_of_epoch and not
+                                   spec.eval.every_steps):
+                metrics, images = validate()
+                log(f"validation at step {step}: " + ", ".join(f"{k} {v * 100:.2f}%" for k, v in metrics.items()))
+                if writer:
+                    for k, v in metrics.items():
+                        writer.add_scalar(f"val/{k}", v, step)
+                    if images is not None and spec.logging.images:
+                        faces, heatmaps = draw_faces(*images, codec)
+                        add_image(writer, "val/faces", faces, step)
+                        add_image(writer, "val/heatmaps", heatmaps, step)
+                last_metrics = metrics
+            if end_of_epoch:
+                epoch, batch_in_epoch = epoch + 1, 0
+            if step % ckpt_every == 0 or step == last_step or end_of_epoch or stopping:
+                ckpt.save(step, net, trainer, checkpoint_state(metrics or last_metrics), running_stats=stats.gather())
+                dist.barrier()  # nobody runs ahead (or exits) before the checkpoint is committed
+            if writer:
+                writer.flush()
+            if stopping:
+                log(f"stopping at step {step} on {stop.signal or 'another rank'}'s signal; checkpoint saved; "
+                    f"exit {EXIT_REQUEUE} (requeue)", all_ranks=True)
+                exit_code = EXIT_REQUEUE
+                break
+            if step >= last_step or end_of_epoch:
+                break
+        if exit_code == EXIT_REQUEUE:
+            break
+    loader.close()
+    if writer:
+        writer.close()
+    if on_finish is not None:
+        on_finish(net, world)
+    if exit_code == EXIT_OK:
+        log(f"finished at step {step}: " + json.dumps({k: round(v, 6) for k, v in last_metrics.items()}))
+    return exit_code
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except NonFiniteLoss as e:
+        print(f"facealign.train: {e}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_ERROR)

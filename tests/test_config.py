@@ -1,0 +1,120 @@
+"""Job specs: strict schema, clear errors, overrides, the reference recipes, and no MXNet import."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+from facealign.config import JobSpec, SpecError, dump_job, load_job
+
+JOBS = sorted((REPO / "jobs").glob("*.yaml"))
+
+
+def _write(tmp_path, text, name="job.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+BASE = """
+data:
+  train: [data/train]
+  val: {ibug: data/ibug, cofw: data/cofw}
+model: {name: hg2-d3-cab}
+"""
+
+
+def test_loading_a_spec_imports_no_mxnet():
+    code = ("import sys, facealign.config as c; "
+            f"c.load_job({str(REPO / 'jobs' / 'demo.yaml')!r}); print('mxnet' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+@pytest.mark.parametrize("path", JOBS, ids=lambda p: p.name)
+def test_every_job_in_the_repository_loads(path):
+    spec = load_job(path)
+    assert isinstance(spec, JobSpec) and spec.data.train
+
+
+@pytest.mark.parametrize("name", ["hg2-d4-resnet", "hg2-d3-hpm", "hg2-d4-cab", "sat2-d3-cab", "hg2-d3-cab",
+                                  "hg2-d3-cab-3d", "sat2-d3-cab-3d"])
+def test_reference_recipes(name):
+    spec = load_job(REPO / "jobs" / f"{name}.yaml")
+    assert spec.model.name == name
+    assert (spec.optim.name, spec.optim.lr, spec.optim.wd) == ("nadam", 1e-4, 0.0)
+    assert (spec.schedule.kind, spec.schedule.unit, spec.schedule.milestones, spec.schedule.factor,
+            spec.schedule.length) == ("step", "epoch", [20, 35], 0.2, 45)
+    assert spec.data.batch_size == 16 and (spec.data.sigma, spec.data.peak) == (1.0, 20.0)
+    assert (spec.data.input_size, spec.data.heatmap_size, spec.data.target) == (128, 64, "reference")
+    assert spec.loss.kind == "mse" and spec.loss.stack_weights in (None, [1.0, 1.0])
+    assert spec.data.landmark_dims == (3 if name.endswith("-3d") else 2)
+    a = spec.data.augment
+    assert (a.rotate, a.scale_sigma, a.scale_clip, a.flip, a.color, a.blur, a.occlusion) == (40, 0.2, 0.2, True, 0,
+                                                                                            0, 0)
+
+
+@pytest.mark.parametrize("text,message", [
+    ("optim: {lrr: 1.0e-3}", r"job\.yaml: unknown key 'optim\.lrr'; did you mean 'optim\.lr'\?"),
+    ("modle: {name: x}", r"unknown key 'modle'; did you mean 'model'\?"),
+    ("data: {batch_size: sixteen}", r"job\.yaml: data\.batch_size: expected an integer, got 'sixteen'"),
+    ("data: {augment: {flip: 0.5}}", r"data\.augment\.flip: expected true or false"),
+    ("data: {input_size: 128, heatmap_size: 48}", r"data\.heatmap_size: input_size / heatmap_size must be 2 or 4"),
+    ("checkpoint: {metric: nme/300W}", r"checkpoint\.metric: 'nme/300W' names no validation set; expected one of "
+                                       r"nme/ibug, nme/cofw"),
+    ("loss: {stack_weights: [1.0, 1.0, 1.0]}", r"loss\.stack_weights: 3 weights for a 2-stack model"),
+    ("resources: {tasks_per_node: 4, gpus_per_node: 2}", r"resources\.tasks_per_node: 4 ranks per node cannot each "
+                                                        r"have a GPU"),
+    ("optim: {name: adamw}", r"optim\.name: 'adamw' is not one of nadam, adam, sgd, rmsprop"),
+    ("model: {name: hg2-d3-cabb}", r"model\.name: unknown model 'hg2-d3-cabb'; did you mean 'hg2-d3-cab'\?"),
+    ("schedule: {milestones: [35, 20]}", r"schedule\.milestones: must increase"),
+    ("optim: {amp: float16}", r"optim\.amp: float16 AMP needs GPUs"),
+])
+def test_bad_specs_name_file_key_and_expectation(tmp_path, text, message):
+    raw = yaml.safe_load(BASE)
+    for section, values in yaml.safe_load(text).items():
+        raw[section] = {**raw.get(section, {}), **values} if isinstance(values, dict) else values
+    path = _write(tmp_path, yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(SpecError, match=message):
+        load_job(path)
+
+
+def test_overrides_parse_yaml_values(tmp_path):
+    path = _write(tmp_path, BASE)
+    spec = load_job(path, ["optim.lr=2e-4", "schedule.max_steps=50", "data.val={a: x}", "loss.stack_weights=[1, 2]",
+                           "checkpoint.metric=null"])
+    assert spec.optim.lr == 2e-4 and isinstance(spec.optim.lr, float)  # YAML 1.1 reads 2e-4 as a string
+    with pytest.raises(SpecError, match=r"optim\.lr: expected a number, got 'fast'"):
+        load_job(path, ["optim.lr=fast"])
+    assert spec.schedule.max_steps == 50 and spec.data.val == {"a": "x"} and spec.loss.stack_weights == [1.0, 2.0]
+    with pytest.raises(SpecError, match=r"unknown key 'optim\.learning_rate'"):
+        load_job(path, ["optim.learning_rate=1"])
+    with pytest.raises(SpecError, match="expected dotted.key=value"):
+        load_job(path, ["optim.lr"])
+
+
+def test_resolved_spec_round_trips(tmp_path):
+    spec = load_job(_write(tmp_path, BASE), ["optim.lr=3e-4"])
+    dump_job(spec, tmp_path / "resolved.yaml")
+    again = load_job(tmp_path / "resolved.yaml")
+    assert again == spec
+    assert "augment" in yaml.safe_load((tmp_path / "resolved.yaml").read_text())["data"]  # defaults written out
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(SpecError, match="nope.yaml: no such job spec"):
+        load_job(tmp_path / "nope.yaml")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_job(_write(tmp_path, "data: [unclosed"))
+    with pytest.raises(SpecError, match="data.train: no training record files"):
+        load_job(_write(tmp_path, "model: {name: hg2-d3-cab}"))
+
+
+def test_trainer_rejects_a_bad_spec_before_starting(tmp_path):
+    path = _write(tmp_path, BASE + "optim: {lrr: 1}\n")
+    proc = subprocess.run([sys.executable, "-m", "facealign.train", "--job", str(path)], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "unknown key 'optim.lrr'; did you mean 'optim.lr'?" in proc.stderr

@@ -1,0 +1,235 @@
+"""The distributed trainer, with real 2-process horovodrun jobs on CPU."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mxnet as mx
+import numpy as np
+import psutil
+import pytest
+import yaml
+
+from conftest import BIN, REPO
+from facealign.checkpoint import CheckpointManager
+from facealign.data.pack import main as pack_main
+from tb_events import images, read_events, scalars
+
+pytestmark = pytest.mark.horovod
+PROBE = REPO / "tests" / "train_probe.py"
+
+
+@pytest.fixture(scope="module")
+def tiny_job(tmp_path_factory):
+    """64 synthetic training faces, 16 for validation, a small 2-stack hourglass at 32 -> 16: 8 steps an epoch."""
+    root = tmp_path_factory.mktemp("tinyjob")
+    assert pack_main(["--synthetic", "64", "--seed", "1", "--quiet", str(root / "train")]) == 0
+    assert pack_main(["--synthetic", "16", "--seed", "2", "--quiet", str(root / "val")]) == 0
+    job = {
+        "run": {"name": "tiny", "seed": 3},
+        "data": {"train": [str(root / "train")], "val": {"synth": str(root / "val")}, "batch_size": 4,
+                 "input_size": 32, "heatmap_size": 16, "workers": 1, "prefetch": 2,
+                 "augment": {"base_size": 256, "color": 0.2}},
+        "model": {"name": "hg2-d3-cab", "width": 32, "depth": 1},
+        "optim": {"lr": 1.0e-3},
+        "schedule": {"kind": "cosine", "unit": "epoch", "length": 50},
+        "checkpoint": {"every_steps": 2, "keep_last": 2},
+        "eval": {"every_steps": 4, "batch_size": 8},
+        "logging": {"every_steps": 1, "images": 2},
+        "resources": {"nodes": 1, "tasks_per_node": 2},
+    }
+    path = root / "tiny.yaml"
+    path.write_text(yaml.safe_dump(job))
+    return path
+
+
+def _cmd(job, run_dir, probe_dir, *sets):
+    probe_dir.mkdir(parents=True, exist_ok=True)
+    return [str(BIN / "horovodrun"), "-np", "2", "-H", "localhost:2", "--gloo", sys.executable, str(PROBE),
+            str(probe_dir), "--job", str(job), "--run-dir", str(run_dir), *[a for s in sets for a in ("--set", s)]]
+
+
+ENV = {"OMP_NUM_THREADS": "1", "MXNET_CPU_WORKER_NTHREADS": "1", "PYTHONPATH": str(REPO / "tests")}
+
+
+def _start(job, run_dir, probe_dir, *sets):
+    # A session of its own: on failure the test kills horovodrun *and* its ranks (killpg).
+    return subprocess.Popen(_cmd(job, run_dir, probe_dir, *sets), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, **ENV}, start_new_session=True)
+
+
+def _stop(proc):
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _run(job, run_dir, probe_dir, *sets, timeout=300):
+    proc = _start(job, run_dir, probe_dir, *sets)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        _stop(proc)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _report(probe_dir, rank):
+    return json.loads((probe_dir / f"rank{rank}.json").read_text())
+
+
+def _params(path):
+    return {k: v.asnumpy() for k, v in mx.nd.load(str(path)).items()}
+
+
+def _assert_same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def _rank_process(run_dir, rank, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for p in psutil.process_iter(["cmdline"]):
+            try:
+                if str(run_dir) in " ".join(p.info["cmdline"] or []) and "train_probe.py" in " ".join(p.info["cmdline"]) \
+                        and p.environ().get("HOROVOD_RANK") == str(rank):
+                    return p
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        time.sleep(0.2)
+    raise AssertionError(f"rank {rank} never started")
+
+
+def _wait_for_step(run_dir, step, proc, timeout=180):
+    deadline = time.time() + timeout
+    log = run_dir / "log.txt"
+    while time.time() < deadline:
+        if log.exists() and f"step {step}/" in log.read_text():
+            return
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        time.sleep(0.2)
+    raise AssertionError(f"step {step} never logged")
+
+
+def test_two_ranks_train_identically_and_only_rank_0_writes(tiny_job, tmp_path):
+    run_dir, probe = tmp_path / "run", tmp_path / "probe"
+    proc = _run(tiny_job, run_dir, probe, "schedule.max_steps=10")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r0, r1 = _report(probe, 0), _report(probe, 1)
+    assert r0["exit"] == r1["exit"] == 0
+    assert r1["writes"] == [], r1["writes"]  # every rank reads; only rank 0 writes
+    assert any("checkpoints" in w for w in r0["writes"]) and any("log.txt" in w for w in r0["writes"])
+    final0, final1 = _params(probe / "rank0.params"), _params(probe / "rank1.params")
+    stat_keys = {k for k in final0 if k.endswith(("running_mean", "running_var"))}
+    trainable = lambda p: {k: v for k, v in p.items() if k not in stat_keys}  # noqa: E731
+    _assert_same(trainable(final0), trainable(final1))  # identical trainable parameters on both ranks
+    assert any(not np.array_equal(final0[k], final1[k]) for k in stat_keys)  # BN statistics follow each rank's data
+    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoints", "job.yaml", "log.txt", "tb"]
+    ckpt = CheckpointManager(run_dir / "checkpoints", writer=False)
+    assert [p.name for p in ckpt.checkpoints()] == ["ckpt-000000008", "ckpt-000000010"]  # keep_last 2
+    saved = _params(ckpt.latest_valid() / "model.params")
+    for k in final0:  # the checkpoint: rank 0's weights, BN statistics averaged over the ranks
+        expected = (final0[k] + final1[k]) / 2 if k in stat_keys else final0[k]
+        np.testing.assert_allclose(saved[k], expected, rtol=1e-6, err_msg=k)
+    per_rank = _params(ckpt.latest_valid() / "rank_stats.params")
+    for k in stat_keys:
+        np.testing.assert_array_equal(per_rank[f"rank1/{k}"], final1[k])
+    log = (run_dir / "log.txt").read_text()
+    assert "rank 0 of 2" in log and "step 10/10" in log and "img/s" in log and "data-wait" in log
+    assert yaml.safe_load((run_dir / "job.yaml").read_text())["schedule"]["max_steps"] == 10
+
+    # TensorBoard events, read back
+    tb = scalars(run_dir / "tb")
+    assert [s for s, _ in tb["train/loss"]] == list(range(1, 11))
+    assert {"train/loss_stack0", "train/loss_stack1", "train/lr", "perf/images_per_s", "perf/data_wait",
+            "val/nme/synth"} <= set(tb)
+    assert [s for s, _ in tb["val/nme/synth"]] == [0, 4, 8, 10]
+    assert {"val/faces", "val/heatmaps"} <= images(run_dir / "tb")
+
+
+def test_world_size_must_match_the_job(tiny_job, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "facealign.train", "--job", str(tiny_job), "--run-dir",
+                           str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "= 2 rank(s), but 1 were started" in proc.stderr
+
+
+def test_exact_resume_is_bitwise(tiny_job, tmp_path):
+    straight = _run(tiny_job, tmp_path / "a", tmp_path / "pa", "schedule.max_steps=12")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    first = _run(tiny_job, tmp_path / "b", tmp_path / "pb1", "schedule.max_steps=5")
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = _run(tiny_job, tmp_path / "b", tmp_path / "pb2", "schedule.max_steps=12")
+    assert second.returncode == 0, second.stderr[-3000:]
+    log = (tmp_path / "b" / "log.txt").read_text()
+    assert "resumed from" in log and "step 5, epoch 0, batch 5 of the epoch" in log
+    for rank in (0, 1):  # crosses an epoch boundary (8 steps) after the resume
+        _assert_same(_params(tmp_path / "pa" / f"rank{rank}.params"), _params(tmp_path / "pb2" / f"rank{rank}.params"))
+    a = CheckpointManager(tmp_path / "a" / "checkpoints", writer=False).latest_valid()
+    b = CheckpointManager(tmp_path / "b" / "checkpoints", writer=False).latest_valid()
+    _assert_same(_params(a / "optimizer.params"), _params(b / "optimizer.params"))  # Nadam moments, bit for bit
+    opt_a, opt_b = (json.loads((c / "state.json").read_text())["optimizer"] for c in (a, b))
+    assert opt_a["scalars"] == opt_b["scalars"] and opt_a["index_update_count"] == opt_b["index_update_count"]
+    # The resumed writer starts with a purge at the checkpoint's step, so curves never fold back.
+    purges = [ev.step for ev in read_events(tmp_path / "b" / "tb") if ev.HasField("session_log")
+              and ev.session_log.status == ev.session_log.START]
+    assert 5 in purges
+
+
+def test_a_signal_stops_every_rank_at_a_checkpoint_and_the_run_resumes(tiny_job, tmp_path):
+    run_dir, probe = tmp_path / "run", tmp_path / "p1"
+    proc = _start(tiny_job, run_dir, probe, "schedule.max_steps=400")
+    try:
+        _wait_for_step(run_dir, 3, proc)
+        _rank_process(run_dir, 1).send_signal(signal.SIGUSR2)  # to one rank only: the vote tells the other
+        proc.communicate(timeout=120)
+    finally:
+        _stop(proc)
+    assert _report(probe, 0)["exit"] == 75 and _report(probe, 1)["exit"] == 75
+    log = (run_dir / "log.txt").read_text()
+    stopped = int(log.split("stopping at step ")[1].split()[0])
+    assert "on another rank's signal" in log or "on SIGUSR2's signal" in log
+    ckpt = CheckpointManager(run_dir / "checkpoints", writer=False)
+    assert ckpt.latest_valid().name == f"ckpt-{stopped:09d}"  # checkpointed at the stop: nothing lost
+
+    resumed = _run(tiny_job, run_dir, tmp_path / "p2", f"schedule.max_steps={stopped + 2}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    log = (run_dir / "log.txt").read_text()
+    assert f"resumed from {run_dir / 'checkpoints' / f'ckpt-{stopped:09d}'}: step {stopped}" in log
+    assert f"step {stopped + 2}/{stopped + 2}" in log
+
+
+def test_a_killed_rank_makes_the_others_exit(tiny_job, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = _start(tiny_job, run_dir, tmp_path / "p", "schedule.max_steps=400")
+    try:
+        _wait_for_step(run_dir, 3, proc)
+        victim = _rank_process(run_dir, 1)
+        survivor = _rank_process(run_dir, 0)
+        victim.kill()
+        killed_at = time.time()
+        proc.communicate(timeout=120)
+        waited = time.time() - killed_at
+    finally:
+        _stop(proc)
+    assert proc.returncode != 0
+    assert not survivor.is_running() or survivor.status() == psutil.STATUS_ZOMBIE
+    assert waited < 120  # bounded: no hang in an allreduce the dead rank never joins
+
+
+def test_a_non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tiny_job, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = _run(tiny_job, run_dir, tmp_path / "p", "optim.lr=1.0e+12", "optim.name=sgd", "checkpoint.every_steps=1",
+                "schedule.max_steps=50")
+    assert proc.returncode != 0
+    text = proc.stdout + proc.stderr
+    assert "non-finite loss at step" in text and "the last checkpoint is intact" in text
+    step = int(text.split("non-finite loss at step ")[1].split()[0])
+    ckpt = CheckpointManager(run_dir / "checkpoints", writer=False)
+    good = ckpt.latest_valid()
+    assert good is not None and ckpt.verify(good) is None and good.name == f"ckpt-{step - 1:09d}"

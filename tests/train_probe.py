@@ -1,0 +1,54 @@
+"""Run by the trainer tests under horovodrun: one rank of facealign.train, observed.
+
+    python tests/train_probe.py PROBE_DIR --job ... [--set ...] --run-dir RUN
+
+Every write-mode open, mkdir, rename/replace, remove and rmtree under the run
+directory is recorded by an audit hook (all of the checkpoint manager's writes
+pass through these), and each rank's final parameters are saved to
+PROBE_DIR/rank<r>.params with a JSON report of its writes and exit code.
+"""
+import json
+import os
+import sys
+from pathlib import Path
+
+from facealign.config import load_job
+from facealign.train import NonFiniteLoss, parse_args, train
+
+
+def main() -> int:
+    probe_dir = Path(sys.argv[1])
+    args = parse_args(sys.argv[2:])
+    run_dir = str(Path(args.run_dir).resolve())
+    rank = int(os.environ.get("HOROVOD_RANK", "0"))
+    writes = []
+
+    def inside(path) -> bool:
+        return path is not None and not isinstance(path, int) and str(Path(str(path)).resolve()).startswith(run_dir)
+
+    def audit(event, hook_args):
+        if event == "open":
+            path, mode, flags = hook_args
+            writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or \
+                      (isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
+            if writing and inside(path):
+                writes.append(f"open {path}")
+        elif event in ("os.mkdir", "os.rename", "os.replace", "os.remove", "shutil.rmtree") and inside(hook_args[0]):
+            writes.append(f"{event} {hook_args[0]}")
+
+    sys.addaudithook(audit)
+
+    def on_finish(net, world):
+        net.save_parameters(str(probe_dir / f"rank{world.rank}.params"))
+
+    try:
+        code = train(load_job(args.job, args.set), Path(args.run_dir), on_finish=on_finish)
+    except NonFiniteLoss as e:
+        print(f"facealign.train: {e}", file=sys.stderr, flush=True)
+        code = 1
+    (probe_dir / f"rank{rank}.json").write_text(json.dumps({"rank": rank, "exit": code, "writes": writes}))
+    return code
+
+
+if __name__ == "__main__":  # the loader's spawned workers import this module: run only as a script
+    sys.exit(main())
