@@ -4,15 +4,18 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export FACEALIGN_VENV := $(abspath $(VENV))
 
-.PHONY: setup test bench bench-models bench-data clean
+.PHONY: setup demo test bench bench-models bench-data bench-train clean
 
 setup:
 	bash install.sh
 
+demo: setup
+	$(PY) -m facealign.demo
+
 test: setup
 	$(PY) -m pytest tests
 
-bench: bench-models bench-data
+bench: bench-models bench-data bench-train
 
 bench-models: setup
 	$(PY) bench/models.py --out bench/results/models.json
@@ -22,3 +25,6 @@ clean:
 
 bench-data: setup
 	$(PY) bench/data.py --out bench/results/data.json
+
+bench-train: setup
+	$(PY) bench/train.py --out bench/results/train.json

@@ -63,7 +63,7 @@ pip() { "$py" -m pip --disable-pip-version-check "$@"; }
 say "installing $MXNET_DIST==$MXNET_VERSION and the Python dependencies"
 pip install -q --upgrade "pip>=23" wheel "setuptools<70"
 pip install -q "$MXNET_DIST==$MXNET_VERSION" "numpy<1.24" \
-  "opencv-python-headless<4.11" pyyaml tensorboardX "scipy<1.12" "cython>=3" pytest
+  "opencv-python-headless<4.11" pyyaml tensorboardX tensorboard "scipy<1.12" "cython>=3" pytest psutil
 
 # --- Horovod, built from source against the MXNet just installed ------------
 horovod_ok() {

@@ -16,9 +16,7 @@ the reference's sigma 1 / peak 20 targets, the reference's augmentation):
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -28,11 +26,11 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.models import cpu_model  # noqa: E402
+from bench.report import write_report  # noqa: E402
 from facealign.data.codec import HeatmapCodec  # noqa: E402
 from facealign.data.loader import SampleConfig, TrainLoader, process_sample, RecordSet  # noqa: E402
 from facealign.data.records import RecordFile, decode_image  # noqa: E402
-from facealign.data.transforms import AugmentConfig, flip_horizontal, similarity, warp  # noqa: E402
+from facealign.data.transforms import flip_horizontal, similarity, warp  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -138,16 +136,9 @@ def main(argv=None) -> int:
     print("per sample: " + ", ".join(f"{k[:-3]} {v:.3f} ms" for k, v in stages.items()))
     del body
 
-    report = {"benchmark": "data",
-              "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
-                          "python": platform.python_version(), "opencv": cv2.__version__},
-              "settings": {"records": n_records, "samples": args.samples, "batch": args.batch,
-                           "workers": args.workers, "augment": "reference (rotate 40, scale 0.2, flip)"},
-              "results": results, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}", file=sys.stderr)
+    write_report("data", args.out, {"records": n_records, "samples": args.samples, "batch": args.batch,
+                                    "workers": args.workers, "augment": "reference (rotate 40, scale 0.2, flip)"},
+                 results, opencv=cv2.__version__)
     return 0
 
 

@@ -16,12 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.report import write_report  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -37,16 +39,6 @@ def parse_args(argv=None):
     p.add_argument("--out", default="bench/results/models.json", help="where to write the JSON results")
     p.add_argument("--one", metavar="MODEL", help=argparse.SUPPRESS)  # internal: measure one model, print JSON
     return p.parse_args(argv)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def measure_one(name: str, args) -> dict:
@@ -127,22 +119,11 @@ def main(argv=None) -> int:
               f"{row['infer_images_per_s_b1']:>9.2f} {row['infer_images_per_s_b16']:>10.2f} "
               f"{row['peak_rss_gb']:>8.2f}", flush=True)
 
-    report = {
-        "benchmark": "models",
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version(), "mxnet": mx.__version__,
-                    "device": f"gpu({args.gpu})" if args.gpu is not None else "cpu", "threads": args.threads,
-                    "OMP_NUM_THREADS": os.environ["OMP_NUM_THREADS"],
-                    "MXNET_CPU_WORKER_NTHREADS": os.environ["MXNET_CPU_WORKER_NTHREADS"]},
-        "settings": {"train_batch": args.train_batch, "train_iters": args.train_iters,
-                     "infer_iters": args.infer_iters, "warmup": args.warmup, "optimizer": "nadam"},
-        "results": results,
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}", file=sys.stderr)
+    write_report("models", args.out, {"train_batch": args.train_batch, "train_iters": args.train_iters,
+                                      "infer_iters": args.infer_iters, "warmup": args.warmup, "optimizer": "nadam"},
+                 results, mxnet=mx.__version__, device=f"gpu({args.gpu})" if args.gpu is not None else "cpu",
+                 threads=args.threads, OMP_NUM_THREADS=os.environ["OMP_NUM_THREADS"],
+                 MXNET_CPU_WORKER_NTHREADS=os.environ["MXNET_CPU_WORKER_NTHREADS"])
     return 0 if all("error" not in r for r in results) else 1
 
 

@@ -23,9 +23,15 @@ class World:
         return self.rank == 0
 
 
-def init() -> World:
+def init(cpu: bool = False) -> World:
+    """Start Horovod. On CPU ranks, Horovod's background thread polls every 10 ms instead of 1 ms
+    (unless HOROVOD_CYCLE_TIME is set): with a core or two per rank the 1 ms polling competes with
+    the compute (scaling efficiency 76% -> 90% at 2 ranks here), and 10 ms is nothing against a
+    CPU step of seconds. GPU ranks keep Horovod's default."""
     import horovod.mxnet as hvd
 
+    if cpu:
+        os.environ.setdefault("HOROVOD_CYCLE_TIME", "10")
     hvd.init()
     return World(hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size())
 

@@ -9,6 +9,29 @@ from facealign.data.loader import RecordSet, process_sample
 from facealign.metrics import nme
 
 
+def score_records(net, records, indices, cfg, codec, *, batch: int, ctx, norm: str):
+    """Per-image NME of ``net`` on ``records[indices]`` (evaluation crops, last stack decoded).
+
+    Returns (errors, first batch as (images, pred, gt, heatmaps) or None).
+    """
+    import mxnet as mx
+
+    errors, first = [], None
+    for start in range(0, len(indices), batch):
+        samples = [process_sample(records, i, cfg, train=False) for i in indices[start:start + batch]]
+        images = np.stack([s.image.transpose(2, 0, 1) for s in samples])
+        pad = batch - len(samples)  # a full batch keeps a static graph's shapes
+        if pad:
+            images = np.concatenate([images, np.repeat(images[-1:], pad, 0)])
+        heatmaps = net(mx.nd.array(images, ctx=ctx))[-1].astype("float32").asnumpy()[:len(samples)]  # AMP: bf16
+        pred, _ = codec.decode(heatmaps)
+        gt = np.stack([s.landmarks[:, :2] for s in samples])
+        errors.append(nme(pred, gt, norm))
+        if first is None:
+            first = (images[:len(samples)], pred, gt, heatmaps)
+    return (np.concatenate(errors) if errors else np.zeros(0)), first
+
+
 class Validator:
     """``run(net)`` -> ({"nme/<set>": value}, rank 0's first batch for drawing, or None).
 
@@ -22,34 +45,23 @@ class Validator:
         self.codec, self.cfg, self.world, self.ctx = codec, sample_cfg, world, ctx
         self.batch = spec.eval.batch_size
         self.max_samples = spec.eval.max_samples
-        self.norm = "eye_centre" if spec.data.landmark_dims == 2 else "box"
+        self.norm = norm_for(spec.data.landmark_dims)
 
     def run(self, net):
-        import mxnet as mx
-
         metrics, first = {}, None
         for name, records in self.sets.items():
             n = len(records) if self.max_samples is None else min(len(records), self.max_samples)
-            mine = list(range(self.world.rank, n, self.world.size))
-            total, count = 0.0, 0
-            for start in range(0, len(mine), self.batch):
-                chunk = mine[start:start + self.batch]
-                samples = [process_sample(records, i, self.cfg, train=False) for i in chunk]
-                images = np.stack([s.image.transpose(2, 0, 1) for s in samples])
-                pad = self.batch - len(samples)  # a full batch keeps the static graph's shapes
-                if pad:
-                    images = np.concatenate([images, np.repeat(images[-1:], pad, 0)])
-                heatmaps = net(mx.nd.array(images, ctx=self.ctx))[-1].asnumpy()[:len(samples)]
-                pred, _ = self.codec.decode(heatmaps)
-                gt = np.stack([s.landmarks[:, :2] for s in samples])
-                errors = nme(pred, gt, self.norm)
-                total += float(errors.sum())
-                count += len(errors)
-                if first is None and name == next(iter(self.sets)):
-                    first = (images[:len(samples)], pred, gt, heatmaps)
-            total, count = dist.allreduce([total, count])
+            errors, batch0 = score_records(net, records, list(range(self.world.rank, n, self.world.size)), self.cfg,
+                                           self.codec, batch=self.batch, ctx=self.ctx, norm=self.norm)
+            first = first or batch0
+            total, count = dist.allreduce([float(errors.sum()), len(errors)])
             metrics[f"nme/{name}"] = total / max(count, 1)
         return metrics, (first if self.world.is_primary else None)
+
+
+def norm_for(landmark_dims: int) -> str:
+    """The reference's normalisation: eye-centre distance in 2D, sqrt of the box area in 3D."""
+    return "eye_centre" if landmark_dims == 2 else "box"
 
 
 def draw_faces(images, pred, gt, heatmaps, codec, limit: int = 8):

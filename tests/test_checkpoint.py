@@ -59,11 +59,11 @@ def test_layout_manifest_and_no_pickle(tmp_path):
     mgr = CheckpointManager(tmp_path, writer=True)
     path = mgr.save(1, net, trainer, {"epoch": 0, "batch_in_epoch": 1, "metrics": {}})
     assert sorted(p.name for p in path.iterdir()) == ["MANIFEST.json", "model.params", "optimizer.params",
-                                                       "state.json"]
+                                                       "rank_stats.params", "state.json"]
     assert (tmp_path / "latest").read_text().strip() == "ckpt-000000001"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
     manifest = json.loads((path / "MANIFEST.json").read_text())
-    assert set(manifest) == {"model.params", "optimizer.params", "state.json"}
+    assert set(manifest) == {"model.params", "rank_stats.params", "optimizer.params", "state.json"}
     # The optimizer state is NDArrays + JSON: no pickle stream anywhere.
     for f in path.iterdir():
         assert b"\x80\x04\x95" not in f.read_bytes()[:64] and b"\x80\x03" not in f.read_bytes()[:2]

@@ -1,7 +1,6 @@
 """Job specs: strict schema, clear errors, overrides, the reference recipes, and no MXNet import."""
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml

@@ -5,7 +5,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import mxnet as mx
 import numpy as np
@@ -183,7 +182,7 @@ def test_exact_resume_is_bitwise(tiny_job, tmp_path):
 
 def test_a_signal_stops_every_rank_at_a_checkpoint_and_the_run_resumes(tiny_job, tmp_path):
     run_dir, probe = tmp_path / "run", tmp_path / "p1"
-    proc = _start(tiny_job, run_dir, probe, "schedule.max_steps=400")
+    proc = _start(tiny_job, run_dir, probe, "schedule.max_steps=400", "optim.fp16_allreduce=true")
     try:
         _wait_for_step(run_dir, 3, proc)
         _rank_process(run_dir, 1).send_signal(signal.SIGUSR2)  # to one rank only: the vote tells the other
@@ -233,3 +232,16 @@ def test_a_non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tin
     ckpt = CheckpointManager(run_dir / "checkpoints", writer=False)
     good = ckpt.latest_valid()
     assert good is not None and ckpt.verify(good) is None and good.name == f"ckpt-{step - 1:09d}"
+
+
+def test_single_process_with_bfloat16_amp_and_gradient_accumulation(tiny_job, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "facealign.train", "--job", str(tiny_job), "--run-dir", str(run_dir),
+                           "--set", "resources.tasks_per_node=1", "--set", "optim.amp=bfloat16",
+                           "--set", "optim.grad_accumulation=2", "--set", "schedule.max_steps=3"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, **ENV})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = (run_dir / "log.txt").read_text()
+    assert "batch 4 x 1 rank(s) x 2" in log and "step 3/3" in log and "finished at step 3" in log
+    losses = [v for _, v in scalars(run_dir / "tb")["train/loss"]]
+    assert len(losses) == 3 and all(np.isfinite(losses))

@@ -5,7 +5,8 @@ import argparse
 import json
 import sys
 
-from .zoo import count_parameters, get_model, list_models
+from .specs import list_models
+from .zoo import count_parameters, get_model
 
 
 def main(argv=None) -> int:

@@ -16,7 +16,7 @@ import mxnet as mx
 from .hourglass import Hourglass
 from .network import StackedHeatmapNet
 from .sat import SAT
-from .specs import MODELS, ModelSpec, get_model_spec, list_models  # noqa: F401  (re-exported)
+from .specs import ModelSpec, get_model_spec
 
 def build_model(spec: ModelSpec) -> StackedHeatmapNet:
     """An uninitialised network for ``spec``; ``spec`` is kept on it as ``net.spec``."""

@@ -1,0 +1,21 @@
+"""The short version of `make demo`: pack, score, train with horovodrun -np 2, score again."""
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+pytestmark = pytest.mark.horovod
+
+
+def test_demo_learns(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "facealign.demo", "--steps", "60", "--train-faces", "300",
+                           "--val-faces", "40", "--workdir", str(tmp_path)], capture_output=True, text=True,
+                          timeout=900, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    before = float(re.search(r"NME before training: ([\d.]+)%", proc.stdout).group(1))
+    after = float(re.search(r"NME after training:\s+([\d.]+)%", proc.stdout).group(1))
+    assert after < 0.5 * before
+    assert "--logdir" in proc.stdout and (tmp_path / "runs" / "demo" / "checkpoints" / "latest").exists()
