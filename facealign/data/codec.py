@@ -1,0 +1,175 @@
+"""The heatmap codec: landmarks <-> Gaussian heatmaps, separate from the model.
+
+Coordinates are pixel indices of the network input (0-based, pixel centres at
+integers). Heatmap pixel ``j`` covers input pixels ``[s*j, s*j + s)`` for the
+stride ``s = input_size / heatmap_size``, so its centre sits at
+``s*j + (s-1)/2`` in input pixels.
+
+Encoding (seed-spec §4.5):
+  * ``"reference"``: the reference's targets. The landmark times 1/s is cast
+    to int (floor), and a ``(6 sigma + 1)``-wide window of
+    ``peak * exp(-d^2 / (2 sigma^2))`` around that integer pixel is written,
+    clipped at the borders and *overwriting* (not max-merging) neighbours.
+    A point outside the heatmap leaves its channel empty.
+  * ``"subpixel"``: the same window, but the Gaussian is centred at the exact
+    sub-pixel position, so the target carries no quantisation error.
+
+Decoding:
+  * ``"subpixel"``: per-channel argmax, then a second-order refinement on the
+    log-heatmap (exact for a Gaussian; falls back to the classic quarter-pixel
+    step where the log is not concave), then mapped back to input pixels.
+  * ``"reference"``: the reference's decoding (§6.1): bilinear up-sampling
+    (``cv2.resize``) of each channel to the input size and the integer argmax.
+
+Two implementations of encode and sub-pixel decode: a plain NumPy reference
+(this module) and the Cython fast path ``facealign._native.heatmap`` (from
+``native/heatmap.pyx``), tested to give identical results; ``HeatmapCodec``
+uses the fast path when it is built. The reference decode is cv2-based in both.
+"""
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+try:
+    from facealign._native import heatmap as _native
+except ImportError:  # not built (e.g. a source checkout without `make setup`): NumPy reference only
+    _native = None
+
+ENCODE_MODES = ("reference", "subpixel")
+DECODE_MODES = ("subpixel", "reference")
+
+
+class HeatmapCodec:
+    """Encode K landmarks into K heatmaps and decode them back.
+
+    >>> codec = HeatmapCodec(input_size=128, heatmap_size=64)        # sigma 1, peak 20: the reference
+    >>> hm = codec.encode(landmarks)              # (K, 2) input pixels -> (K, 64, 64) float32
+    >>> pts, scores = codec.decode(hm[None])      # (N, K, H, W) -> (N, K, 2) input pixels, (N, K) peak values
+    """
+
+    def __init__(self, input_size: int = 128, heatmap_size: int = 64, sigma: float = 1.0, peak: float = 20.0,
+                 encode_mode: str = "reference", decode_mode: str = "subpixel", backend: str = "auto"):
+        if input_size % heatmap_size:
+            raise ValueError(f"heatmap_size {heatmap_size} must divide input_size {input_size}")
+        if encode_mode not in ENCODE_MODES:
+            raise ValueError(f"encode_mode must be one of {ENCODE_MODES}, got {encode_mode!r}")
+        if decode_mode not in DECODE_MODES:
+            raise ValueError(f"decode_mode must be one of {DECODE_MODES}, got {decode_mode!r}")
+        if sigma < 0:
+            raise ValueError(f"sigma must be >= 0, got {sigma}")
+        if backend not in ("auto", "native", "numpy"):
+            raise ValueError(f"backend must be auto, native or numpy, got {backend!r}")
+        if backend == "native" and _native is None:
+            raise ImportError("facealign._native.heatmap is not built; run `make setup`")
+        self.input_size, self.heatmap_size = input_size, heatmap_size
+        self.stride = input_size // heatmap_size
+        self.sigma, self.peak = float(sigma), float(peak)
+        self.encode_mode, self.decode_mode = encode_mode, decode_mode
+        self.native = _native is not None and backend != "numpy"
+
+    def encode(self, landmarks: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """(K, >=2) input-pixel landmarks -> (K, H, W) float32 heatmaps (written into ``out`` if given)."""
+        pts = np.ascontiguousarray(np.asarray(landmarks, np.float64)[:, :2])
+        h = self.heatmap_size
+        if out is None:
+            out = np.empty((pts.shape[0], h, h), np.float32)
+        subpixel = self.encode_mode == "subpixel"
+        if self.native:
+            _native.encode(pts, out, self.stride, self.sigma, self.peak, subpixel)
+        else:
+            encode_numpy(pts, out, self.stride, self.sigma, self.peak, subpixel)
+        return out
+
+    def encode_batch(self, landmarks: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """(N, K, >=2) -> (N, K, H, W)."""
+        n, k = landmarks.shape[:2]
+        if out is None:
+            out = np.empty((n, k, self.heatmap_size, self.heatmap_size), np.float32)
+        for i in range(n):
+            self.encode(landmarks[i], out[i])
+        return out
+
+    def decode(self, heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, K, H, W) heatmaps -> ((N, K, 2) input-pixel landmarks, (N, K) peak scores)."""
+        hm = np.ascontiguousarray(heatmaps, np.float32)
+        if hm.ndim != 4:
+            raise ValueError(f"decode expects N x K x H x W heatmaps, got shape {hm.shape}")
+        if self.decode_mode == "reference":  # evaluation only; cv2.resize is the reference's own up-sampling
+            return decode_reference_numpy(hm, self.input_size)
+        fn = _native.decode_subpixel if self.native else decode_subpixel_numpy
+        return fn(hm, self.stride)
+
+
+# --- NumPy reference implementations (the test oracle) --------------------------------------------
+
+def encode_numpy(pts: np.ndarray, out: np.ndarray, stride: int, sigma: float, peak: float, subpixel: bool) -> None:
+    """Reference encoder, written for clarity: one channel at a time, as the reference did."""
+    out[:] = 0
+    k, h, w = out.shape
+    radius = int(3 * sigma)
+    for i in range(k):
+        x, y = pts[i, 0], pts[i, 1]
+        if not (np.isfinite(x) and np.isfinite(y)):
+            continue
+        if subpixel:  # heatmap-pixel coordinates of the exact point
+            cx, cy = (x - (stride - 1) / 2) / stride, (y - (stride - 1) / 2) / stride
+            ix, iy = int(math.floor(cx + 0.5)), int(math.floor(cy + 0.5))
+        else:  # the reference: scale, then int() (floor for points >= 0)
+            cx, cy = math.floor(x / stride), math.floor(y / stride)
+            ix, iy = int(cx), int(cy)
+        if not (0 <= ix < w and 0 <= iy < h):
+            continue
+        if sigma == 0:
+            out[i, iy, ix] = 1.0  # the reference's sigma=0: a one-hot pixel
+            continue
+        # math.exp (libm), element by element: the same arithmetic as the Cython path, so the two agree
+        # to the bit (numpy's SIMD exp may differ from libm in the last place).
+        for yy in range(max(iy - radius, 0), min(iy + radius + 1, h)):
+            for xx in range(max(ix - radius, 0), min(ix + radius + 1, w)):
+                d2 = (xx - cx) * (xx - cx) + (yy - cy) * (yy - cy)
+                out[i, yy, xx] = peak * math.exp(-d2 / (2 * sigma * sigma))
+
+
+def _refine_1d(lo: float, mid: float, hi: float) -> float:
+    """Sub-pixel offset of a peak from three samples: Newton step on the log (exact for a Gaussian)."""
+    if lo > 0 and mid > 0 and hi > 0:
+        llo, lmid, lhi = math.log(lo), math.log(mid), math.log(hi)
+        curvature = llo - 2 * lmid + lhi
+        if curvature < 0:
+            return min(max(-0.5 * (lhi - llo) / curvature, -0.5), 0.5)
+    # Not log-concave there (flat, negative or clipped): the quarter-pixel step towards the larger side.
+    return 0.25 * np.sign(hi - lo)
+
+
+def decode_subpixel_numpy(hm: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    n, k, h, w = hm.shape
+    flat = hm.reshape(n, k, -1)
+    idx = flat.argmax(-1)
+    scores = np.take_along_axis(flat, idx[..., None], -1)[..., 0]
+    pts = np.zeros((n, k, 2), np.float32)
+    for b in range(n):
+        for c in range(k):
+            py, px = divmod(int(idx[b, c]), w)
+            m = hm[b, c]
+            dx = _refine_1d(m[py, px - 1], m[py, px], m[py, px + 1]) if 0 < px < w - 1 else 0.0
+            dy = _refine_1d(m[py - 1, px], m[py, px], m[py + 1, px]) if 0 < py < h - 1 else 0.0
+            pts[b, c, 0] = (px + dx) * stride + (stride - 1) / 2
+            pts[b, c, 1] = (py + dy) * stride + (stride - 1) / 2
+    return pts, scores.astype(np.float32)
+
+
+def decode_reference_numpy(hm: np.ndarray, input_size: int) -> tuple[np.ndarray, np.ndarray]:
+    n, k = hm.shape[:2]
+    pts = np.zeros((n, k, 2), np.float32)
+    scores = np.zeros((n, k), np.float32)
+    for b in range(n):
+        for c in range(k):
+            up = cv2.resize(hm[b, c], (input_size, input_size), interpolation=cv2.INTER_LINEAR)
+            i = int(up.argmax())
+            pts[b, c] = (i % input_size, i // input_size)
+            scores[b, c] = up.flat[i]
+    return pts, scores
+

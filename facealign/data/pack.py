@@ -1,0 +1,323 @@
+"""``facealign-pack``: annotated faces -> indexed RecordIO (``OUT.rec`` + ``OUT.idx``).
+
+    facealign-pack --format ibug  300W/            data/300w_train
+    facealign-pack --format json  faces.json       data/custom
+    facealign-pack --synthetic 2000 --seed 1       data/synth_train
+    facealign-pack --reindex data/300w_train       # rebuild a lost .idx from the .rec
+
+Each face is cropped around its landmarks to a square canvas (384 x 384 by
+default, as the reference's records): the canvas side covers ``--context``
+times the landmark box's longer side, so training crops never decode a full
+photo. Records keep the crop's affine so predictions map back to the photo.
+
+Output is written under temporary names and renamed at the end: an
+interrupted run leaves no half-written ``.rec``. Every skipped input is listed
+with its reason in ``OUT.skipped.tsv``; ``--strict`` turns any skip into a
+failure that writes nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import re
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .records import RECORDIO_MAGIC, RecordFile, RecordWriter, Sample, decode_image, encode_image, pack_sample, \
+    record_paths
+from .sources import FORMATS, READERS, Item, Skip
+from .transforms import apply, similarity
+
+EPILOG = """record layout: see facealign/data/records.py (format version 1).
+exit status: 0 packed, 1 nothing packed or --strict with skips, 2 bad arguments."""
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="facealign-pack", description=__doc__.split("\n\n")[0],
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("paths", nargs="+", metavar="SRC OUT_PREFIX",
+                   help="source (folder or file, per --format) and output prefix; only OUT_PREFIX with "
+                        "--synthetic or --reindex")
+    p.add_argument("--format", choices=FORMATS, help="layout of SRC (see facealign/data/sources.py)")
+    p.add_argument("--synthetic", type=int, metavar="N", help="render N procedural faces instead of reading SRC")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic set (default 0)")
+    p.add_argument("--reindex", action="store_true", help="rebuild OUT_PREFIX.idx by scanning OUT_PREFIX.rec")
+    p.add_argument("--canvas", type=int, default=384, help="side of the stored square image (default 384)")
+    p.add_argument("--context", type=float, default=2.25,
+                   help="canvas side / landmark box's longer side (default 2.25: the reference's framing)")
+    p.add_argument("--num-points", type=int, help="expected landmarks per face; others are skipped "
+                                                   "(default: the first face's count)")
+    p.add_argument("--dims", type=int, choices=(2, 3), help="store only x, y (2) or require x, y, z (3)")
+    p.add_argument("--outside-tolerance", type=float, default=0.1,
+                   help="skip faces with landmarks further outside the photo than this fraction of the "
+                        "landmark box (default 0.1)")
+    p.add_argument("--encoding", choices=("jpg", "png"), default="jpg")
+    p.add_argument("--quality", type=int, default=95, help="JPEG quality (default 95)")
+    p.add_argument("--workers", type=int, default=os.cpu_count(), help="processes (default: all cores)")
+    p.add_argument("--limit", type=int, help="pack at most this many faces")
+    p.add_argument("--strict", action="store_true", help="fail, writing nothing, if any input is skipped")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    args = p.parse_args(argv)
+    if args.reindex or args.synthetic is not None:
+        if len(args.paths) != 1:
+            p.error("--synthetic and --reindex take exactly one path: OUT_PREFIX")
+        if args.format:
+            p.error("--format does not go with --synthetic or --reindex")
+    else:
+        if len(args.paths) != 2:
+            p.error("expected SRC OUT_PREFIX")
+        if not args.format:
+            p.error("--format is required to read SRC (one of: " + ", ".join(FORMATS) + ")")
+    if args.synthetic is not None and args.synthetic < 1:
+        p.error("--synthetic N needs N >= 1")
+    return args
+
+
+class _Options:
+    """The settings a worker needs (picklable)."""
+
+    def __init__(self, args):
+        self.canvas, self.context = args.canvas, args.context
+        self.dims, self.tolerance = args.dims, args.outside_tolerance
+        self.encoding, self.quality = "." + args.encoding, args.quality
+        self.seed = args.seed
+
+
+def crop_item(item: Item, opt: _Options):
+    """Decode, check and crop one item; returns (Sample, image bytes) or a Skip."""
+    if item.image_bytes is not None:
+        try:
+            image = decode_image(item.image_bytes)
+        except ValueError as e:
+            return Skip(item.source, f"image does not decode: {e}")
+    else:
+        raw = cv2.imread(item.image_path, cv2.IMREAD_COLOR)  # greyscale files come back as 3 equal channels
+        if raw is None:
+            reason = "image file missing" if not os.path.exists(item.image_path) else "unreadable image"
+            return Skip(item.source, reason)
+        image = cv2.cvtColor(raw, cv2.COLOR_BGR2RGB)
+    lm = np.asarray(item.landmarks, np.float64)
+    if opt.dims == 3 and lm.shape[1] != 3:
+        return Skip(item.source, f"--dims 3 needs x, y, z landmarks; this face has {lm.shape[1]} coordinates")
+    if opt.dims == 2:
+        lm = lm[:, :2]
+    if not np.isfinite(lm).all():
+        return Skip(item.source, "non-finite landmark coordinates")
+    h, w = image.shape[:2]
+    lo, hi = lm[:, :2].min(0), lm[:, :2].max(0)
+    side = float(max(hi - lo))
+    if side <= 1:
+        return Skip(item.source, "degenerate landmarks (all at one point)")
+    tol = opt.tolerance * side
+    outside = np.maximum(np.maximum(-tol - lm[:, 0], lm[:, 0] - (w - 1 + tol)),
+                         np.maximum(-tol - lm[:, 1], lm[:, 1] - (h - 1 + tol)))
+    if (outside > 0).any():
+        i = int(outside.argmax())
+        return Skip(item.source, f"landmark {i} at ({lm[i, 0]:.1f}, {lm[i, 1]:.1f}) is outside the "
+                                 f"{w}x{h} image by more than {tol:.1f} px")
+    center = (lo + hi) / 2
+    M = similarity(center, ((opt.canvas - 1) / 2, (opt.canvas - 1) / 2), opt.canvas / (opt.context * side), 0.0)
+    crop = cv2.warpAffine(image, M, (opt.canvas, opt.canvas), flags=cv2.INTER_AREA if M[0, 0] < 1 else cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    pts = apply(M, lm).astype(np.float32)
+    box = (np.concatenate([apply(M, item.box.reshape(2, 2)).ravel()]) if item.box is not None
+           else np.concatenate([pts[:, :2].min(0), pts[:, :2].max(0)])).astype(np.float32)
+    meta = {"source": item.source, "orig_size": [w, h], "crop": np.round(M, 8).tolist(), **item.meta}
+    sample = Sample(image=crop, landmarks=pts, box=box, meta=meta)
+    return sample, encode_image(crop, opt.encoding, opt.quality)
+
+
+def _work_item(payload):
+    item, opt = payload
+    return crop_item(item, opt)
+
+
+def _work_synthetic(payload):
+    index, opt = payload
+    from facealign.synth import render_face
+
+    face = render_face(opt.seed, index, opt.canvas)
+    lm = face.landmarks if opt.dims != 2 else face.landmarks[:, :2]
+    box = np.concatenate([lm[:, :2].min(0), lm[:, :2].max(0)]).astype(np.float32)
+    meta = {"source": f"synthetic:{opt.seed}:{index}", "dataset": "synthetic", "scheme": "ibug68",
+            "pose": [round(v, 3) for v in face.pose], "orig_size": [opt.canvas, opt.canvas],
+            "crop": [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]}
+    sample = Sample(image=face.image, landmarks=lm, box=box, meta=meta)
+    return sample, encode_image(face.image, opt.encoding, opt.quality)
+
+
+class Progress:
+    """One status line on a terminal (rewritten in place), a line per 10% otherwise."""
+
+    def __init__(self, total: int | None, quiet: bool):
+        self.total, self.quiet = total, quiet
+        self.start = self.last = time.monotonic()
+        self.tty = sys.stderr.isatty()
+        self.next_decile = 1
+        self.printed = -1
+
+    def update(self, done: int, skipped: int, final: bool = False):
+        if self.quiet:
+            return
+        now = time.monotonic()
+        if final and not self.tty and self.printed == done:
+            return
+        if not final:
+            if self.tty and now - self.last < 0.5:
+                return
+            if not self.tty and (not self.total or done * 10 < self.next_decile * self.total):
+                return
+        self.last, self.printed = now, done
+        rate = done / max(now - self.start, 1e-9)
+        if self.total:
+            self.next_decile = done * 10 // self.total + 1
+            eta = (self.total - done) / rate if rate > 0 else 0
+            line = f"packing: {done}/{self.total} ({100 * done / self.total:.0f}%), {rate:.0f} faces/s, " \
+                   f"{skipped} skipped, ETA {eta:.0f}s"
+        else:
+            line = f"packing: {done} done, {rate:.0f} faces/s, {skipped} skipped"
+        end = "\n" if final or not self.tty else ""
+        print(("\r" if self.tty else "") + line + " " * 8, end=end, file=sys.stderr, flush=True)
+
+
+def reindex(prefix) -> int:
+    """Rebuild ``PREFIX.idx`` by walking the records of ``PREFIX.rec``; returns the record count."""
+    rec_path, idx_path = record_paths(prefix)
+    if not rec_path.exists():
+        raise SystemExit(f"facealign-pack: {rec_path}: no such record file")
+    offsets = []
+    size = rec_path.stat().st_size
+    with open(rec_path, "rb") as fh:
+        pos, in_record = 0, False
+        while pos < size:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise SystemExit(f"facealign-pack: {rec_path}: truncated header at offset {pos}")
+            magic, lrec = np.frombuffer(head, "<u4")
+            if magic != RECORDIO_MAGIC:
+                raise SystemExit(f"facealign-pack: {rec_path}: bad magic at offset {pos} after "
+                                 f"{len(offsets)} records; the file is corrupt from there on")
+            cflag, length = int(lrec) >> 29, int(lrec) & ((1 << 29) - 1)
+            if not in_record:
+                offsets.append(pos)
+            in_record = cflag in (1, 2)
+            pos += 8 + ((length + 3) & ~3)
+            fh.seek(pos)
+    tmp = idx_path.with_name(idx_path.name + f".tmp-{os.getpid()}")
+    tmp.write_text("".join(f"{i}\t{off}\n" for i, off in enumerate(offsets)))
+    os.replace(tmp, idx_path)
+    RecordFile(prefix)  # validates the new index against the file
+    return len(offsets)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.reindex:
+        n = reindex(args.paths[0])
+        print(f"facealign-pack: rebuilt {record_paths(args.paths[0])[1]} ({n} records)")
+        return 0
+
+    opt = _Options(args)
+    out_prefix = args.paths[-1]
+    if args.synthetic is not None:
+        total = args.synthetic if args.limit is None else min(args.synthetic, args.limit)
+        tasks = ((i, opt) for i in range(total))
+        work = _work_synthetic
+        pre_skips = []
+    else:
+        src = args.paths[0]
+        if not os.path.exists(src):
+            print(f"facealign-pack: {src}: no such file or folder", file=sys.stderr)
+            return 2
+        try:
+            entries = list(READERS[args.format](src))
+        except (ValueError, RuntimeError) as e:
+            print(f"facealign-pack: {e}", file=sys.stderr)
+            return 2
+        items = [e for e in entries if isinstance(e, Item)]
+        pre_skips = [e for e in entries if isinstance(e, Skip)]
+        expected = args.num_points or (items[0].landmarks.shape[0] if items else None)
+        kept = []
+        for it in items:
+            if it.landmarks.shape[0] != expected:
+                pre_skips.append(Skip(it.source, f"{it.landmarks.shape[0]} landmarks, expected {expected}"))
+            else:
+                kept.append(it)
+        if args.limit is not None:
+            kept = kept[:args.limit]
+        total = len(kept)
+        tasks = ((it, opt) for it in kept)
+        work = _work_item
+
+    skips = list(pre_skips)
+    progress = Progress(total, args.quiet)
+    done = 0
+    writer = RecordWriter(out_prefix)
+    try:
+        workers = max(1, min(args.workers or 1, total or 1))
+        if workers > 1:
+            # spawn, not fork: a caller that runs MXNet (a trainer, a test) has threads whose locks a
+            # forked child would inherit held, and hang on.
+            pool = multiprocessing.get_context("spawn").Pool(workers, initializer=cv2.setNumThreads, initargs=(1,))
+            results = pool.imap(work, tasks, chunksize=4)  # ordered: the output does not depend on --workers
+        else:
+            pool, results = None, map(work, tasks)
+        try:
+            for result in results:
+                done += 1
+                if isinstance(result, Skip):
+                    skips.append(result)
+                else:
+                    sample, image_bytes = result
+                    writer.write(pack_sample(sample, writer.count, image_bytes=image_bytes))
+                progress.update(done, len(skips))
+        finally:
+            if pool is not None:
+                pool.terminate()
+        progress.update(done, len(skips), final=True)
+        if args.strict and skips:
+            raise RuntimeError(f"--strict: {len(skips)} input(s) skipped")
+        if writer.count == 0:
+            raise RuntimeError("no face could be packed")
+    except BaseException as e:
+        writer.abort()
+        _report(skips, out_prefix, args.quiet, written=False)
+        if isinstance(e, KeyboardInterrupt):
+            print("facealign-pack: interrupted; nothing written", file=sys.stderr)
+            return 130
+        if isinstance(e, RuntimeError):
+            print(f"facealign-pack: {e}; nothing written", file=sys.stderr)
+            return 1
+        raise
+    writer.close()
+    size_mb = writer.rec_path.stat().st_size / 1e6
+    print(f"facealign-pack: wrote {writer.count} records to {writer.rec_path} ({size_mb:.1f} MB) and "
+          f"{writer.idx_path}", file=sys.stderr)
+    _report(skips, out_prefix, args.quiet, written=True)
+    return 0
+
+
+def _report(skips, out_prefix, quiet, written):
+    report_path = Path(str(out_prefix) + ".skipped.tsv")
+    if not skips:
+        report_path.unlink(missing_ok=True)
+        return
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text("source\treason\n" + "".join(f"{s.source}\t{s.reason}\n" for s in skips))
+    kinds = [re.sub(r"-?\d+(\.\d+)?", "#", s.reason) for s in skips]  # group "landmark 3 at (1, 2)" with its kind
+    by_reason = Counter(kinds)
+    print(f"facealign-pack: skipped {len(skips)} input(s); all listed in {report_path}", file=sys.stderr)
+    if not quiet:
+        for reason, n in by_reason.most_common(8):
+            example = next(s.source for s, kind in zip(skips, kinds) if kind == reason)
+            print(f"  {n:6d} x {reason}  (e.g. {example})", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

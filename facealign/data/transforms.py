@@ -1,0 +1,145 @@
+"""Geometry and photometry of training and evaluation crops: pure NumPy / OpenCV.
+
+Every crop is a 2x3 affine ``M`` from source pixels to crop pixels. Images are
+warped with it and landmarks mapped with it, and ``invert(M)`` maps
+predictions back, so the image, the targets and the inverse mapping all come
+from one matrix.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+def apply(M: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """Map (K, >=2) points with a 2x3 affine; extra columns (z) are scaled by the affine's scale."""
+    pts = np.asarray(pts, np.float64)
+    out = pts.copy()
+    out[:, :2] = pts[:, :2] @ M[:, :2].T + M[:, 2]
+    if pts.shape[1] > 2:
+        out[:, 2:] = pts[:, 2:] * math.sqrt(abs(np.linalg.det(M[:, :2])))
+    return out
+
+
+def invert(M: np.ndarray) -> np.ndarray:
+    return cv2.invertAffineTransform(np.asarray(M, np.float64))
+
+
+def compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
+    """The 2x3 affine of ``outer`` after ``inner``."""
+    a = np.vstack([outer, [0, 0, 1]]) @ np.vstack([inner, [0, 0, 1]])
+    return a[:2]
+
+
+def similarity(center_src, center_dst, scale: float, rotation_deg: float) -> np.ndarray:
+    """Affine that scales by ``scale`` and rotates by ``rotation_deg`` (counter-clockwise on screen)
+    about ``center_src``, moving it to ``center_dst``. The reference's
+    ``T(dst) . R(rot) . T(-c.s) . S(s)`` (seed-spec §4.3)."""
+    a = math.radians(rotation_deg)
+    cos, sin = math.cos(a) * scale, math.sin(a) * scale
+    # Image y points down, so a counter-clockwise screen rotation is [[cos, sin], [-sin, cos]].
+    M = np.array([[cos, sin, 0.0], [-sin, cos, 0.0]])
+    M[:, 2] = np.asarray(center_dst, np.float64) - M[:, :2] @ np.asarray(center_src, np.float64)
+    return M
+
+
+def box_crop(box, out_size: int, *, expand: float = 1.2, top_margin: float = 0.0,
+             integer_center: bool = False) -> np.ndarray:
+    """Square crop around a box: side ``expand * max(w, h)`` centred on the box, scaled to ``out_size``.
+
+    ``top_margin`` first moves the box's top up by that many pixels (clamped at 0),
+    and ``integer_center`` truncates the centre to int: both as the reference's
+    evaluation crop (``transform2`` + ``estimate_trans_bbox``, seed-spec §4.6).
+    """
+    x0, y0, x1, y1 = (float(v) for v in box)
+    y0 = max(y0 - top_margin, 0.0) if top_margin else y0
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    if integer_center:
+        cx, cy = float(int(cx)), float(int(cy))
+    scale = out_size / (expand * max(x1 - x0, y1 - y0, 1e-6))
+    center_dst = out_size / 2 if integer_center else (out_size - 1) / 2
+    if integer_center:  # the reference maps the centre to out/2 exactly
+        return np.array([[scale, 0, center_dst - cx * scale], [0, scale, center_dst - cy * scale]])
+    return similarity((cx, cy), (center_dst, center_dst), scale, 0.0)
+
+
+def warp(image: np.ndarray, M: np.ndarray, size: int, *, border_value=0) -> np.ndarray:
+    """Bilinear warp to ``size x size`` with a constant border (the reference's cv2.warpAffine)."""
+    return cv2.warpAffine(image, M, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                          borderValue=border_value)
+
+
+def flip_horizontal(image: np.ndarray, landmarks: np.ndarray, flip_perm) -> tuple[np.ndarray, np.ndarray]:
+    """Mirror an H x W x C crop and its landmarks; ``flip_perm`` re-labels left and right points."""
+    w = image.shape[1]
+    out = landmarks[list(flip_perm)].copy()
+    out[:, 0] = (w - 1) - out[:, 0]  # pixel centres mirror about (w - 1) / 2; depth is unchanged
+    return cv2.flip(image, 1), out
+
+
+# --- training augmentation ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training augmentation. Defaults are the reference's (seed-spec §4.3); extras default off.
+
+    Rotation is uniform over whole degrees in [-rotate, rotate) (the reference's
+    ``randint(-40, 40)``), scale is ``clip(N(1, scale_sigma), 1 - scale_clip, 1 + scale_clip)``
+    of the ``base_size`` window, and a draw that puts any landmark outside the
+    crop is redrawn up to ``max_tries`` times, then replaced by the plain
+    centred crop (the reference dropped such samples; dropping would make
+    ranks' batch counts differ).
+    """
+
+    base_size: float = 256.0  # side of the training window in source pixels, before the random scale
+    rotate: float = 40.0
+    scale_sigma: float = 0.2
+    scale_clip: float = 0.2
+    flip: bool = True
+    translate: float = 0.0  # max shift of the window centre, as a fraction of its side
+    color: float = 0.0  # brightness / contrast / saturation jitter strength (0..1)
+    blur: float = 0.0  # probability of a Gaussian blur (sigma 0.5..1.5 crop pixels)
+    occlusion: float = 0.0  # probability of a random occluding rectangle
+    max_tries: int = 3
+
+
+def draw_train_crop(rng: np.random.Generator, image_size: tuple[int, int], landmarks: np.ndarray, out_size: int,
+                    cfg: AugmentConfig) -> tuple[np.ndarray, bool]:
+    """Draw the random crop affine; returns (M, whether a draw kept every landmark inside)."""
+    h, w = image_size
+    center = np.array([w / 2, h / 2])
+    for _ in range(cfg.max_tries):
+        rot = float(rng.integers(-int(cfg.rotate), int(cfg.rotate))) if cfg.rotate >= 1 else 0.0
+        ratio = float(np.clip(rng.normal(1.0, cfg.scale_sigma), 1 - cfg.scale_clip, 1 + cfg.scale_clip))
+        side = int(cfg.base_size * ratio)  # int(): the reference's truncation
+        shift = rng.uniform(-cfg.translate, cfg.translate, 2) * side if cfg.translate > 0 else 0.0
+        M = similarity(center + shift, (out_size / 2, out_size / 2), out_size / side, rot)
+        p = apply(M, landmarks[:, :2])
+        if (p >= 0).all() and (p < out_size).all():
+            return M, True
+    return similarity(center, (out_size / 2, out_size / 2), out_size / cfg.base_size, 0.0), False
+
+
+def photometric(rng: np.random.Generator, crop: np.ndarray, cfg: AugmentConfig) -> np.ndarray:
+    """Optional colour jitter, blur and occlusion on a uint8 RGB crop (in place when possible)."""
+    if cfg.color > 0:
+        c = cfg.color
+        alpha = 1 + rng.uniform(-c, c)  # contrast
+        beta = rng.uniform(-c, c) * 64  # brightness
+        sat = 1 + rng.uniform(-c, c)
+        f = crop.astype(np.float32)
+        grey = f.mean(axis=2, keepdims=True)
+        f = (grey + (f - grey) * sat) * alpha + beta
+        crop = np.clip(f, 0, 255).astype(np.uint8)
+    if cfg.blur > 0 and rng.random() < cfg.blur:
+        crop = cv2.GaussianBlur(crop, (0, 0), rng.uniform(0.5, 1.5))
+    if cfg.occlusion > 0 and rng.random() < cfg.occlusion:
+        s = crop.shape[0]
+        ow, oh = (rng.uniform(0.15, 0.45, 2) * s).astype(int)
+        x0, y0 = rng.integers(0, s - ow), rng.integers(0, s - oh)
+        crop = crop.copy() if not crop.flags.writeable else crop
+        crop[y0:y0 + oh, x0:x0 + ow] = rng.integers(0, 256, 3, dtype=np.uint8)
+    return crop
