@@ -47,17 +47,13 @@ def device(world: World, gpus_per_node: int):
     return mx.gpu(0) if len(visible) == 1 else mx.gpu(world.local_rank)
 
 
-def allreduce(value, op: str = "sum") -> np.ndarray:
-    """Sum (or max) a NumPy array or scalar over all ranks."""
+def allreduce(value) -> np.ndarray:
+    """Sum a NumPy array or scalar over all ranks."""
     import horovod.mxnet as hvd
     import mxnet as mx
 
     arr = mx.nd.array(np.atleast_1d(np.asarray(value, np.float64)), dtype="float64")
-    if op == "max":
-        out = hvd.allreduce(arr, op=hvd.Max) if hasattr(hvd, "Max") else hvd.allreduce(arr, average=False)
-    else:
-        out = hvd.allreduce(arr, average=False)
-    return out.asnumpy()
+    return hvd.allreduce(arr, average=False).asnumpy()
 
 
 def broadcast_object(obj, name: str, root: int = 0):

@@ -277,8 +277,7 @@ def train(spec: JobSpec, run_dir: Path, on_finish=None) -> int:
                     writer.add_scalar("perf/data_wait", window["wait"] / max(elapsed, 1e-9), step)
                 window = {"t": time.perf_counter(), "wait": 0.0, "images": 0, "loss": None, "n": 0}
             metrics = None
-            if validator.sets and (step % eval_every == 0 or step == last_step or end_of_epoch and not
-                                   spec.eval.every_steps):
+            if validator.sets and (step % eval_every == 0 or step == last_step):
                 metrics, images = validate()
                 log(f"validation at step {step}: " + ", ".join(f"{k} {v * 100:.2f}%" for k, v in metrics.items()))
                 if writer:
