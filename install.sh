@@ -63,7 +63,9 @@ pip() { "$py" -m pip --disable-pip-version-check "$@"; }
 say "installing $MXNET_DIST==$MXNET_VERSION and the Python dependencies"
 pip install -q --upgrade "pip>=23" wheel "setuptools<70"
 pip install -q "$MXNET_DIST==$MXNET_VERSION" "numpy<1.24" \
-  "opencv-python-headless<4.11" pyyaml tensorboardX tensorboard "scipy<1.12" "cython>=3" pytest psutil
+  "opencv-python-headless<4.11" pyyaml tensorboardX tensorboard "scipy<1.12" "cython>=3" pytest psutil \
+  "onnx==1.14.1" "onnxruntime<1.20" dlib-bin  # ONNX export (mxnet.onnx needs onnx<1.15), its runtime,
+                                              # dlib's HOG face detector (prebuilt, model inside)
 
 # --- Horovod, built from source against the MXNet just installed ------------
 horovod_ok() {

@@ -273,3 +273,75 @@ def test_spec_fingerprint_tracks_structure():
     assert a.fingerprint() == ModelSpec(**a.to_dict()).fingerprint()
     assert a.fingerprint() != b.fingerprint()
     assert get_model("hg2-d3-cab").spec == a
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("hybrid", [False, True])
+def test_cab_computes_the_reference_merges_bitwise(dtype, hybrid):
+    # The block adds without halving and scales once by 1/8 (faster); the reference halves at every
+    # merge. Halving is exact in binary floating point, so the two must agree to the bit.
+    block = CAB(64, "cab")
+    block.initialize(mx.init.Normal(0.5))
+    block.cast(dtype)
+    x = mx.nd.array(np.random.RandomState(5).normal(0, 1, (2, 64, 16, 16)), dtype=dtype)
+    b1 = block.b1(x)
+    b2 = block.b2(b1)
+    b3 = block.b3(b2)
+    d23, d13 = block.dw23(b1), block.dw13(b2)
+    if hybrid:
+        block.hybridize()
+    got = block(x).asnumpy()
+
+    def merge(wide, narrow):
+        return (wide + np.concatenate([narrow, narrow], axis=1)) / np.asarray(2, wide.dtype)
+
+    x_, b1_, b2_, b3_, d23_, d13_ = (a.asnumpy() for a in (x, b1, b2, b3, d23, d13))
+    o33, o23, o13 = merge(x_, b1_), merge(d23_, b2_), merge(d13_, b3_)
+    expected = merge(merge(o33, o23), merge(o23, o13))
+    assert got.dtype == expected.dtype
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("factor", [0.5, 0.125])
+def test_scale_is_an_exact_multiplication_with_no_parameter(factor):
+    from facealign.models.layers import scale
+
+    x = mx.nd.array(np.random.RandomState(6).normal(0, 3, (2, 8, 5, 5)))
+    x.attach_grad()
+    with autograd.record():
+        y = scale(mx.nd, x, 8, factor)
+    y.backward(mx.nd.ones_like(y))
+    np.testing.assert_array_equal(y.asnumpy(), x.asnumpy() * np.float32(factor))
+    np.testing.assert_array_equal(x.grad.asnumpy(), np.full(x.shape, factor, np.float32))
+
+
+def test_bfloat16_amp_training_step_runs_in_a_fresh_process(tmp_path):
+    # AMP patches MXNet's operators process-wide, so the bfloat16 step runs in its own interpreter.
+    import subprocess
+    import sys
+
+    code = """
+import mxnet as mx, numpy as np
+from mxnet.contrib import amp
+amp.init(target_dtype="bfloat16")
+from mxnet import autograd, gluon
+from facealign.models import get_model, initialize
+net = initialize(get_model("hg2-d3-cab", width=64), seed=1)
+net.hybridize(static_alloc=True)
+trainer = gluon.Trainer(net.collect_params(), mx.optimizer.Nadam(learning_rate=1e-3))
+x = mx.nd.array(np.random.RandomState(0).uniform(0, 255, (2, 3, 128, 128)))
+y = mx.nd.array(np.random.RandomState(1).uniform(0, 1, (2, 68, 64, 64)))
+losses = []
+for _ in range(3):
+    with autograd.record():
+        out = net(x)
+        loss = sum(((h.astype("float32") - y) ** 2).mean() for h in out)
+    loss.backward()
+    trainer.step(1)
+    losses.append(loss.asscalar())
+print("DTYPE", out[-1].dtype.names if out[-1].dtype.names else out[-1].dtype, "LOSSES", losses)
+assert np.isfinite(losses).all() and losses[-1] < losses[0], losses
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "bfloat16" in proc.stdout  # the network really computed in bfloat16

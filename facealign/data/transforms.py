@@ -143,3 +143,55 @@ def photometric(rng: np.random.Generator, crop: np.ndarray, cfg: AugmentConfig) 
         crop = crop.copy() if not crop.flags.writeable else crop
         crop[y0:y0 + oh, x0:x0 + ow] = rng.integers(0, 256, 3, dtype=np.uint8)
     return crop
+
+
+# --- the reference's evaluation crop (seed-spec §4.6, §6.2) -----------------------------------------
+
+# ArcFace's 112 x 112 five-point template (left eye, right eye, nose tip, mouth corners), which the
+# reference scales x2 + 80 into its 384 canvas.
+ARCFACE_5PT = np.array([[38.2946, 41.6963], [73.5318, 41.5014], [56.0252, 61.7366],
+                        [41.5493, 82.3655], [70.7299, 82.2041]])
+REFERENCE_CANVAS = 384
+# The reference's per-test-set top margin of the landmark box, in canvas pixels (30 for any other set).
+REFERENCE_TOP_MARGIN = {"ibug": 36.0, "cofw_testset": 45.0, "300W": 40.0}
+
+
+def umeyama(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (rotation, uniform scale, translation) mapping src onto dst: 2 x 3.
+
+    The estimate of skimage's ``SimilarityTransform.estimate`` (Umeyama 1991), which the
+    reference uses for its five-point alignment.
+    """
+    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    s, d = src - mu_s, dst - mu_d
+    cov = d.T @ s / len(src)
+    U, S, Vt = np.linalg.svd(cov)
+    sign = np.ones(2)
+    if np.linalg.det(cov) < 0:
+        sign[-1] = -1
+    R = U @ np.diag(sign) @ Vt
+    scale = (S * sign).sum() / s.var(0).sum()
+    M = np.zeros((2, 3))
+    M[:, :2] = scale * R
+    M[:, 2] = mu_d - M[:, :2] @ mu_s
+    return M
+
+
+def five_points(landmarks68: np.ndarray) -> np.ndarray:
+    """The reference's five points from 68: eye centres (36+39)/2 and (42+45)/2, nose tip 30, mouth corners."""
+    p = np.asarray(landmarks68, np.float64)[:, :2]
+    return np.stack([(p[36] + p[39]) / 2, (p[42] + p[45]) / 2, p[30], p[48], p[54]])
+
+
+def reference_eval_crop(landmarks68: np.ndarray, out_size: int, top_margin: float) -> np.ndarray:
+    """The reference's ``test_rec_nme`` crop from ground truth: 2 x 3 affine from image to crop.
+
+    Five-point similarity alignment onto the ArcFace template in the 384 canvas,
+    then the aligned landmark box with its top moved up by ``top_margin`` (clamped
+    at 0), a square of 1.2 x its longer side around its integer centre.
+    """
+    align = umeyama(five_points(landmarks68), ARCFACE_5PT * 2 + 80)
+    aligned = apply(align, landmarks68[:, :2])
+    box = (*aligned.min(0), *aligned.max(0))
+    return compose(box_crop(box, out_size, expand=1.2, top_margin=top_margin, integer_center=True), align)

@@ -22,7 +22,7 @@ from typing import Callable
 from mxnet.gluon import HybridBlock
 
 from .blocks import make_block
-from .layers import ConvBNReLU, batch_norm, conv2d, deformable_conv3x3, maxpool_2x
+from .layers import ConvBNReLU, batch_norm, conv2d, deformable_conv3x3, maxpool_2x, relu
 
 # Builds one stack's body: (channels, stack index) -> channels-preserving block.
 TopologyFactory = Callable[[int, int], HybridBlock]
@@ -84,7 +84,7 @@ class StackedHeatmapNet(HybridBlock):
 
     def hybrid_forward(self, F, x):
         x = (x - 127.5) * 0.0078125  # raw RGB 0..255 -> about [-1, 1], as the reference's graph does
-        x = F.relu(self.bn0(self.conv0(x)))
+        x = relu(F, self.bn0(self.conv0(x)))
         x = self.res2(self.res1(maxpool_2x(F, self.res0(x))))
 
         heatmaps = []

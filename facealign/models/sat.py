@@ -19,7 +19,7 @@ from __future__ import annotations
 from mxnet.gluon import HybridBlock
 
 from .blocks import CAB
-from .layers import ConvBNReLU, Deconv2xBNReLU, maxpool_2x, upsample_nearest_2x
+from .layers import ConvBNReLU, Deconv2xBNReLU, maxpool_2x, scale, upsample_nearest_2x
 
 
 class _DownStep(HybridBlock):
@@ -50,7 +50,7 @@ class SAT(HybridBlock):
         super().__init__(prefix=name + "_")
         if n < 2:
             raise ValueError(f"SAT grid size must be >= 2 (depth >= 1), got {n}")
-        self.n = n
+        self.n, self.channels = n, channels
         self._down: dict[int, HybridBlock] = {}
         self._x: dict[tuple[int, int], HybridBlock] = {}
         self._y: dict[tuple[int, int], HybridBlock] = {}
@@ -80,5 +80,5 @@ class SAT(HybridBlock):
             for w in range(h, 0, -1):
                 x_in, y_in = node[w + 1, h + 1], node[w, h + 1]
                 xbody = self._x[w, h](x_in) if (w, h) in self._x else x_in
-                node[w, h] = (xbody + self._y[w, h](y_in)) / 2
+                node[w, h] = scale(F, xbody + self._y[w, h](y_in), self.channels, 0.5)  # (x + y) / 2
         return node[1, 1]

