@@ -85,7 +85,9 @@ class ModelSection:
     width: typing.Optional[int] = _f(None, "override the stack channels")
     block: typing.Optional[str] = _f(None, "override the block type: resnet, hpm, inception, cab")
     dcn: typing.Optional[int] = _f(None, "deformable convolutions: 0, 1, 2, 3")
-    pretrained: typing.Optional[str] = _f(None, "initialise from this .params file (missing layers stay random)")
+    pretrained: typing.Optional[str] = _f(
+        None, "initialise from a .params file: a checkpoint's model.params, an export's or a reference "
+              "release's model-0000.params (missing or reshaped layers stay random)")
 
 
 @dataclass(frozen=True)

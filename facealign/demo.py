@@ -5,8 +5,9 @@
 
 Steps: pack procedural faces (if not packed yet), score the untrained network
 on the validation faces, train jobs/demo.yaml with ``horovodrun -np 2`` on
-CPU, score the best checkpoint the same way, and print both NMEs and the
-TensorBoard command. Exits 1 if training did not at least halve the error.
+CPU, score the best checkpoint the same way, run ``facealign-eval`` on the run
+(its report goes to runs/demo/eval/), and print both NMEs and the TensorBoard
+command. Exits 1 if training did not at least halve the error.
 """
 from __future__ import annotations
 
@@ -93,6 +94,10 @@ def main(argv=None) -> int:
     # 3. Evaluation of the best checkpoint, exactly as before training.
     best = CheckpointManager(run_dir / "checkpoints", writer=False, metric="nme/synthetic").best()
     after = score(best / "model.params", spec, data / "synth_val", mx.cpu())
+
+    # 4. The evaluation tool on the run: every normalisation, AUC, failure rates, CED curves.
+    subprocess.run([str(bin_dir / "facealign-eval"), str(run_dir), "--data", f"synthetic={data / 'synth_val'}",
+                    "--protocol", "standard", "--flip", "--quiet"], check=True)
     print(f"\n[demo] trained for {time.time() - started:.0f} s; best checkpoint {best}")
     print(f"[demo] NME before training: {100 * before:.2f}%")
     print(f"[demo] NME after training:  {100 * after:.2f}%  ({before / max(after, 1e-9):.1f}x lower)")

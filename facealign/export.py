@@ -258,6 +258,35 @@ def load_reference_params(net, path, ctx) -> dict:
     return {"loaded": len(params), "ignored": sorted(set(saved) - set(params))}
 
 
+def load_pretrained(net, path, ctx) -> dict:
+    """Initialise ``net`` from a .params file for fine-tuning: a checkpoint's ``model.params``, an export
+    package's or a reference release's ``model-0000.params`` (Module names, through the name map).
+    Parameters the file lacks or has in another shape keep their initialisation (a new head).
+    Returns {"loaded": [...], "kept": [...]}."""
+    import mxnet as mx
+
+    saved = mx.nd.load(str(path))
+    if not isinstance(saved, dict):
+        raise ExportError(f"{path}: not a named .params file")
+    if any(k[:4] in ("arg:", "aux:") for k in saved):
+        by_name = {our_name(k): v for k, v in saved.items()}
+        params = {p.name: p for p in net.collect_params().values()}
+    else:  # our checkpoints: structural names
+        by_name = saved
+        params = dict(net._collect_params_with_prefix().items())
+    loaded, kept = [], []
+    for key, p in params.items():
+        value = by_name.get(key)
+        if value is not None and tuple(value.shape) == tuple(p.shape):
+            p.set_data(value.as_in_context(ctx))
+            loaded.append(key)
+        else:
+            kept.append(key)
+    if not loaded:
+        raise ExportError(f"{path}: none of its {len(saved)} arrays matches this network's parameters")
+    return {"loaded": loaded, "kept": kept}
+
+
 def reference_params_path(prefix) -> Path:
     p = Path(prefix)
     return p / PARAMS_FILE if p.is_dir() else Path(str(p) + "-0000.params")

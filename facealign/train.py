@@ -154,8 +154,12 @@ def train(spec: JobSpec, run_dir: Path, on_finish=None) -> int:
         amp.init(target_dtype=spec.optim.amp)
     model_spec = get_model_spec(spec.model.name, **spec.model_overrides())
     net = initialize(build_model(model_spec), ctx=ctx, seed=spec.run.seed)
-    if spec.model.pretrained:
-        net.load_parameters(spec.model.pretrained, ctx=ctx, allow_missing=True, ignore_extra=True)
+    if spec.model.pretrained:  # a checkpoint's, an export's or a reference release's parameters
+        from facealign.export import load_pretrained
+
+        report = load_pretrained(net, spec.model.pretrained, ctx)
+        log(f"initialised {len(report['loaded'])} parameters from {spec.model.pretrained}; "
+            f"{len(report['kept'])} keep their initialisation")
     net.hybridize(static_alloc=True)  # static_shape as well would double the memory for ~10% speed
     if accumulation > 1:
         for p in net.collect_params().values():

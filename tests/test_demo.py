@@ -19,3 +19,5 @@ def test_demo_learns(tmp_path):
     after = float(re.search(r"NME after training:\s+([\d.]+)%", proc.stdout).group(1))
     assert after < 0.5 * before
     assert "--logdir" in proc.stdout and (tmp_path / "runs" / "demo" / "checkpoints" / "latest").exists()
+    reports = list((tmp_path / "runs" / "demo" / "eval").glob("ckpt-*/report.json"))
+    assert len(reports) == 1 and "inter_pupil" in proc.stdout

