@@ -19,6 +19,7 @@ the consumer waited for the batch; the trainer turns it into a data-wait share.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import multiprocessing
 import os
@@ -165,7 +166,28 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
+# Slurm signals every process of a job step (scancel -s USR2, --signal=USR2@120, SIGTERM at the
+# time limit), the trainer's data workers and multiprocessing's resource tracker included. Only the
+# trainer acts on them: the helpers are started with these signals blocked and then ignore them, so
+# a preemption signal cannot break the pool (BrokenProcessPool) before the checkpoint.
+_TRAINER_SIGNALS = {signal.SIGTERM, signal.SIGUSR2, signal.SIGINT}
+
+
+@contextlib.contextmanager
+def _trainer_signals_blocked():
+    """Block the trainer's signals in this thread while it may start helper processes (they inherit the
+    mask through fork and exec); a signal arriving meanwhile is delivered when the block ends."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _TRAINER_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def _init_worker(paths, cfg: SampleConfig, parent_pid: int):
+    for sig in _TRAINER_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _TRAINER_SIGNALS)
     _die_with_parent(parent_pid)
     cv2.setNumThreads(1)  # one core per worker; OpenCV's own pool would oversubscribe
     _WORKER["records"] = RecordSet(paths)
@@ -272,10 +294,10 @@ class TrainLoader:
 
     def _submit(self, epoch: int, step: int):
         indices = self.sampler.batch_indices(epoch, step)
-        pool = self._ensure_pool()
-        if pool is None:
+        if self.workers == 0:
             return _build_batch(self.records, self.cfg, indices, self.train, self.seed, epoch)
-        return pool.submit(_process_batch, indices, self.train, self.seed, epoch)
+        with _trainer_signals_blocked():  # submit may spawn a worker (and the resource tracker)
+            return self._ensure_pool().submit(_process_batch, indices, self.train, self.seed, epoch)
 
     def epoch(self, epoch: int, start_step: int = 0):
         """Yield this rank's batches of ``epoch`` from ``start_step`` on."""

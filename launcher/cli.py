@@ -1,0 +1,142 @@
+"""``facealign-launch``: check, render, submit or run a training job. Imports no MXNet (login nodes).
+
+    facealign-launch validate jobs/sat2-d3-cab.yaml [--set k=v ...]    # the spec, its files, its world size
+    facealign-launch render   jobs/sat2-d3-cab.yaml                     # the sbatch script submit would use
+    facealign-launch submit   jobs/sat2-d3-cab.yaml [--set k=v] [--sbatch=--dependency=afterok:123]
+    facealign-launch local    jobs/demo.yaml -np 2                      # the same run through horovodrun here
+
+``submit`` creates the run directory, writes the resolved spec there
+(``job.yaml``, every ``--set`` applied) and the script (``sbatch.sh``, its
+#SBATCH lines from the spec's resources), submits it, and prints the job id and
+where the log and TensorBoard events go. Inside the allocation the script runs
+``slurm/run-training.sh``: ranks start with srun (launcher/slurm.py), never ssh.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from facealign.config import SpecError, dump_job, load_job  # noqa: E402  (no MXNet)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="facealign-launch", description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, help_ in (("validate", "check a job spec and its record files"),
+                        ("render", "print the sbatch script for a job spec"),
+                        ("submit", "create the run directory and submit the job to Slurm"),
+                        ("local", "run the job with horovodrun on this machine")):
+        s = sub.add_parser(name, help=help_)
+        s.add_argument("job", help="job spec (YAML)")
+        s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override (repeatable)")
+        if name != "validate":
+            s.add_argument("--run-dir", help="run directory (default: <run.out_root>/<run.name>)")
+        if name in ("render", "submit"):
+            s.add_argument("--sbatch", action="append", default=[], metavar="OPTION",
+                           help="extra sbatch option, e.g. --sbatch=--dependency=afterok:123 (repeatable)")
+        if name == "local":
+            s.add_argument("-np", type=int, required=True, help="number of ranks")
+    return p.parse_args(argv)
+
+
+def run_dir_of(spec, given) -> Path:
+    return Path(given or Path(spec.run.out_root) / spec.run.name).resolve()
+
+
+def render(spec, job: Path, overrides, run_dir: Path, extra=()) -> str:
+    r = spec.resources
+    lines = ["#!/bin/bash",
+             f"# Written by facealign-launch for {job} (run directory {run_dir}).",
+             f"#SBATCH --job-name=facealign-{spec.run.name}",
+             f"#SBATCH --nodes={r.nodes}",
+             f"#SBATCH --ntasks-per-node={r.tasks_per_node}",
+             f"#SBATCH --cpus-per-task={r.cpus_per_task}",
+             f"#SBATCH --time={r.time}"]
+    if r.gpus_per_node:
+        lines.append(f"#SBATCH --gres=gpu:{r.gpus_per_node}")
+    if r.partition:
+        lines.append(f"#SBATCH --partition={r.partition}")
+    lines += ["#SBATCH --signal=USR2@120", "#SBATCH --requeue", "#SBATCH --open-mode=append",
+              f"#SBATCH --output={run_dir}/slurm-%j.out", f"#SBATCH --chdir={Path.cwd()}"]
+    lines += [f"#SBATCH {opt}" for opt in extra]
+    args = " ".join(shlex.quote(a) for o in overrides for a in ("--set", o))
+    lines += [f"export FACEALIGN_PYTHON={shlex.quote(sys.executable)}",
+              f"export FACEALIGN_RUN_DIR={shlex.quote(str(run_dir))}",
+              f"export PYTHONPATH={shlex.quote(str(REPO))}${{PYTHONPATH:+:$PYTHONPATH}}",
+              f"exec bash {shlex.quote(str(REPO / 'slurm' / 'run-training.sh'))} {shlex.quote(str(job))} {args}".rstrip()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    job = Path(args.job)
+    try:
+        spec = load_job(job, args.set, check_files=args.command in ("validate", "submit"))
+    except SpecError as e:
+        print(f"facealign-launch: {e}", file=sys.stderr)
+        return 2
+    r = spec.resources
+    if args.command == "validate":
+        print(f"{job}: ok. {spec.model.name}; world {r.nodes} node(s) x {r.tasks_per_node} task(s) = "
+              f"{spec.world_size} rank(s), {r.gpus_per_node} GPU(s)/node, {r.cpus_per_task} CPU(s)/task, "
+              f"time {r.time}; batch {spec.data.batch_size} per rank")
+        return 0
+    run_dir = run_dir_of(spec, args.run_dir)
+    if args.command == "render":
+        sys.stdout.write(render(spec, job.resolve(), args.set, run_dir, args.sbatch))
+        return 0
+    if args.command == "local":
+        if args.np != spec.world_size:
+            print(f"facealign-launch: -np {args.np} but {job} asks for {r.nodes} x {r.tasks_per_node} = "
+                  f"{spec.world_size} rank(s); use -np {spec.world_size} or --set resources.tasks_per_node={args.np}",
+                  file=sys.stderr)
+            return 2
+        horovodrun = Path(sys.executable).parent / "horovodrun"
+        cmd = [str(horovodrun), "-np", str(args.np), "-H", f"localhost:{args.np}", "--gloo", sys.executable, "-m",
+               "facealign.train", "--job", str(job), "--run-dir", str(run_dir)]
+        cmd += [a for s in args.set for a in ("--set", s)]
+        threads = str(r.cpus_per_task)
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "MXNET_CPU_WORKER_NTHREADS": threads}
+        print("facealign-launch: " + shlex.join(cmd), flush=True)
+        return subprocess.run(cmd, env=env).returncode
+    # submit
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resolved = run_dir / "job.yaml"
+    if resolved.exists() and resolved.resolve() != job.resolve():
+        previous = load_job(resolved)
+        if previous != spec:
+            print(f"facealign-launch: {run_dir} holds a run of another spec ({resolved}); pass --run-dir for a new run "
+                  f"or submit {resolved} to continue it", file=sys.stderr)
+            return 2
+    if resolved.resolve() != job.resolve():
+        dump_job(spec, resolved)
+    script = run_dir / "sbatch.sh"
+    script.write_text(render(spec, resolved, [], run_dir, args.sbatch))
+    try:
+        out = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True)
+    except FileNotFoundError:
+        print("facealign-launch: sbatch not found: is this a Slurm login node? (facealign-launch local runs here)",
+              file=sys.stderr)
+        return 2
+    if out.returncode != 0:
+        print(f"facealign-launch: sbatch failed: {out.stderr.strip()}", file=sys.stderr)
+        return 1
+    job_id = out.stdout.strip().split(";")[0]
+    print(f"submitted job {job_id}")
+    print(f"  spec:        {resolved}")
+    print(f"  log:         {run_dir}/slurm-{job_id}.out (and {run_dir}/log.txt)")
+    print(f"  tensorboard: tensorboard --logdir {run_dir / 'tb'}")
+    print(f"  evaluate:    sbatch --dependency=afterok:{job_id} slurm/eval.sh {run_dir} <test sets>")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
