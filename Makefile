@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export FACEALIGN_VENV := $(abspath $(VENV))
 
-.PHONY: setup demo test bench bench-models bench-data bench-train clean
+.PHONY: setup demo test bench bench-models bench-data bench-train bench-infer clean
 
 setup:
 	bash install.sh
@@ -15,7 +15,7 @@ demo: setup
 test: setup
 	$(PY) -m pytest tests
 
-bench: bench-models bench-data bench-train
+bench: bench-models bench-data bench-train bench-infer
 
 bench-models: setup
 	$(PY) bench/models.py --out bench/results/models.json
@@ -28,3 +28,6 @@ bench-data: setup
 
 bench-train: setup
 	$(PY) bench/train.py --out bench/results/train.json
+
+bench-infer: setup
+	$(PY) bench/infer.py --reps 3 --out bench/results/infer.json

@@ -6,6 +6,8 @@
 #                     set to "system" to install into the current interpreter, as docker/ does)
 #   FACEALIGN_MXNET   the MXNet wheel: mxnet (CPU, default) or mxnet-cu112 (GPU)
 #   FACEALIGN_PYTHON  the interpreter that creates the venv (default: python3)
+#   FACEALIGN_SETUP_PLAN=1  print the build decisions (wheel, Horovod's MPI / NCCL / Gloo) and exit:
+#                     how tests check the GPU branch on machines without CUDA
 #
 # Idempotent: a stamp keyed on this script, pyproject.toml, native/ and the
 # chosen wheel makes a second run a no-op that finishes in about a second.
@@ -26,6 +28,29 @@ case "$MXNET_DIST" in
 esac
 
 say() { printf '[setup] %s\n' "$*"; }
+
+# Horovod's build flags for this machine: Gloo always; MPI where an MPI compiler is present (docker/
+# has OpenMPI); NCCL with a CUDA wheel and a visible NCCL (docker/ sets HOROVOD_NCCL_HOME or ships libnccl).
+horovod_flags() {
+  echo HOROVOD_WITH_MXNET=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1
+  if command -v mpicxx >/dev/null 2>&1 || command -v mpicc >/dev/null 2>&1; then
+    echo HOROVOD_WITH_MPI=1
+  else
+    echo HOROVOD_WITHOUT_MPI=1
+  fi
+  if [ "$MXNET_DIST" != "mxnet" ]; then
+    if [ -n "${HOROVOD_NCCL_HOME:-}" ] || ls /usr/lib/x86_64-linux-gnu/libnccl.so* >/dev/null 2>&1 \
+       || ls /usr/local/cuda/lib64/libnccl.so* >/dev/null 2>&1; then
+      echo HOROVOD_GPU_OPERATIONS=NCCL
+    fi
+  fi
+}
+
+if [ "${FACEALIGN_SETUP_PLAN:-0}" = 1 ]; then
+  echo "mxnet wheel: $MXNET_DIST==$MXNET_VERSION"
+  echo "horovod $HOROVOD_VERSION build flags: $(horovod_flags | tr '\n' ' ')"
+  exit 0
+fi
 
 # --- the interpreter --------------------------------------------------------
 if [ "$VENV" = "system" ]; then
@@ -78,22 +103,8 @@ if horovod_ok; then
   say "horovod $HOROVOD_VERSION already built with MXNet and Gloo"
 else
   say "building horovod $HOROVOD_VERSION against $MXNET_DIST (about 3 minutes on 2 cores)"
-  export HOROVOD_WITH_MXNET=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1
-  # MPI where an MPI compiler is present (docker/ has OpenMPI), Gloo always.
-  if command -v mpicxx >/dev/null 2>&1 || command -v mpicc >/dev/null 2>&1; then
-    export HOROVOD_WITH_MPI=1
-    say "  MPI found: building with MPI and Gloo"
-  else
-    export HOROVOD_WITHOUT_MPI=1
-  fi
-  # NCCL only with a CUDA wheel and a visible NCCL (docker/ sets HOROVOD_NCCL_HOME or ships libnccl).
-  if [ "$MXNET_DIST" != "mxnet" ]; then
-    if [ -n "${HOROVOD_NCCL_HOME:-}" ] || ls /usr/lib/x86_64-linux-gnu/libnccl.so* >/dev/null 2>&1 \
-       || ls /usr/local/cuda/lib64/libnccl.so* >/dev/null 2>&1; then
-      export HOROVOD_GPU_OPERATIONS=NCCL
-      say "  NCCL found: GPU collectives through NCCL"
-    fi
-  fi
+  for flag in $(horovod_flags); do export "${flag?}"; done
+  say "  flags: $(horovod_flags | tr '\n' ' ')"
   # Horovod's vendored gloo needs cmake_minimum_required < 3.5 support; pip's cmake 4 refuses it.
   export CMAKE_POLICY_VERSION_MINIMUM=3.5
   export MAKEFLAGS="-j$(nproc)"

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from facealign.inference import BOX_CROP_FRAMING, CENTER_CROP_FRAMING, ModelInfo
+from facealign.inference import BOX_CROP_FRAMING, ModelInfo
 
 INFO_FILE = "facealign-model.yaml"
 SYMBOL_FILE, PARAMS_FILE, ONNX_FILE = "model-symbol.json", "model-0000.params", "model.onnx"

@@ -68,7 +68,7 @@ def render(spec, job: Path, overrides, run_dir: Path, extra=()) -> str:
               f"#SBATCH --output={run_dir}/slurm-%j.out", f"#SBATCH --chdir={Path.cwd()}"]
     lines += [f"#SBATCH {opt}" for opt in extra]
     args = " ".join(shlex.quote(a) for o in overrides for a in ("--set", o))
-    lines += [f"export FACEALIGN_PYTHON={shlex.quote(sys.executable)}",
+    lines += [f"export FACEALIGN_LAUNCH_PYTHON={shlex.quote(sys.executable)}",
               f"export FACEALIGN_RUN_DIR={shlex.quote(str(run_dir))}",
               f"export PYTHONPATH={shlex.quote(str(REPO))}${{PYTHONPATH:+:$PYTHONPATH}}",
               f"exec bash {shlex.quote(str(REPO / 'slurm' / 'run-training.sh'))} {shlex.quote(str(job))} {args}".rstrip()]

@@ -125,10 +125,14 @@ def train(args) -> int:
     spec = check_world(Path(args.job), args.set, ntasks, len(nodes))
     run_dir = args.run_dir or str(Path(spec.run.out_root) / spec.run.name)
     say(f"run directory {run_dir}; TensorBoard: tensorboard --logdir {Path(run_dir) / 'tb'}")
-    train_cmd = [sys.executable, "-m", "facealign.train", "--job", args.job, "--run-dir", run_dir]
+    # Containers (docker/README.md): FACEALIGN_SRUN_ARGS adds srun options such as Pyxis's
+    # --container-image, FACEALIGN_TASK_PYTHON is the interpreter on the tasks (the image's).
+    task_python = os.environ.get("FACEALIGN_TASK_PYTHON", sys.executable)
+    train_cmd = [task_python, "-m", "facealign.train", "--job", args.job, "--run-dir", run_dir]
     for s in args.set:
         train_cmd += ["--set", s]
-    srun = ["srun", "--kill-on-bad-exit=1", "--export=ALL", f"--ntasks={ntasks}"]
+    srun = ["srun", "--kill-on-bad-exit=1", "--export=ALL", f"--ntasks={ntasks}",
+            *shlex.split(os.environ.get("FACEALIGN_SRUN_ARGS", ""))]
     mode = os.environ.get("FACEALIGN_LAUNCH", "auto")
     if mode == "auto":
         mode = "mpi" if horovod_has_mpi() and "pmix" in _srun_mpi_types() else "gloo"
@@ -153,7 +157,7 @@ def train(args) -> int:
                           "HOROVOD_GLOO_IFACE": iface, "NCCL_SOCKET_IFNAME": iface,
                           "FACEALIGN_NODES": ",".join(nodes), "FACEALIGN_TASKS_PER_NODE": ",".join(map(str, per_node))})
         say(f"Gloo rendezvous at {addr}:{port} on {iface}")
-        cmd = srun + [sys.executable, "-m", "launcher.slurm", "worker", "--"] + train_cmd
+        cmd = srun + [task_python, "-m", "launcher.slurm", "worker", "--"] + train_cmd
     else:
         raise SystemExit(f"launcher: FACEALIGN_LAUNCH must be auto, gloo or mpi, got {mode!r}")
     child_env.setdefault("PYTHONPATH", str(Path(__file__).resolve().parents[1]))

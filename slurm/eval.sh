@@ -23,5 +23,5 @@ GPU=()
 if [ -n "${CUDA_VISIBLE_DEVICES:-}" ] && [ "${CUDA_VISIBLE_DEVICES}" != "NoDevFiles" ]; then GPU=(--gpu 0); fi
 export OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}" MXNET_CPU_WORKER_NTHREADS="${SLURM_CPUS_PER_TASK:-1}"
 # shellcheck disable=SC2086
-exec "${FACEALIGN_PYTHON:-.venv/bin/python}" -m facealign.evaluate "$RUN" --data "$@" "${GPU[@]}" --quiet \
+exec "${FACEALIGN_LAUNCH_PYTHON:-.venv/bin/python}" -m facealign.evaluate "$RUN" --data "$@" "${GPU[@]}" --quiet \
   ${FACEALIGN_EVAL_ARGS:-}

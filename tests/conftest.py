@@ -57,3 +57,12 @@ def run_cli(*args, timeout=600, **kw):
     """Run a console script of the venv and return the finished process."""
     return subprocess.run([str(BIN / args[0]), *map(str, args[1:])], capture_output=True, text=True,
                           timeout=timeout, **kw)
+
+
+def pack_synthetic_sets(root, train: int, val: int, seed: int = 1):
+    """``root/train`` and ``root/val``: procedural faces packed by facealign-pack (seeds seed, seed + 1)."""
+    from facealign.data.pack import main as pack_main
+
+    for name, n, s in (("train", train, seed), ("val", val, seed + 1)):
+        assert pack_main(["--synthetic", str(n), "--seed", str(s), "--quiet", str(root / name)]) == 0
+    return root

@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import BIN, REPO, run_cli
+from conftest import BIN, REPO, pack_synthetic_sets, run_cli
 from facealign import export
 from facealign.data.codec import HeatmapCodec
 from facealign.data.loader import RecordSet
-from facealign.data.pack import main as pack_main
-from facealign.data.transforms import (ARCFACE_5PT, apply, box_crop, five_points, reference_eval_crop,
+from facealign.data.transforms import (ARCFACE_5PT, apply, five_points, reference_eval_crop,
                                        similarity, umeyama)
 from facealign.evaluate import evaluate_set
 from facealign.inference import ModelInfo, Prediction, Predictor
@@ -60,10 +59,7 @@ class OracleBackend:
 
 @pytest.fixture(scope="module")
 def synth_sets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("evalsets")
-    assert pack_main(["--synthetic", "160", "--seed", "11", "--quiet", str(root / "train")]) == 0
-    assert pack_main(["--synthetic", "24", "--seed", "12", "--quiet", str(root / "val")]) == 0
-    return root
+    return pack_synthetic_sets(tmp_path_factory.mktemp("evalsets"), train=160, val=24, seed=11)
 
 
 def test_protocol_geometry_with_perfect_heatmaps(synth_sets, monkeypatch):

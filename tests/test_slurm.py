@@ -1,0 +1,199 @@
+"""Cluster launch on a real Slurm: slurm/local-cluster.sh starts munge, slurmctld and slurmd on this
+machine (and two test hosts in network namespaces), and the tests sbatch the real templates."""
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from conftest import BIN, REPO, pack_synthetic_sets
+from tb_events import scalars
+
+pytestmark = pytest.mark.slurm
+CLUSTER = REPO / "slurm" / "local-cluster.sh"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    if os.geteuid() != 0:
+        pytest.fail("the Slurm tests start slurmctld and slurmd: run them as root (CI does)")
+    proc = subprocess.run(["bash", str(CLUSTER), "up"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    partitions = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True).stdout.split()
+    return {"pair": "pair" in partitions, "up": proc.stdout}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return pack_synthetic_sets(tmp_path_factory.mktemp("slurmdata"), train=64, val=16)
+
+
+def tiny_job(data, path, **resources):
+    job = {
+        "run": {"name": "tiny", "seed": 3},
+        "data": {"train": [str(data / "train")], "val": {"synth": str(data / "val")}, "batch_size": 4,
+                 "input_size": 32, "heatmap_size": 16, "workers": 1, "prefetch": 2, "augment": {"base_size": 256}},
+        "model": {"name": "hg2-d3-cab", "width": 32, "depth": 1},
+        "optim": {"lr": 1.0e-3},
+        "schedule": {"kind": "cosine", "unit": "epoch", "length": 2},
+        "checkpoint": {"every_steps": 4, "keep_last": 2},
+        "eval": {"every_steps": 8, "batch_size": 8},
+        "logging": {"every_steps": 2},
+        "resources": {"nodes": 1, "tasks_per_node": 2, "cpus_per_task": 1, "time": "00:10:00", **resources},
+    }
+    path.write_text(yaml.safe_dump(job))
+    return path
+
+
+ENV = {**os.environ, "FACEALIGN_LAUNCH_PYTHON": sys.executable}
+
+
+def sbatch(*args, env=None):
+    proc = subprocess.run(["sbatch", "--parsable", *map(str, args)], capture_output=True, text=True, cwd=REPO,
+                          env={**ENV, **(env or {})})
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip().split(";")[0]
+
+
+def job_info(job_id) -> dict:
+    out = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout
+    return dict(re.findall(r"(\w+)=(\S*)", out))
+
+
+def wait_for(job_id, states=("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"),
+             timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        info = job_info(job_id)
+        if info.get("JobState") in states:
+            return info
+        if info.get("Reason") in ("PartitionConfig", "BadConstraints", "PartitionNodeLimit"):
+            subprocess.run(["scancel", job_id])
+            pytest.fail(f"job {job_id} can never run here: {info.get('Reason')}")
+        time.sleep(1)
+    subprocess.run(["scancel", job_id])
+    pytest.fail(f"job {job_id} did not reach {states} in {timeout} s: {job_info(job_id)}")
+
+
+def _cpu(tasks=2):
+    return ["--gres=none", f"--ntasks-per-node={tasks}", "--cpus-per-task=1"]
+
+
+def test_launcher_validates_and_renders_without_slurm(data, tmp_path):
+    job = tiny_job(data, tmp_path / "tiny.yaml", gpus_per_node=0)
+    run = [str(BIN / "facealign-launch")]
+    ok = subprocess.run(run + ["validate", job], capture_output=True, text=True)
+    assert ok.returncode == 0 and "2 rank(s)" in ok.stdout, ok.stderr
+    (tmp_path / "bad.yaml").write_text(job.read_text().replace("lr:", "lrr:"))
+    bad = subprocess.run(run + ["validate", tmp_path / "bad.yaml"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown key 'optim.lrr'" in bad.stderr and "bad.yaml" in bad.stderr
+    missing = subprocess.run(run + ["validate", job, "--set", f"data.train=[{tmp_path / 'nope'}]"],
+                             capture_output=True, text=True)
+    assert missing.returncode == 2 and "not found" in missing.stderr
+    script = subprocess.run(run + ["render", job, "--set", "resources.nodes=2", "--set", "resources.gpus_per_node=4",
+                                   "--set", "resources.tasks_per_node=4"], capture_output=True, text=True).stdout
+    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gres=gpu:4", "#SBATCH --signal=USR2@120",
+                 "#SBATCH --requeue", "#SBATCH --open-mode=append"):
+        assert line in script
+    assert "--set resources.nodes=2" in script and "run-training.sh" in script
+    local = subprocess.run(run + ["local", job, "-np", "3"], capture_output=True, text=True)
+    assert local.returncode == 2 and "-np 2" in local.stderr
+
+
+def test_train_template_runs_and_chained_eval_reports(cluster, data, tmp_path):
+    job = tiny_job(data, tmp_path / "tiny.yaml")
+    run_dir = tmp_path / "run"
+    train = sbatch(*_cpu(), f"--output={tmp_path}/train-%j.out", "slurm/train_sat.sh", job,
+                   env={"FACEALIGN_RUN_DIR": str(run_dir)})
+    evaluate = sbatch(f"--dependency=afterok:{train}", "--gres=none", "--cpus-per-task=2",
+                      f"--output={tmp_path}/eval-%j.out",
+                      "slurm/eval.sh", run_dir, f"synth={data / 'val'}", env={"FACEALIGN_EVAL_ARGS": "--protocol standard"})
+    info = wait_for(train)
+    log = (tmp_path / f"train-{train}.out").read_text()
+    assert info["JobState"] == "COMPLETED", log[-3000:]
+    assert "SLURM_RESTART_COUNT=0" in log and "Gloo rendezvous" in log and "finished at step 16" in log
+    info = wait_for(evaluate)
+    eval_log = (tmp_path / f"eval-{evaluate}.out").read_text()
+    assert info["JobState"] == "COMPLETED", eval_log[-3000:]
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "ckpt-000000016"
+    assert "train/loss" in scalars(run_dir / "tb") and "step 16/16" in (run_dir / "log.txt").read_text()
+    report = json.loads(next((run_dir / "eval").glob("ckpt-*/report.json")).read_text())
+    assert report["results"][0]["set"] == "synth" and report["results"][0]["images"] == 16
+    assert "eval/synth_standard/nme_eye_centre" in scalars(run_dir / "tb")
+
+
+def test_launcher_submit_writes_the_run_and_completes(cluster, data, tmp_path):
+    job = tiny_job(data, tmp_path / "tiny.yaml")
+    run_dir = tmp_path / "submitted"
+    proc = subprocess.run([str(BIN / "facealign-launch"), "submit", job, "--run-dir", run_dir, "--set",
+                           "schedule.length=1"], capture_output=True, text=True, cwd=tmp_path, env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    job_id = re.search(r"submitted job (\d+)", proc.stdout).group(1)
+    assert str(run_dir / "tb") in proc.stdout
+    assert yaml.safe_load((run_dir / "job.yaml").read_text())["schedule"]["length"] == 1
+    info = wait_for(job_id)
+    log = (run_dir / f"slurm-{job_id}.out").read_text()
+    assert info["JobState"] == "COMPLETED", log[-3000:]
+    assert "finished at step 8" in log and (run_dir / "checkpoints" / "latest").exists()
+
+
+def test_world_size_mismatch_stops_before_training(cluster, data, tmp_path):
+    job = tiny_job(data, tmp_path / "tiny.yaml")  # asks for 2 ranks
+    job_id = sbatch(*_cpu(tasks=1), f"--output={tmp_path}/mismatch-%j.out", "slurm/train_hourglass.sh", job,
+                    env={"FACEALIGN_RUN_DIR": str(tmp_path / "mismatch")})
+    info = wait_for(job_id)
+    log = (tmp_path / f"mismatch-{job_id}.out").read_text()
+    assert info["JobState"] == "FAILED"
+    assert "asks for 1 node(s) x 2 task(s) = 2 rank(s), but this allocation has 1 node(s) and 1 task(s)" in log
+    assert not (tmp_path / "mismatch" / "checkpoints").exists()
+
+
+def test_preemption_checkpoints_requeues_and_resumes(cluster, data, tmp_path):
+    job = tiny_job(data, tmp_path / "tiny.yaml")
+    run_dir = tmp_path / "preempted"
+    job_id = sbatch(*_cpu(), f"--output={tmp_path}/pre-%j.out", "slurm/train_sat.sh", job, "--set",
+                    "schedule.length=12", env={"FACEALIGN_RUN_DIR": str(run_dir)})
+    out = tmp_path / f"pre-{job_id}.out"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (out.exists() and re.search(r"step 1\d/96", out.read_text())):
+        time.sleep(0.5)
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True)  # what --signal=USR2@120 sends every step
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        info = job_info(job_id)
+        if info.get("JobState") == "PENDING" and info.get("Restarts") == "1":
+            break
+        time.sleep(1)
+    else:
+        pytest.fail(f"the job was not requeued: {job_info(job_id)}\n{out.read_text()[-3000:]}")
+    # Slurm holds a requeued job ~2 minutes (its BeginTime); an operator may release it at once.
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
+    info = wait_for(job_id)
+    log = out.read_text()
+    assert info["JobState"] == "COMPLETED", log[-4000:]
+    stopped = int(re.search(r"stopping at step (\d+) on SIGUSR2", log).group(1))
+    assert f"resumed from {run_dir}/checkpoints/ckpt-{stopped:09d}: step {stopped}" in log
+    assert "SLURM_RESTART_COUNT=1" in log and "finished at step 96" in log
+    assert "requeueing job" in log
+    # no step lost or repeated past the checkpoint: the loss curve has every logged step once
+    steps = [s for s, _ in scalars(run_dir / "tb")["train/loss"]]
+    assert steps == sorted(set(steps)) and steps[-1] == 96 and (stopped + 2) - (stopped + 2) % 2 in steps
+
+
+def test_two_node_job_allreduces_across_hosts(cluster, data, tmp_path):
+    if not cluster["pair"]:
+        pytest.skip(f"no two-host partition on this machine: {cluster['up']}")
+    job = tiny_job(data, tmp_path / "tiny.yaml", nodes=2, tasks_per_node=1)
+    run_dir = tmp_path / "twonode"
+    job_id = sbatch("-p", "pair", "--nodes=2", *_cpu(tasks=1), f"--output={tmp_path}/two-%j.out",
+                    "slurm/train_sat.sh", job, "--set", "schedule.length=1", env={"FACEALIGN_RUN_DIR": str(run_dir)})
+    info = wait_for(job_id)
+    log = (tmp_path / f"two-{job_id}.out").read_text()
+    assert info["JobState"] == "COMPLETED", log[-4000:]
+    assert info["NodeList"] == "n[1-2]"
+    assert "on 2 node(s) n1,n2" in log and "Gloo rendezvous at 10.77.0.11" in log and "on fa0" in log
+    assert "rank 0 of 2" in log and "finished at step 8" in log
