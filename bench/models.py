@@ -71,7 +71,7 @@ def measure_one(name: str, args) -> dict:
 
     def train_step():
         with autograd.record():
-            loss = sum(((h - y_train) ** 2).mean() for h in net(x_train))
+            loss = sum(mx.nd.square(h - y_train).mean() for h in net(x_train))
         loss.backward()
         trainer.step(1)
 

@@ -60,7 +60,7 @@ def worker(model: str, dtype: str, batch: int, steps: int) -> None:
             mx.nd.waitall()
             start = time.perf_counter()
         with autograd.record():
-            loss = sum(((h.astype("float32") - y) ** 2).mean() for h in net(x))
+            loss = sum(mx.nd.square(h.astype("float32") - y).mean() for h in net(x))  # as the trainer
         loss.backward()
         trainer.step(1)
         loss.asscalar()
