@@ -196,8 +196,7 @@ def format_table(report: dict) -> str:
     cols = ["nme", *[f"{m}@{t:.2f}" for t in THRESHOLDS for m in ("auc", "failure")]]
     lines = [f"model: {report['model']} ({report['backend']}, {report['device']})", "",
              "| set | protocol | normalisation | NME % | " + " | ".join(c.replace("failure", "FR").upper()
-                                                                     if c != "nme" else "" for c in cols[1:])
-             + " | images | images/s |",
+                                                                     for c in cols[1:]) + " | images | images/s |",
              "|---|---|---|---:|" + "---:|" * (len(cols) - 1) + "---:|---:|"]
     for entry in report["results"]:
         for norm, row in entry["by_norm"].items():

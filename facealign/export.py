@@ -253,8 +253,7 @@ def load_reference_params(net, path, ctx) -> dict:
     if wrong:
         raise ExportError(f"{path}: shapes differ for {len(wrong)} parameter(s), e.g. {'; '.join(wrong[:3])}")
     for k, p in params.items():
-        p.set_data(saved[k].as_in_context(ctx)) if p._data is not None else p.initialize(
-            mx.init.Constant(saved[k]), ctx=ctx)
+        p.set_data(saved[k].as_in_context(ctx))
     return {"loaded": len(params), "ignored": sorted(set(saved) - set(params))}
 
 

@@ -196,9 +196,7 @@ def main(argv=None) -> int:
     try:
         images, videos = collect_inputs(args.inputs)
         boxes = load_boxes(args.boxes) if args.boxes else None
-        kind = export.detect_kind(Path(args.model))
-        source = export.resolve_checkpoint(args.model) if kind == "run" else args.model
-        predictor = Predictor.load(source, backend=args.backend, gpu=args.gpu, model=args.model_name,
+        predictor = Predictor.load(args.model, backend=args.backend, gpu=args.gpu, model=args.model_name,
                                    detector=None if boxes is not None else make_detector(args.detector),
                                    flip=args.flip, refine=args.refine, batch_size=max(args.batch_size, 1))
         out.mkdir(parents=True, exist_ok=True)

@@ -179,9 +179,9 @@ def train(args) -> int:
 
 
 def _srun_mpi_types() -> str:
-    try:
-        return subprocess.run(["srun", "--mpi=list"], capture_output=True, text=True, timeout=30).stdout + \
-            subprocess.run(["srun", "--mpi=list"], capture_output=True, text=True, timeout=30).stderr
+    try:  # srun prints the list on stdout or stderr depending on the version
+        out = subprocess.run(["srun", "--mpi=list"], capture_output=True, text=True, timeout=30)
+        return out.stdout + out.stderr
     except (OSError, subprocess.TimeoutExpired):
         return ""
 
