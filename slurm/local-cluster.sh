@@ -73,6 +73,9 @@ SlurmctldHost=$HOST($ctl_addr)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
+# The credential lifetime is also how long a requeued job waits before it may start again (and how
+# long slurmd refuses its revoked credential): 120 s by default, 10 s on this test cluster.
+AuthInfo=cred_expire=10
 StateSaveLocation=$STATE/ctld
 SlurmdSpoolDir=/var/spool/slurmd/%n
 SlurmctldPidFile=/run/facealign-slurmctld.pid
