@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from facealign.inference import BOX_CROP_FRAMING, ModelInfo
+from facealign.inference import BOX_CROP_FRAMING, ModelInfo, center_crop_framing
 
 INFO_FILE = "facealign-model.yaml"
 SYMBOL_FILE, PARAMS_FILE, ONNX_FILE = "model-symbol.json", "model-0000.params", "model.onnx"
@@ -81,20 +81,20 @@ def resolve_checkpoint(path, which: str = "best") -> Path:
     if detect_kind(path) == "checkpoint":
         return path
     job = read_job(path)
-    metric = None
-    if job:
-        val = (job.get("data") or {}).get("val") or {}
-        metric = (job.get("checkpoint") or {}).get("metric") or (f"nme/{next(iter(val))}" if val else None)
-    manager = CheckpointManager(path / "checkpoints", writer=False, metric=metric)
+    manager = CheckpointManager(path / "checkpoints", writer=False, metric=job.metric_name() if job else None,
+                                mode=job.checkpoint.mode if job else "min")
     found = manager.best() if which == "best" else manager.latest_valid(log=lambda m: print(m, file=sys.stderr))
     if found is None:
         raise ExportError(f"{path}: no valid checkpoint under {path / 'checkpoints'}")
     return found
 
 
-def read_job(run_dir: Path) -> dict | None:
+def read_job(run_dir: Path):
+    """The run's resolved spec (``job.yaml``, written by the trainer), or None."""
+    from facealign.config import load_job
+
     f = Path(run_dir) / "job.yaml"
-    return yaml.safe_load(f.read_text()) if f.is_file() else None
+    return load_job(f) if f.is_file() else None
 
 
 def checkpoint_info(ckpt: Path) -> ModelInfo:
@@ -103,11 +103,10 @@ def checkpoint_info(ckpt: Path) -> ModelInfo:
     model = state.get("model")
     if not model:
         raise ExportError(f"{ckpt}/state.json does not record the model's structure")
-    job = read_job(ckpt.parent.parent) or {}
-    data, ev = job.get("data") or {}, job.get("eval") or {}
-    framing = BOX_CROP_FRAMING if ev.get("crop") == "box" else \
-        float((data.get("augment") or {}).get("base_size", 256)) / 384 * 2.25
-    name = (job.get("model") or {}).get("name") or f"{model['topology']}{model['num_stacks']}-custom"
+    job = read_job(ckpt.parent.parent)
+    framing = BOX_CROP_FRAMING if job and job.eval.crop == "box" else \
+        center_crop_framing(job.data.augment.base_size if job else 256)
+    name = job.model.name if job and job.model.name else f"{model['topology']}{model['num_stacks']}-custom"
     return ModelInfo(name=name, input_size=model["input_size"], heatmap_size=model["heatmap_size"],
                      num_landmarks=model["num_landmarks"], landmark_dims=model["landmark_dims"],
                      crop_framing=framing, model=model)

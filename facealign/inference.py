@@ -17,7 +17,6 @@ heatmaps are decoded by the heatmap codec, and points go back through M^-1.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,9 +26,13 @@ from facealign.data.codec import HeatmapCodec
 from facealign.data.schemes import get_scheme
 from facealign.data.transforms import apply, box_crop, invert, warp
 
-# Crop side / landmark-box side that the training crops had: the packer's canvas covers 2.25 x the
-# landmark box and training takes a 256 window of the 384 canvas (jobs with eval.crop: center).
-CENTER_CROP_FRAMING = 256 / 384 * 2.25
+def center_crop_framing(base_size: float = 256.0, canvas: int = 384, context: float = 2.25) -> float:
+    """Crop side / landmark-box side of the training crops: the packer's ``canvas`` covers ``context`` x
+    the landmark box, and training takes a ``base_size`` window of it (jobs with eval.crop: center)."""
+    return base_size / canvas * context
+
+
+CENTER_CROP_FRAMING = center_crop_framing()
 BOX_CROP_FRAMING = 1.2  # eval.crop: box, and the reference's evaluation crops
 
 
@@ -275,7 +278,3 @@ def as_rgb(image: np.ndarray) -> np.ndarray:
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an H x W x 3 RGB image, got shape {image.shape}")
     return image
-
-
-def save_predictions(path, entries: list[dict]) -> None:
-    Path(path).write_text(json.dumps(entries, indent=1))
