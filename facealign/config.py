@@ -25,6 +25,9 @@ from pathlib import Path
 
 import yaml
 
+from facealign.data.schemes import SCHEMES
+from facealign.losses import LOSSES
+
 
 class SpecError(ValueError):
     """A job spec that cannot run; the message names the file and the key path."""
@@ -61,8 +64,12 @@ class DataSpec:
     train: list = _f([], "training record files (prefixes or .rec paths)", item=str)
     val: dict = _f({}, "validation sets: name -> record file", item=str)
     batch_size: int = _f(16, "samples per rank and step (per GPU)")
-    num_points: int = _f(68, "landmarks per face (68, 29, 98 or any K of a custom scheme)")
-    landmark_dims: int = _f(2, "2 or 3: which NME normalisation the 2D / 3D reference uses")
+    num_points: int = _f(68, "landmarks per face (68, 29 or 98: the known landmark schemes)")
+    scheme: typing.Optional[str] = _f(None, "landmark scheme (flip pairs, eyes of the normalisers): ibug68, "
+                                            "cofw29 or wflw98; default: the scheme of num_points",
+                                      choices=tuple(SCHEMES))
+    landmark_dims: typing.Optional[int] = _f(None, "2 or 3: the 2D or 3D reference's NME normalisation; "
+                                                   "default: the model's (3 for the zoo's -3d models)")
     input_size: int = _f(128, "network input side")
     heatmap_size: int = _f(64, "heatmap side; input_size / heatmap_size must be 2 or 4")
     sigma: float = _f(1.0, "Gaussian target sigma in heatmap pixels (0: one-hot)")
@@ -93,7 +100,7 @@ class ModelSection:
 @dataclass(frozen=True)
 class LossSpec:
     kind: str = _f("mse", "per-stack heatmap loss: mse (mean over all elements, as the reference)",
-                   choices=("mse",))
+                   choices=LOSSES)
     stack_weights: typing.Optional[list] = _f(None, "weight of each stack's loss (default 1 each: summed)",
                                                item=float)
 
@@ -180,14 +187,6 @@ class JobSpec:
     @property
     def world_size(self) -> int:
         return self.resources.nodes * self.resources.tasks_per_node
-
-    def model_overrides(self) -> dict:
-        """ModelSpec fields for facealign.models.get_model_spec (structure only)."""
-        m = self.model
-        out = {k: getattr(m, k) for k in ("num_stacks", "depth", "width", "block", "dcn") if getattr(m, k) is not None}
-        out.update(num_landmarks=self.data.num_points, input_size=self.data.input_size,
-                   heatmap_size=self.data.heatmap_size, landmark_dims=self.data.landmark_dims)
-        return out
 
     def metric_name(self) -> str | None:
         if self.checkpoint.metric:
@@ -302,10 +301,6 @@ def load_job(path, overrides=(), *, check_files: bool = False) -> JobSpec:
     return check_job(_build(JobSpec, raw, "", source), source, base_dir=path.parent, check_files=check_files)
 
 
-def job_from_dict(raw: dict, source: str = "<dict>") -> JobSpec:
-    return check_job(_build(JobSpec, raw, "", source), source)
-
-
 def check_job(spec: JobSpec, source: str, base_dir=None, check_files: bool = False) -> JobSpec:
     """Cross-field checks: everything a type alone cannot say."""
     d, m, r = spec.data, spec.model, spec.resources
@@ -315,7 +310,7 @@ def check_job(spec: JobSpec, source: str, base_dir=None, check_files: bool = Fal
 
     if d.heatmap_size < 1 or d.input_size % d.heatmap_size or d.input_size // d.heatmap_size not in (2, 4):
         fail("data.heatmap_size", f"input_size / heatmap_size must be 2 or 4, got {d.input_size} / {d.heatmap_size}")
-    if d.landmark_dims not in (2, 3):
+    if d.landmark_dims is not None and d.landmark_dims not in (2, 3):
         fail("data.landmark_dims", f"must be 2 or 3, got {d.landmark_dims}")
     if d.batch_size < 1:
         fail("data.batch_size", f"must be >= 1, got {d.batch_size}")

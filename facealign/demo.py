@@ -32,24 +32,28 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def score(net_params, spec, val_prefix, ctx):
-    """Mean NME of the demo model (fresh initialisation, or the given checkpoint) on the validation faces."""
-    from facealign.data.codec import HeatmapCodec
-    from facealign.data.loader import RecordSet, SampleConfig
-    from facealign.models import build_model, get_model_spec, initialize
-    from facealign.validation import norm_for, score_records
+def score(checkpoint, spec, val_prefix) -> float:
+    """Mean NME on the validation faces under the run's own validation protocol (facealign.scoring, as the
+    trainer scores): of the demo model freshly initialised as the trainer does, or of a checkpoint."""
+    import mxnet as mx
 
-    d = spec.data
-    net = initialize(build_model(get_model_spec(spec.model.name, **spec.model_overrides())), ctx=ctx,
-                     seed=spec.run.seed)
-    if net_params:
-        net.load_parameters(str(net_params), ctx=ctx)
-    codec = HeatmapCodec(d.input_size, d.heatmap_size, d.sigma, d.peak, encode_mode=d.target,
-                         decode_mode=spec.eval.decode)
-    records = RecordSet([val_prefix])
-    errors, _ = score_records(net, records, list(range(len(records))), SampleConfig(input_size=d.input_size),
-                              codec, batch=spec.eval.batch_size, ctx=ctx, norm=norm_for(d.landmark_dims))
-    return float(errors.mean())
+    from facealign import artifact, components
+    from facealign.backends import MXNetBackend
+    from facealign.data.loader import RecordSet
+    from facealign.metrics import primary_norm
+    from facealign.models import build_model, initialize
+    from facealign.scoring import score as score_records
+
+    info = components.model_info(spec)
+    if checkpoint is None:
+        net = initialize(build_model(components.model_spec(spec)), ctx=mx.cpu(), seed=spec.run.seed)
+        net.hybridize(static_alloc=True)
+    else:
+        net = artifact.load_network(artifact.resolve(checkpoint), mx.cpu())
+    result = score_records(MXNetBackend(net, mx.cpu()), info, RecordSet([val_prefix]),
+                           components.validation_protocol(spec), set_name="synthetic",
+                           batch_size=spec.eval.batch_size, pad=True)
+    return float(result.nme[primary_norm(info.landmark_dims)].mean())
 
 
 def main(argv=None) -> int:
@@ -70,13 +74,10 @@ def main(argv=None) -> int:
         sets.append(f"schedule.max_steps={args.steps}")
     sets.append(f"resources.tasks_per_node={args.np}")
 
-    import mxnet as mx
+    from facealign import checkpoint, components
 
-    from facealign.checkpoint import CheckpointManager
-    from facealign.config import load_job
-
-    spec = load_job(args.job, sets)
-    before = score(None, spec, data / "synth_val", mx.cpu())
+    spec = components.load(args.job, sets)
+    before = score(None, spec, data / "synth_val")
     print(f"[demo] untrained NME on {args.val_faces} validation faces: {100 * before:.2f}%", flush=True)
 
     # 2. Training: horovodrun, one core per rank.
@@ -92,8 +93,8 @@ def main(argv=None) -> int:
         return 1
 
     # 3. Evaluation of the best checkpoint, exactly as before training.
-    best = CheckpointManager(run_dir / "checkpoints", writer=False, metric="nme/synthetic").best()
-    after = score(best / "model.params", spec, data / "synth_val", mx.cpu())
+    best = checkpoint.resolve(run_dir, "best")
+    after = score(best, spec, data / "synth_val")
 
     # 4. The evaluation tool on the run: every normalisation, AUC, failure rates, CED curves.
     subprocess.run([str(bin_dir / "facealign-eval"), str(run_dir), "--data", f"synthetic={data / 'synth_val'}",

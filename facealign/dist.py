@@ -65,6 +65,11 @@ def broadcast_object(obj, name: str, root: int = 0):
     return hvd.broadcast_object(obj, root_rank=root, name=name)
 
 
+def average_over_ranks(gathered: list[dict]) -> dict:
+    """The element-wise mean of per-rank {name: array} dicts (``RunningStats.gather``'s output)."""
+    return {k: sum(g[k] for g in gathered) / len(gathered) for k in gathered[0]}
+
+
 def barrier() -> None:
     allreduce(0.0)
 
@@ -82,7 +87,9 @@ class RunningStats:
 
     def __init__(self, net, world: World):
         self.world = world
-        self.params = [(k, p) for k, p in sorted(net._collect_params_with_prefix().items()) if p.grad_req == "null"]
+        from facealign.models import structural_parameters
+
+        self.params = [(k, p) for k, p in sorted(structural_parameters(net).items()) if p.grad_req == "null"]
 
     def gather(self) -> list[dict]:
         """[{structural name: NDArray} for each rank]"""
@@ -106,9 +113,7 @@ class RunningStats:
 
     @staticmethod
     def average(gathered: list[dict]) -> dict:
-        from facealign.checkpoint import _average
-
-        return _average(gathered)
+        return average_over_ranks(gathered)
 
     def current(self) -> dict:
         return {k: p.data().copy() for k, p in self.params}

@@ -52,6 +52,7 @@ def parse_args(argv=None):
     p.add_argument("--smooth", type=float, default=0.0, help="video: weight of the previous frame, 0..1 (0: off)")
     p.add_argument("--detect-every", type=int, default=5, help="video: run the detector every N frames")
     p.add_argument("--no-draw", action="store_true", help="write JSON only")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
 
@@ -104,8 +105,12 @@ def box_key(boxes: dict, path: Path):
 
 
 def run_images(predictor, images, args, boxes, out: Path) -> dict:
+    from tqdm import tqdm
+
     results = {}
     start, faces = time.perf_counter(), 0
+    bar = tqdm(total=len(images), desc="[infer] images", unit="image", file=sys.stderr,
+               disable=args.quiet or not sys.stderr.isatty())
     for first in range(0, len(images), args.batch_size):
         paths = images[first:first + args.batch_size]
         pixels = [read_rgb(p) for p in paths]
@@ -118,8 +123,9 @@ def run_images(predictor, images, args, boxes, out: Path) -> dict:
             if not args.no_draw:
                 name = out / (path.stem + "_landmarks.jpg")
                 cv2.imwrite(str(name), draw(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), pred))
-        print(f"[infer] {min(first + args.batch_size, len(images))}/{len(images)} images, {faces} faces",
-              file=sys.stderr, flush=True)
+        bar.update(len(paths))
+        bar.set_postfix(faces=faces)
+    bar.close()
     if images:
         print(f"[infer] {len(images)} images, {faces} faces in {time.perf_counter() - start:.1f} s", flush=True)
     return results
@@ -149,6 +155,10 @@ def run_video(predictor, path: Path, args, boxes, out: Path) -> dict:
     total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
     writer, frames, previous, index = None, [], None, 0
     start = time.perf_counter()
+    from tqdm import tqdm
+
+    bar = tqdm(total=total or None, desc=f"[infer] {path.name}", unit="frame", file=sys.stderr,
+               disable=args.quiet or not sys.stderr.isatty())
     while True:
         ok, frame = cap.read()
         if not ok:
@@ -174,8 +184,8 @@ def run_video(predictor, path: Path, args, boxes, out: Path) -> dict:
                                          fps, (w, h))
             writer.write(draw(frame, pred))
         index += 1
-        if index % 25 == 0:
-            print(f"[infer] {path.name}: frame {index}/{total or '?'}", file=sys.stderr, flush=True)
+        bar.update(1)
+    bar.close()
     cap.release()
     if writer is not None:
         writer.release()
@@ -188,7 +198,7 @@ def run_video(predictor, path: Path, args, boxes, out: Path) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from facealign import export
+    from facealign.artifact import ArtifactError
     from facealign.detect import load_boxes, make_detector
     from facealign.inference import Predictor
 
@@ -202,7 +212,7 @@ def main(argv=None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         results = run_images(predictor, images, args, boxes, out)
         videos_done = {str(v): run_video(predictor, v, args, boxes, out) for v in videos}
-    except (export.ExportError, FileNotFoundError, ValueError) as e:
+    except (ArtifactError, FileNotFoundError, ValueError) as e:
         print(f"facealign-infer: {e}", file=sys.stderr)
         return 2
     (out / "predictions.json").write_text(json.dumps({"model": str(args.model), "images": results,

@@ -15,9 +15,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from facealign.data.schemes import LandmarkScheme, get_scheme
+from facealign.data.schemes import LandmarkScheme, scheme_for
 
 NORMALISATIONS = ("eye_centre", "inter_ocular", "inter_pupil", "box", "box_diag")
+
+
+def primary_norm(landmark_dims: int) -> str:
+    """The reference's normalisation: eye-centre distance in 2D, sqrt of the box area in 3D."""
+    return "eye_centre" if landmark_dims == 2 else "box"
 
 
 def normaliser(gt: np.ndarray, norm: str = "eye_centre", scheme: LandmarkScheme | None = None) -> np.ndarray:
@@ -27,7 +32,7 @@ def normaliser(gt: np.ndarray, norm: str = "eye_centre", scheme: LandmarkScheme 
     if norm in ("box", "box_diag"):
         size = gt.max(1) - gt.min(1)
         return np.sqrt(size[:, 0] * size[:, 1]) if norm == "box" else np.hypot(size[:, 0], size[:, 1])
-    scheme = scheme or get_scheme(gt.shape[1])
+    scheme = scheme or scheme_for(gt.shape[1])
     ol, il, ir, orr = scheme.eye_corners
     if norm == "eye_centre":
         left, right = (gt[:, ol] + gt[:, il]) / 2, (gt[:, ir] + gt[:, orr]) / 2
@@ -43,6 +48,8 @@ def nme(pred, gt, norm: str = "eye_centre", scheme: LandmarkScheme | None = None
     pred, gt = np.asarray(pred, np.float64), np.asarray(gt, np.float64)
     if pred.shape[:2] != gt.shape[:2] or pred.ndim != 3:
         raise ValueError(f"pred {pred.shape} and gt {gt.shape} must both be (N, K, D)")
+    if len(gt) == 0:
+        return np.zeros(0)
     d = min(pred.shape[2], gt.shape[2])
     err = np.linalg.norm(pred[..., :d] - gt[..., :d], axis=2).mean(1)
     return err / np.maximum(normaliser(gt, norm, scheme), 1e-12)

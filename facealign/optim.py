@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from facealign.config import JobSpec
 
 
@@ -105,7 +103,3 @@ def load_optimizer_state(trainer, arrays: dict, info: dict, ctx) -> None:
     opt._index_update_count.update({int(k): v for k, v in info["index_update_count"].items()})
     for k, v in info["scalars"].items():
         setattr(opt, k, v)
-
-
-def finite(x) -> bool:
-    return bool(np.isfinite(np.asarray(x)).all())

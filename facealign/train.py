@@ -8,12 +8,15 @@ logging, validation and checkpoints. Only rank 0 writes (logs, TensorBoard,
 checkpoints); every rank reads.
 
 Exit status: 0 finished; 75 stopped by SIGTERM/SIGUSR2 after a checkpoint (the
-Slurm templates requeue on it); 1 error (including a non-finite loss, which
-names the step and leaves the last good checkpoint intact); 2 a bad job spec.
+Slurm templates requeue on it); 1 a run-time failure (a non-finite loss, which
+names the step and leaves the last good checkpoint intact; bad records); 2 a job
+that cannot start (a bad spec, a run directory holding another model's
+checkpoints, a ``model.pretrained`` that is no model). Each is one line on stderr.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -23,20 +26,17 @@ from pathlib import Path
 
 import numpy as np
 
-from facealign.config import JobSpec, SpecError, dump_job, load_job, spec_hash
+from facealign import components
+from facealign.artifact import ArtifactError
+from facealign.checkpoint import CheckpointError, CheckpointManager, read_state
+from facealign.config import JobSpec, SpecError, dump_job, spec_hash
+from facealign.data.records import DataError
 
 EXIT_OK, EXIT_ERROR, EXIT_SPEC, EXIT_REQUEUE = 0, 1, 2, 75
 
 
 class NonFiniteLoss(RuntimeError):
     pass
-
-
-def state_world_size(checkpoint) -> int | None:
-    try:
-        return json.loads((Path(checkpoint) / "state.json").read_text()).get("world_size")
-    except (OSError, ValueError):
-        return None
 
 
 def parse_args(argv=None):
@@ -68,6 +68,11 @@ class Log:
         self.primary = primary
         self.fh = open(run_dir / "log.txt", "a") if primary else None
 
+    def close(self):
+        if self.fh is not None:
+            self.fh.close()
+            self.fh = None
+
     def __call__(self, msg: str, *, all_ranks: bool = False):
         if self.primary:
             line = time.strftime("%H:%M:%S ") + msg
@@ -86,20 +91,24 @@ def _fmt_time(s: float) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        spec = load_job(args.job, args.set)
-    except SpecError as e:
-        print(f"facealign.train: {e}", file=sys.stderr)
+        spec = components.load(args.job, args.set)
+        return train(spec, Path(args.run_dir or Path(spec.run.out_root) / spec.run.name))
+    except (SpecError, CheckpointError, ArtifactError) as e:
+        print(f"facealign.train: {e}", file=sys.stderr, flush=True)
         return EXIT_SPEC
-    run_dir = Path(args.run_dir or Path(spec.run.out_root) / spec.run.name)
-    try:
-        return train(spec, run_dir)
-    except SpecError as e:
-        print(f"facealign.train: {e}", file=sys.stderr)
-        return EXIT_SPEC
+    except (NonFiniteLoss, DataError) as e:
+        print(f"facealign.train: {e}", file=sys.stderr, flush=True)
+        return EXIT_ERROR
 
 
 def train(spec: JobSpec, run_dir: Path, on_finish=None) -> int:
-    """Run the job in this process (one rank); ``on_finish(net, world)`` is called at the end on every rank."""
+    """Run the job in this process (one rank); ``on_finish(net, world)`` is called at the end on every rank.
+    The loader, the TensorBoard writer and the log are closed on every way out."""
+    with contextlib.ExitStack() as closing:
+        return _train(spec, run_dir, on_finish, closing)
+
+
+def _train(spec: JobSpec, run_dir: Path, on_finish, closing: contextlib.ExitStack) -> int:
     # --- set-up ------------------------------------------------------------------------------------
     from facealign import dist
 
@@ -112,11 +121,10 @@ def train(spec: JobSpec, run_dir: Path, on_finish=None) -> int:
     import mxnet as mx
     from mxnet import autograd
 
-    from facealign.checkpoint import CheckpointManager
-    from facealign.data.codec import HeatmapCodec
-    from facealign.data.loader import SampleConfig, TrainLoader
-    from facealign.data.transforms import AugmentConfig
-    from facealign.models import build_model, get_model_spec, initialize
+    from facealign.artifact import load_pretrained
+    from facealign.data.loader import TrainLoader
+    from facealign.losses import stacked_loss
+    from facealign.models import build_model, initialize
     from facealign.optim import lr_at, make_trainer, total_steps
     from facealign.validation import Validator, add_image, draw_faces
 
@@ -125,21 +133,18 @@ def train(spec: JobSpec, run_dir: Path, on_finish=None) -> int:
         dump_job(spec, run_dir / "job.yaml")
     dist.barrier()  # the run directory exists before any rank looks into it
     log = Log(run_dir, world.is_primary)
+    closing.callback(log.close)
     ctx = dist.device(world, spec.resources.gpus_per_node)
     threads = os.environ.get("OMP_NUM_THREADS", "default")
     log(f"rank 0 of {world.size} on {ctx}; run directory {run_dir}; OMP_NUM_THREADS={threads}; "
         f"SLURM_RESTART_COUNT={os.environ.get('SLURM_RESTART_COUNT', '0')}")
 
     d = spec.data
-    codec = HeatmapCodec(d.input_size, d.heatmap_size, d.sigma, d.peak, encode_mode=d.target,
-                         decode_mode=spec.eval.decode)
-    a = d.augment
-    sample_cfg = SampleConfig(input_size=d.input_size, num_points=d.num_points,
-                              augment=AugmentConfig(a.base_size, a.rotate, a.scale_sigma, a.scale_clip, a.flip,
-                                                    a.translate, a.color, a.blur, a.occlusion),
-                              eval_crop=spec.eval.crop, decode_reduce=d.decode_reduce, on_error=d.on_error)
+    codec = components.codec(spec)
     loader = TrainLoader(d.train, batch_size=d.batch_size, codec=codec, rank=world.rank, world_size=world.size,
-                         seed=spec.run.seed, cfg=sample_cfg, workers=d.workers, prefetch=d.prefetch)
+                         seed=spec.run.seed, cfg=components.sample_config(spec), workers=d.workers,
+                         prefetch=d.prefetch)
+    closing.callback(loader.close)
     accumulation = spec.optim.grad_accumulation
     steps_per_epoch = loader.steps_per_epoch // accumulation
     if steps_per_epoch < 1:
@@ -152,11 +157,10 @@ def train(spec: JobSpec, run_dir: Path, on_finish=None) -> int:
         from mxnet.contrib import amp
 
         amp.init(target_dtype=spec.optim.amp)
-    model_spec = get_model_spec(spec.model.name, **spec.model_overrides())
+    model_spec = components.model_spec(spec)
+    info = components.model_info(spec)
     net = initialize(build_model(model_spec), ctx=ctx, seed=spec.run.seed)
     if spec.model.pretrained:  # a checkpoint's, an export's or a reference release's parameters
-        from facealign.export import load_pretrained
-
         report = load_pretrained(net, spec.model.pretrained, ctx)
         log(f"initialised {len(report['loaded'])} parameters from {spec.model.pretrained}; "
             f"{len(report['kept'])} keep their initialisation")
@@ -168,7 +172,6 @@ def train(spec: JobSpec, run_dir: Path, on_finish=None) -> int:
     trainer = make_trainer(net, spec)
     if spec.optim.amp == "float16":
         amp.init_trainer(trainer)  # dynamic loss scaling; bfloat16 has float32's range and needs none
-    weights = spec.loss.stack_weights or [1.0] * model_spec.num_stacks
 
     # --- resume ------------------------------------------------------------------------------------
     metric = spec.metric_name()
@@ -178,8 +181,9 @@ def train(spec: JobSpec, run_dir: Path, on_finish=None) -> int:
     found = dist.broadcast_object(str(found) if found else None, "facealign.resume")  # rank 0 chooses for all
     step, epoch, batch_in_epoch, last_metrics = 0, 0, 0, {}
     if found:
+        same_world = read_state(found).get("world_size") == world.size
         state = ckpt.load(Path(found), net, trainer, ctx, fingerprint=model_spec.fingerprint(),
-                          rank=world.rank if state_world_size(found) == world.size else None)
+                          rank=world.rank if same_world else None)
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         last_metrics = state.get("metrics", {})
         log(f"resumed from {found}: step {step}, epoch {epoch}, batch {batch_in_epoch} of the epoch")
@@ -193,7 +197,9 @@ def train(spec: JobSpec, run_dir: Path, on_finish=None) -> int:
 
         # purge_step drops events a previous attempt wrote after this checkpoint, so curves never fold back
         writer = SummaryWriter(str(run_dir / "tb"), purge_step=step if found else None)
-    validator = Validator(spec, codec, sample_cfg, world, ctx)
+        closing.callback(writer.close)
+    validation = components.validation_record(spec)
+    validator = Validator(validation, info, world, ctx)
     stats = dist.RunningStats(net, world)
 
     def validate():
@@ -204,7 +210,8 @@ def train(spec: JobSpec, run_dir: Path, on_finish=None) -> int:
     def checkpoint_state(metrics):
         return {"epoch": epoch, "batch_in_epoch": batch_in_epoch, "samples_seen": step * d.batch_size * world.size
                 * accumulation, "world_size": world.size, "model": model_spec.to_dict(),
-                "model_fingerprint": model_spec.fingerprint(), "spec_hash": spec_hash(spec), "metrics": metrics,
+                "model_fingerprint": model_spec.fingerprint(), "model_info": info.to_dict(),
+                "validation": validation, "spec_hash": spec_hash(spec), "metrics": metrics,
                 "lr": lr_at(max(step - 1, 0), spec, steps_per_epoch, world.size),
                 "versions": {"mxnet": mx.__version__}}
 
@@ -229,13 +236,9 @@ def train(spec: JobSpec, run_dir: Path, on_finish=None) -> int:
             # forward and backward; DistributedTrainer allreduces the gradients inside step()
             data = mx.nd.array(batch.images, ctx=ctx, dtype="float32")
             target = mx.nd.array(batch.heatmaps, ctx=ctx)
-            with autograd.record():
-                outputs = net(data)
-                if amp is not None:  # the loss in float32 whatever the network computed in
-                    outputs = [o.astype("float32") for o in outputs]
-                # square (x * x, exact) rather than ** 2 (a pow() loop): 0.2 s less per CPU step
-                stack_losses = [mx.nd.square(o - target).mean() for o in outputs]
-                loss = sum(w * l for w, l in zip(weights, stack_losses))
+            with autograd.record():  # the loss in float32 whatever the network computed in
+                loss, stack_losses = stacked_loss(net(data), target, kind=spec.loss.kind,
+                                                  stack_weights=spec.loss.stack_weights)
             if spec.optim.amp == "float16":
                 with amp.scale_loss(loss, trainer) as scaled:
                     autograd.backward(scaled)
@@ -289,7 +292,7 @@ def train(spec: JobSpec, run_dir: Path, on_finish=None) -> int:
                     for k, v in metrics.items():
                         writer.add_scalar(f"val/{k}", v, step)
                     if images is not None and spec.logging.images:
-                        faces, heatmaps = draw_faces(*images, codec)
+                        faces, heatmaps = draw_faces(*images, codec.peak)
                         add_image(writer, "val/faces", faces, step)
                         add_image(writer, "val/heatmaps", heatmaps, step)
                 last_metrics = metrics
@@ -309,9 +312,6 @@ def train(spec: JobSpec, run_dir: Path, on_finish=None) -> int:
                 break
         if exit_code == EXIT_REQUEUE:
             break
-    loader.close()
-    if writer:
-        writer.close()
     if on_finish is not None:
         on_finish(net, world)
     if exit_code == EXIT_OK:
@@ -320,8 +320,4 @@ def train(spec: JobSpec, run_dir: Path, on_finish=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except NonFiniteLoss as e:
-        print(f"facealign.train: {e}", file=sys.stderr, flush=True)
-        sys.exit(EXIT_ERROR)
+    sys.exit(main())

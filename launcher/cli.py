@@ -23,7 +23,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from facealign.config import SpecError, dump_job, load_job  # noqa: E402  (no MXNet)
+from facealign import components  # noqa: E402  (no MXNet)
+from facealign.config import SpecError, dump_job, load_job  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -79,7 +80,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     job = Path(args.job)
     try:
-        spec = load_job(job, args.set, check_files=args.command in ("validate", "submit"))
+        spec = components.load(job, args.set, check_files=args.command in ("validate", "submit"))
     except SpecError as e:
         print(f"facealign-launch: {e}", file=sys.stderr)
         return 2

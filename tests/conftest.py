@@ -66,3 +66,37 @@ def pack_synthetic_sets(root, train: int, val: int, seed: int = 1):
     for name, n, s in (("train", train, seed), ("val", val, seed + 1)):
         assert pack_main(["--synthetic", str(n), "--seed", str(s), "--quiet", str(root / name)]) == 0
     return root
+
+
+@pytest.fixture(scope="session")
+def synth_sets(tmp_path_factory):
+    """Procedural faces: 160 to train on, 24 to evaluate (seeds 11, 12)."""
+    return pack_synthetic_sets(tmp_path_factory.mktemp("evalsets"), train=160, val=24, seed=11)
+
+
+@pytest.fixture(scope="session")
+def trained_run(synth_sets, tmp_path_factory):
+    """A small hourglass trained for 150 steps (one process) on procedural faces: a real run directory."""
+    import yaml
+
+    root = tmp_path_factory.mktemp("trained")
+    job = {
+        "run": {"name": "evalrun", "seed": 5},
+        "data": {"train": [str(synth_sets / "train")], "val": {"synth": str(synth_sets / "val")}, "batch_size": 8,
+                 "input_size": 64, "heatmap_size": 32, "sigma": 2.0, "target": "subpixel", "workers": 1,
+                 "augment": {"base_size": 256, "rotate": 20}},
+        "model": {"name": "hg2-d3-cab", "width": 32, "depth": 2},
+        "optim": {"lr": 2.0e-3},
+        "schedule": {"kind": "cosine", "unit": "step", "length": 150},
+        "checkpoint": {"every_steps": 50, "keep_last": 2},
+        "eval": {"every_steps": 75, "batch_size": 8},
+        "logging": {"every_steps": 25},
+        "resources": {"nodes": 1, "tasks_per_node": 1},
+    }
+    (root / "job.yaml").write_text(yaml.safe_dump(job))
+    env = {"OMP_NUM_THREADS": "2", "MXNET_CPU_WORKER_NTHREADS": "2", "PATH": str(BIN)}
+    proc = subprocess.run([sys.executable, "-m", "facealign.train", "--job", str(root / "job.yaml"), "--run-dir",
+                           str(root / "run")], capture_output=True, text=True, timeout=900, cwd=REPO,
+                          env={**os.environ, **env})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return root / "run"

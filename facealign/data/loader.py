@@ -102,6 +102,7 @@ class SampleConfig:
     eval_crop: str = "center"  # "center": the base_size window at the canvas centre; "box": 1.2 x landmark box
     decode_reduce: int = 1  # 2, 4 or 8: JPEG DCT-domain reduction, faster where the crop down-samples anyway
     on_error: str = "raise"  # "raise" or "skip" (replace by the next record; counted)
+    scheme: str = "ibug68"  # the landmark scheme whose flip pairs re-label a mirrored face
 
 
 @dataclass
@@ -111,6 +112,8 @@ class ProcessedSample:
     transform: np.ndarray  # 2 x 3 affine, stored-image pixels -> crop pixels
     fallback: bool  # the augmentation fell back to the plain crop
     index: int
+    source_landmarks: np.ndarray  # K x D float32 in the stored image's pixels
+    source: str  # the record's source name
 
 
 def process_sample(records: RecordSet, index: int, cfg: SampleConfig, *, train: bool, seed: int = 0,
@@ -141,12 +144,13 @@ def process_sample(records: RecordSet, index: int, cfg: SampleConfig, *, train: 
     crop = warp(s.image, M_reduced, size)
     pts = apply(M, lm).astype(np.float32)
     if train:
-        scheme = get_scheme(lm.shape[0])
         if aug.flip and rng.random() < 0.5:
+            scheme = get_scheme(cfg.scheme)
             crop, pts = flip_horizontal(crop, pts, scheme.flip)
             M = np.array([[-1, 0, size - 1], [0, 1, 0]], np.float64) @ np.vstack([M, [0, 0, 1]])
         crop = photometric(rng, crop, aug)
-    return ProcessedSample(crop, pts, M, fallback, index)
+    source = s.meta.get("source", f"{s.meta.get('file')}[{s.meta.get('index')}]")
+    return ProcessedSample(crop, pts, M, fallback, index, lm, source)
 
 
 # --- worker processes -----------------------------------------------------------------------------

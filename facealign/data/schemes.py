@@ -77,6 +77,16 @@ SCHEMES = {s.name: s for s in (IBUG68, COFW29, WFLW98)}
 _BY_COUNT = {s.num_points: s for s in SCHEMES.values()}
 
 
+def scheme_for(num_points: int) -> LandmarkScheme:
+    """The default scheme of a landmark count (what ``data.scheme: null`` means): the one place a
+    scheme is inferred from K."""
+    scheme = _BY_COUNT.get(int(num_points))
+    if scheme is None:
+        raise KeyError(f"no landmark scheme has {num_points} points; known: "
+                       + ", ".join(f"{s.name} ({s.num_points})" for s in SCHEMES.values()))
+    return scheme
+
+
 def get_scheme(name_or_count: str | int) -> LandmarkScheme:
     """A scheme by name ("ibug68") or point count (68, 29, 98)."""
     scheme = _BY_COUNT.get(name_or_count) if isinstance(name_or_count, int) else SCHEMES.get(name_or_count)

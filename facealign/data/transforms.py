@@ -145,15 +145,31 @@ def photometric(rng: np.random.Generator, crop: np.ndarray, cfg: AugmentConfig) 
     return crop
 
 
+# --- framing of packed records and of the crops made from them ------------------------------------
+
+# facealign-pack's defaults: a PACKED_CANVAS-pixel square covering PACKED_CONTEXT x the landmark box's
+# longer side (the reference's records).
+PACKED_CANVAS = 384
+PACKED_CONTEXT = 2.25
+BOX_CROP_FRAMING = 1.2  # eval.crop: box, and the reference's evaluation crops
+
+
+def crop_framing(eval_crop: str, base_size: float = 256.0, canvas: int = PACKED_CANVAS,
+                 context: float = PACKED_CONTEXT) -> float:
+    """Crop side / landmark-box side of a model's evaluation crops: 1.2 for ``box`` crops; for ``center``
+    crops, the ``base_size`` window of a canvas that covers ``context`` x the landmark box."""
+    return BOX_CROP_FRAMING if eval_crop == "box" else base_size / canvas * context
+
+
 # --- the reference's evaluation crop (seed-spec §4.6, §6.2) -----------------------------------------
 
 # ArcFace's 112 x 112 five-point template (left eye, right eye, nose tip, mouth corners), which the
-# reference scales x2 + 80 into its 384 canvas.
+# reference scales x2 + 80 when its canvas is 384 pixels.
 ARCFACE_5PT = np.array([[38.2946, 41.6963], [73.5318, 41.5014], [56.0252, 61.7366],
                         [41.5493, 82.3655], [70.7299, 82.2041]])
-REFERENCE_CANVAS = 384
 # The reference's per-test-set top margin of the landmark box, in canvas pixels (30 for any other set).
 REFERENCE_TOP_MARGIN = {"ibug": 36.0, "cofw_testset": 45.0, "300W": 40.0}
+DEFAULT_TOP_MARGIN = 30.0
 
 
 def umeyama(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -179,19 +195,54 @@ def umeyama(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 
 
 def five_points(landmarks68: np.ndarray) -> np.ndarray:
-    """The reference's five points from 68: eye centres (36+39)/2 and (42+45)/2, nose tip 30, mouth corners."""
-    p = np.asarray(landmarks68, np.float64)[:, :2]
+    """The reference's five points from 68 (float32, as its ``preprocess`` computes them): eye centres
+    (36+39)/2 and (42+45)/2, nose tip 30, mouth corners 48 and 54."""
+    p = np.asarray(landmarks68, np.float32)[:, :2]
     return np.stack([(p[36] + p[39]) / 2, (p[42] + p[45]) / 2, p[30], p[48], p[54]])
 
 
-def reference_eval_crop(landmarks68: np.ndarray, out_size: int, top_margin: float) -> np.ndarray:
-    """The reference's ``test_rec_nme`` crop from ground truth: 2 x 3 affine from image to crop.
+def reference_alignment(landmarks68: np.ndarray, canvas: int) -> np.ndarray:
+    """The reference's first resampling (``img_helper.preprocess``): the five-point similarity onto the
+    ArcFace template, scaled x2 + 80 only when the canvas (the record's height) is 384 pixels."""
+    template = ARCFACE_5PT.astype(np.float32)
+    if canvas == 384:
+        template = template * 2 + 80
+    return umeyama(five_points(landmarks68), template)
 
-    Five-point similarity alignment onto the ArcFace template in the 384 canvas,
-    then the aligned landmark box with its top moved up by ``top_margin`` (clamped
-    at 0), a square of 1.2 x its longer side around its integer centre.
-    """
-    align = umeyama(five_points(landmarks68), ARCFACE_5PT * 2 + 80)
-    aligned = apply(align, landmarks68[:, :2])
-    box = (*aligned.min(0), *aligned.max(0))
-    return compose(box_crop(box, out_size, expand=1.2, top_margin=top_margin, integer_center=True), align)
+
+def reference_crop(aligned: np.ndarray, out_size: int, top_margin: float) -> np.ndarray:
+    """The reference's second resampling (``transform2`` + ``estimate_trans_bbox``) from the aligned
+    landmarks: their box, its top moved up by ``top_margin`` (clamped at 0), a square of 1.2 x its
+    longer side around its integer centre. float32 where the reference keeps float32."""
+    a = np.asarray(aligned, np.float32)[:, :2]
+    x0, y0 = a.min(0)
+    x1, y1 = a.max(0)
+    y0 = np.float32(0) if y0 < top_margin else y0 - np.float32(top_margin)
+    cx, cy = int((x0 + x1) / 2), int((y0 + y1) / 2)
+    scale = out_size / (max(x1 - x0, y1 - y0) * BOX_CROP_FRAMING)
+    return np.array([[scale, 0, out_size // 2 - cx * scale], [0, scale, out_size // 2 - cy * scale]], np.float64)
+
+
+def reference_eval_warps(landmarks68: np.ndarray, image_height: int, out_size: int,
+                         top_margin: float) -> list[tuple[np.ndarray, int]]:
+    """``test_rec_nme.py``'s two resamplings from ground truth, as (2 x 3 affine, output side) pairs:
+    the record to the aligned square canvas of its own height (kept as uint8), then the canvas to the
+    ``out_size`` crop. ``warp_chain`` applies them; ``compose`` of the two maps points."""
+    align = reference_alignment(landmarks68, image_height)
+    aligned = apply(align, np.asarray(landmarks68, np.float32)[:, :2]).astype(np.float32)
+    return [(align, int(image_height)), (reference_crop(aligned, out_size, top_margin), out_size)]
+
+
+def warp_chain(image: np.ndarray, warps) -> np.ndarray:
+    """Resample ``image`` through each (affine, side) in turn, as uint8 between steps."""
+    for M, size in warps:
+        image = warp(image, M, size)
+    return image
+
+
+def chain_transform(warps) -> np.ndarray:
+    """The single 2 x 3 affine of a chain of warps (for mapping points, not pixels)."""
+    M = np.asarray(warps[0][0], np.float64)
+    for step, _ in warps[1:]:
+        M = compose(step, M)
+    return M

@@ -20,6 +20,14 @@ CHANNEL_MULTIPLE = {"resnet": 2, "hpm": 4, "inception": 8, "cab": 8}
 TOPOLOGIES = ("hourglass", "sat")
 
 
+class ModelSpecError(ValueError):
+    """A structure that cannot be built; ``problems`` pairs each offending field with what is wrong."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = problems
+        super().__init__("invalid model spec: " + "; ".join(msg for _, msg in problems))
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """Everything that determines a network's structure (and so its checkpoint layout)."""
@@ -36,30 +44,32 @@ class ModelSpec:
     landmark_dims: int = 2  # 2 or 3: which landmarks the model is trained for
 
     def validate(self) -> "ModelSpec":
-        problems = []
+        problems = []  # (field, message)
         if self.topology not in TOPOLOGIES:
-            problems.append(f"topology {self.topology!r} is not one of {TOPOLOGIES}")
+            problems.append(("topology", f"topology {self.topology!r} is not one of {TOPOLOGIES}"))
         if self.block not in BLOCK_TYPES:
-            problems.append(f"block {self.block!r} is not one of {sorted(BLOCK_TYPES)}")
+            problems.append(("block", f"block {self.block!r} is not one of {sorted(BLOCK_TYPES)}"))
         elif self.width % CHANNEL_MULTIPLE[self.block] or (self.topology == "sat" and self.width % 8):
-            problems.append(f"width {self.width} must be a multiple of "
-                            f"{8 if self.topology == 'sat' else CHANNEL_MULTIPLE[self.block]} for {self.block} blocks")
+            problems.append(("width", f"width {self.width} must be a multiple of "
+                             f"{8 if self.topology == 'sat' else CHANNEL_MULTIPLE[self.block]} for {self.block} blocks"))
         if self.num_stacks < 1:
-            problems.append(f"num_stacks must be >= 1, got {self.num_stacks}")
+            problems.append(("num_stacks", f"num_stacks must be >= 1, got {self.num_stacks}"))
         if self.depth < 1:
-            problems.append(f"depth must be >= 1, got {self.depth}")
+            problems.append(("depth", f"depth must be >= 1, got {self.depth}"))
         if self.num_landmarks < 1:
-            problems.append(f"num_landmarks must be >= 1, got {self.num_landmarks}")
+            problems.append(("num_landmarks", f"num_landmarks must be >= 1, got {self.num_landmarks}"))
         if self.heatmap_size < 1 or self.input_size % self.heatmap_size or self.input_size // self.heatmap_size not in (2, 4):
-            problems.append(f"input_size / heatmap_size must be 2 or 4, got {self.input_size} / {self.heatmap_size}")
+            problems.append(("heatmap_size", f"input_size / heatmap_size must be 2 or 4, got "
+                             f"{self.input_size} / {self.heatmap_size}"))
         elif self.heatmap_size % (2 ** self.depth):
-            problems.append(f"heatmap_size {self.heatmap_size} must be divisible by 2^depth = {2 ** self.depth}")
+            problems.append(("depth", f"heatmap_size {self.heatmap_size} must be divisible by 2^depth = "
+                             f"{2 ** self.depth}"))
         if self.dcn not in (0, 1, 2, 3):
-            problems.append(f"dcn must be 0, 1, 2 or 3, got {self.dcn}")
+            problems.append(("dcn", f"dcn must be 0, 1, 2 or 3, got {self.dcn}"))
         if self.landmark_dims not in (2, 3):
-            problems.append(f"landmark_dims must be 2 or 3, got {self.landmark_dims}")
+            problems.append(("landmark_dims", f"landmark_dims must be 2 or 3, got {self.landmark_dims}"))
         if problems:
-            raise ValueError("invalid model spec: " + "; ".join(problems))
+            raise ModelSpecError(problems)
         return self
 
     def to_dict(self) -> dict:

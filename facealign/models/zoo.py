@@ -57,6 +57,17 @@ def initialize(net, ctx=None, seed: int | None = None):
     return net
 
 
+def structural_parameters(net) -> dict:
+    """{structural name: Parameter}, the names ``save_parameters`` writes (``_units.0.conv.weight`` style).
+
+    They depend on the block tree, not on Gluon's name prefixes, so checkpoints load
+    into any instance of the same structure. Gluon has no public call for them:
+    this wraps ``Block._collect_params_with_prefix``, private in MXNet 1.9.1 (the
+    version pinned in install.sh); re-check it when MXNet changes.
+    """
+    return dict(net._collect_params_with_prefix())
+
+
 def count_parameters(net) -> dict:
     """Parameter counts of an initialised or structurally complete network.
 
