@@ -175,23 +175,35 @@ DEFAULT_TOP_MARGIN = 30.0
 def umeyama(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """Least-squares similarity (rotation, uniform scale, translation) mapping src onto dst: 2 x 3.
 
-    The estimate of skimage's ``SimilarityTransform.estimate`` (Umeyama 1991), which the
-    reference uses for its five-point alignment.
+    skimage's ``SimilarityTransform.estimate`` (Umeyama 1991), which the reference uses for its
+    five-point alignment, step for step and in the inputs' precision: the reference passes
+    float32 points, so its means, covariance and SVD are float32, and so are these.
     """
-    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    s, d = src - mu_s, dst - mu_d
-    cov = d.T @ s / len(src)
-    U, S, Vt = np.linalg.svd(cov)
-    sign = np.ones(2)
-    if np.linalg.det(cov) < 0:
-        sign[-1] = -1
-    R = U @ np.diag(sign) @ Vt
-    scale = (S * sign).sum() / s.var(0).sum()
-    M = np.zeros((2, 3))
-    M[:, :2] = scale * R
-    M[:, 2] = mu_d - M[:, :2] @ mu_s
-    return M
+    src, dst = np.asarray(src), np.asarray(dst)
+    num, dim = src.shape
+    src_mean, dst_mean = src.mean(axis=0), dst.mean(axis=0)
+    src_demean, dst_demean = src - src_mean, dst - dst_mean
+    A = dst_demean.T @ src_demean / num
+    d = np.ones((dim,), dtype=np.float64)
+    if np.linalg.det(A) < 0:
+        d[dim - 1] = -1
+    T = np.eye(dim + 1, dtype=np.float64)
+    U, S, V = np.linalg.svd(A)
+    rank = np.linalg.matrix_rank(A)
+    if rank == 0:
+        raise ValueError("umeyama: the source points are all the same point")
+    if rank == dim - 1 and np.linalg.det(U) * np.linalg.det(V) > 0:
+        T[:dim, :dim] = U @ V
+    elif rank == dim - 1:
+        flipped = d.copy()
+        flipped[dim - 1] = -1
+        T[:dim, :dim] = U @ np.diag(flipped) @ V
+    else:
+        T[:dim, :dim] = U @ np.diag(d) @ V
+    scale = 1.0 / src_demean.var(axis=0).sum() * (S @ d)
+    T[:dim, dim] = dst_mean - scale * (T[:dim, :dim] @ src_mean.T)
+    T[:dim, :dim] *= scale
+    return T[:2]
 
 
 def five_points(landmarks68: np.ndarray) -> np.ndarray:
