@@ -89,7 +89,7 @@ say "installing $MXNET_DIST==$MXNET_VERSION and the Python dependencies"
 pip install -q --upgrade "pip>=23" wheel "setuptools<70"
 pip install -q "$MXNET_DIST==$MXNET_VERSION" "numpy<1.24" \
   "opencv-python-headless<4.11" pyyaml tensorboardX tensorboard "scipy<1.12" "cython>=3" pytest psutil \
-  tqdm "matplotlib<3.11" \
+  tqdm "matplotlib<3.11" pillow \
   "onnx==1.14.1" "onnxruntime<1.20" dlib-bin \
   "scikit-image==0.20.*"
 # onnx<1.15: what mxnet.onnx can export to; onnxruntime runs it. dlib-bin: dlib's HOG face detector

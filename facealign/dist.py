@@ -53,7 +53,7 @@ def allreduce(value) -> np.ndarray:
     import mxnet as mx
 
     arr = mx.nd.array(np.atleast_1d(np.asarray(value, np.float64)), dtype="float64")
-    return hvd.allreduce(arr, average=False).asnumpy()
+    return hvd.allreduce(arr, op=hvd.Sum).asnumpy()
 
 
 def broadcast_object(obj, name: str, root: int = 0):

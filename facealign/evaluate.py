@@ -258,7 +258,6 @@ def evaluate_model(source, backend, args, sets, margins, out: Path, device: str)
         from tensorboardX import SummaryWriter
 
         from facealign import checkpoint
-        from facealign.validation import add_image
 
         tb = SummaryWriter(str(checkpoint.run_of(source.checkpoint) / "tb"))
     results = {}
@@ -292,7 +291,7 @@ def evaluate_model(source, backend, args, sets, margins, out: Path, device: str)
                 for norm, row in summary["by_norm"].items():
                     tb.add_scalar(f"eval/{tag}/nme_{norm}", row["nme"], step)
                     tb.add_scalar(f"eval/{tag}/auc@0.10_{norm}", row["auc@0.10"], step)
-                add_image(tb, f"eval/{tag}/ced", pixels, step)
+                tb.add_image(f"eval/{tag}/ced", pixels, step, dataformats="HWC")
     finally:
         if tb is not None:
             tb.close()

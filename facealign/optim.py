@@ -64,6 +64,9 @@ def make_trainer(net, spec: JobSpec):
 
 
 # --- optimizer state without pickle --------------------------------------------------------------
+# Gluon's Trainer keeps its optimizer and updater states private (``_optimizer``, ``_updaters``,
+# ``_index_update_count``) in MXNet 1.9.1, the version install.sh pins; its public save_states
+# pickles them, which a checkpoint must never hold. Re-check these names when MXNet changes.
 
 _SCALARS = ("num_update", "m_schedule")  # optimizer attributes that evolve (Nadam's m_schedule among them)
 

@@ -126,7 +126,7 @@ def _train(spec: JobSpec, run_dir: Path, on_finish, closing: contextlib.ExitStac
     from facealign.losses import stacked_loss
     from facealign.models import build_model, initialize
     from facealign.optim import lr_at, make_trainer, total_steps
-    from facealign.validation import Validator, add_image, draw_faces
+    from facealign.validation import Validator, draw_faces
 
     if world.is_primary:
         (run_dir / "tb").mkdir(parents=True, exist_ok=True)
@@ -293,8 +293,8 @@ def _train(spec: JobSpec, run_dir: Path, on_finish, closing: contextlib.ExitStac
                         writer.add_scalar(f"val/{k}", v, step)
                     if images is not None and spec.logging.images:
                         faces, heatmaps = draw_faces(*images, codec.peak)
-                        add_image(writer, "val/faces", faces, step)
-                        add_image(writer, "val/heatmaps", heatmaps, step)
+                        writer.add_image("val/faces", faces, step, dataformats="HWC")
+                        writer.add_image("val/heatmaps", heatmaps, step, dataformats="HWC")
                 last_metrics = metrics
             if end_of_epoch:
                 epoch, batch_in_epoch = epoch + 1, 0

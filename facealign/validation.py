@@ -61,14 +61,3 @@ def draw_faces(images, pred, gt, heatmaps, peak: float, limit: int = 8):
         m = cv2.applyColorMap((m * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
         maps.append(cv2.resize(m, (256, 256), interpolation=cv2.INTER_NEAREST))
     return np.hstack(faces), np.hstack(maps)
-
-
-def add_image(writer, tag: str, image_rgb: np.ndarray, step: int) -> None:
-    """An RGB image to TensorBoard, PNG-encoded with OpenCV (tensorboardX's add_image would need Pillow)."""
-    from tensorboardX.proto.summary_pb2 import Summary
-
-    ok, png = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(image_rgb), cv2.COLOR_RGB2BGR))
-    h, w = image_rgb.shape[:2]
-    value = Summary.Value(tag=tag, image=Summary.Image(height=h, width=w, colorspace=3,
-                                                       encoded_image_string=png.tobytes()))
-    writer._get_file_writer().add_summary(Summary(value=[value]), step)

@@ -5,8 +5,9 @@ import sys
 import pytest
 import yaml
 
-from conftest import REPO
-from facealign.config import JobSpec, SpecError, dump_job, load_job
+from conftest import BIN, REPO
+from facealign import components
+from facealign.config import AugmentSpec, JobSpec, SpecError, dump_job, load_job
 
 JOBS = sorted((REPO / "jobs").glob("*.yaml"))
 
@@ -25,9 +26,11 @@ model: {name: hg2-d3-cab}
 """
 
 
-def test_loading_a_spec_imports_no_mxnet():
-    code = ("import sys, facealign.config as c; "
-            f"c.load_job({str(REPO / 'jobs' / 'demo.yaml')!r}); print('mxnet' in sys.modules)")
+def test_loading_a_spec_and_building_its_parts_imports_no_mxnet():
+    code = ("import sys, facealign.components as c; "
+            f"s = c.load({str(REPO / 'jobs' / 'demo.yaml')!r}); "
+            "[f(s) for f in (c.model_spec, c.codec, c.sample_config, c.model_info, c.validation_record)]; "
+            "print('mxnet' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 
@@ -49,7 +52,7 @@ def test_reference_recipes(name):
     assert spec.data.batch_size == 16 and (spec.data.sigma, spec.data.peak) == (1.0, 20.0)
     assert (spec.data.input_size, spec.data.heatmap_size, spec.data.target) == (128, 64, "reference")
     assert spec.loss.kind == "mse" and spec.loss.stack_weights in (None, [1.0, 1.0])
-    assert spec.data.landmark_dims == (3 if name.endswith("-3d") else 2)
+    assert components.model_spec(spec).landmark_dims == (3 if name.endswith("-3d") else 2)
     a = spec.data.augment
     assert (a.rotate, a.scale_sigma, a.scale_clip, a.flip, a.color, a.blur, a.occlusion) == (40, 0.2, 0.2, True, 0,
                                                                                             0, 0)
@@ -117,3 +120,74 @@ def test_trainer_rejects_a_bad_spec_before_starting(tmp_path):
                           text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 2
     assert "unknown key 'optim.lrr'; did you mean 'optim.lr'?" in proc.stderr
+
+
+@pytest.mark.parametrize("path", JOBS, ids=lambda p: p.name)
+def test_every_job_in_the_repository_builds_its_model(path):
+    import mxnet as mx
+
+    from facealign.models import build_model, count_parameters, get_model_spec, initialize
+
+    spec = components.load(path)
+    model_spec = components.model_spec(spec)
+    net = initialize(build_model(model_spec))
+    out = net(mx.nd.zeros((1, 3, spec.data.input_size, spec.data.input_size)))
+    assert len(out) == model_spec.num_stacks
+    assert out[-1].shape == (1, spec.data.num_points, spec.data.heatmap_size, spec.data.heatmap_size)
+    if spec.model.name == path.stem:  # the reference recipes train the zoo model as it is
+        assert model_spec == get_model_spec(spec.model.name)
+        assert count_parameters(net)["total"] > 6_000_000
+
+
+def test_augmentation_fields_arrive_by_name(tmp_path):
+    values = {"base_size": 200.0, "rotate": 11.0, "scale_sigma": 0.13, "scale_clip": 0.17, "flip": False,
+              "translate": 0.05, "color": 0.3, "blur": 0.4, "occlusion": 0.6}
+    assert set(values) == {f for f in AugmentSpec.__dataclass_fields__}  # every field of the schema
+    spec = load_job(_write(tmp_path, BASE + "data: {train: [t], val: {a: v}, augment: " + yaml.safe_dump(
+        values, default_flow_style=True).strip() + "}\n"))
+    augment = components.augment(spec)
+    for key, value in values.items():
+        assert getattr(augment, key) == value, key
+    assert components.sample_config(spec).augment == augment
+
+
+def test_a_3d_zoo_model_stays_3d_unless_the_spec_says_otherwise(tmp_path):
+    three = load_job(_write(tmp_path, "data: {train: [t], val: {a: v}}\nmodel: {name: sat2-d3-cab-3d}\n"))
+    assert three.data.landmark_dims is None
+    assert components.model_spec(three).landmark_dims == 3 and components.model_info(three).landmark_dims == 3
+    two = load_job(_write(tmp_path, "data: {train: [t], landmark_dims: 2}\nmodel: {name: sat2-d3-cab-3d}\n"))
+    assert components.model_spec(two).landmark_dims == 2
+
+
+def test_the_landmark_scheme_is_named_once(tmp_path):
+    spec = load_job(_write(tmp_path, "data: {train: [t], num_points: 98}\n"))
+    assert components.scheme(spec).name == "wflw98" and components.sample_config(spec).scheme == "wflw98"
+    assert components.model_info(spec).scheme == "wflw98"
+    with pytest.raises(SpecError, match="data.scheme: cofw29 has 29 points, data.num_points is 68"):
+        components.load(_write(tmp_path, "data: {train: [t], scheme: cofw29}\n"))
+    with pytest.raises(SpecError, match="data.num_points: no landmark scheme has 10 points"):
+        components.load(_write(tmp_path, "data: {train: [t], num_points: 10}\n"))
+    with pytest.raises(SpecError, match="data.scheme: 'ibug' is not one of ibug68, cofw29, wflw98"):
+        load_job(_write(tmp_path, "data: {train: [t], scheme: ibug}\n"))
+
+
+@pytest.mark.parametrize("override,key,message", [
+    ("model.width=60", "model.width", "width 60 must be a multiple of 8 for cab blocks"),
+    ("model.depth=7", "model.depth", "heatmap_size 64 must be divisible by 2^depth = 128"),
+    ("model.block=hpm", None, None),
+])
+def test_the_models_own_checks_run_on_the_login_node_and_in_the_trainer(tmp_path, override, key, message):
+    path = _write(tmp_path, BASE)
+    (tmp_path / "data").mkdir()
+    for name in ("train", "ibug", "cofw"):  # validate checks that the record files exist
+        (tmp_path / "data" / f"{name}.rec").touch()
+    launch = subprocess.run([str(BIN / "facealign-launch"), "validate", str(path), "--set", override],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    if key is None:
+        assert launch.returncode == 0, launch.stderr
+        return
+    expected = f"job.yaml: {key}: {message} (model hg2-d3-cab)"
+    assert launch.returncode == 2 and expected in launch.stderr and "Traceback" not in launch.stderr, launch.stderr
+    train = subprocess.run([sys.executable, "-m", "facealign.train", "--job", str(path), "--set", override],
+                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert train.returncode == 2 and expected in train.stderr and "Traceback" not in train.stderr, train.stderr

@@ -240,11 +240,15 @@ def test_parameter_names_follow_the_reference():
 
 
 def test_normalisation_is_inside_the_network():
-    # A 127.5-grey image normalises to exactly zero: the stem conv then sees zeros.
+    # The stem convolution must see (x - 127.5) / 128 of the raw 0..255 pixels the network is given.
     net = initialize(get_model("hg2-d3-cab", width=32, input_size=64, heatmap_size=32, depth=2))
-    x = mx.nd.full((1, 3, 64, 64), 127.5)
-    zeros = net.conv0((x - 127.5) * 0.0078125)
-    assert np.abs(zeros.asnumpy()).max() == 0
+    seen = []
+    net.conv0.register_forward_hook(lambda block, inputs, output: seen.append(inputs[0].asnumpy()))
+    x = np.random.RandomState(0).uniform(0, 255, (2, 3, 64, 64)).astype(np.float32)
+    out = net(mx.nd.array(x))
+    assert len(seen) == 1 and out[-1].shape == (2, 68, 32, 32)
+    np.testing.assert_allclose(seen[0], (x - 127.5) * 0.0078125, rtol=0, atol=1e-6)
+    assert seen[0].min() < -0.9 and seen[0].max() > 0.9
 
 
 @pytest.mark.parametrize("overrides,message", [

@@ -7,10 +7,27 @@ from facealign.data.transforms import apply, box_crop, compose, flip_horizontal,
 from facealign.synth import mean_face
 
 
-@pytest.mark.parametrize("scheme", list(SCHEMES.values()), ids=lambda s: s.name)
-def test_flip_permutation_is_an_involution(scheme):
-    perm = np.array(scheme.flip)
-    np.testing.assert_array_equal(perm[perm], np.arange(scheme.num_points))
+def test_a_flip_that_is_not_an_involution_is_refused():
+    from facealign.data.schemes import LandmarkScheme
+
+    good = dict(name="toy", num_points=4, left_eye=(0,), right_eye=(1,), eye_corners=(0, 0, 1, 1))
+    LandmarkScheme(flip=(1, 0, 3, 2), **good)
+    with pytest.raises(ValueError, match="not an involution"):
+        LandmarkScheme(flip=(1, 2, 0, 3), **good)
+    with pytest.raises(ValueError, match="not a permutation"):
+        LandmarkScheme(flip=(1, 0, 0, 2), **good)
+
+
+def test_the_68_point_flip_maps_a_face_onto_its_mirror_image():
+    # The mean face is symmetric: mirrored and re-labelled by the scheme, every point lands on its
+    # own partner's position (a wrong pair would land on the other side of the face).
+    points = mean_face()[:, :2]
+    points = points - points.mean(0)
+    mirrored = points[list(IBUG68.flip)] * [-1, 1]
+    side = np.ptp(points[:, 0])
+    assert np.abs(mirrored - points).max() < 0.08 * side
+    unflipped = points * [-1, 1]  # without the re-labelling, the jaw and eyes change sides
+    assert np.abs(unflipped - points).max() > 0.5 * side
 
 
 def test_ibug_flip_pairs_match_the_reference():

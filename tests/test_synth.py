@@ -28,9 +28,16 @@ def test_shapes_framing_and_pose_ranges():
 
 
 def test_yaw_moves_depth_the_right_way():
-    # With the face turned, the nose tip is closer to the camera than the far-side jaw.
-    f = render_face(0, 1)
-    assert f.landmarks[30, 2] > min(f.landmarks[0, 2], f.landmarks[16, 2])
+    # Turned one way, the face's image-left jaw end comes toward the camera (z grows) and the other
+    # recedes; turned the other way, the reverse; and the further the turn, the larger the difference.
+    faces = [render_face(3, i) for i in range(30)]
+    turned = [(f.pose[0], float(f.landmarks[0, 2] - f.landmarks[16, 2])) for f in faces if abs(f.pose[0]) > 10]
+    assert sum(y > 0 for y, _ in turned) >= 3 and sum(y < 0 for y, _ in turned) >= 3
+    assert all(np.sign(depth) == np.sign(yaw) for yaw, depth in turned), turned
+    yaws, depths = np.array(turned).T
+    assert np.corrcoef(np.abs(yaws), np.abs(depths))[0, 1] > 0.8
+    for f in faces:  # and the nose tip stays nearer the camera than the far jaw end
+        assert f.landmarks[30, 2] > min(f.landmarks[0, 2], f.landmarks[16, 2])
 
 
 def test_landmarks_sit_on_drawn_features():

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import mxnet as mx
 import numpy as np
@@ -245,3 +246,24 @@ def test_single_process_with_bfloat16_amp_and_gradient_accumulation(tiny_job, tm
     assert "batch 4 x 1 rank(s) x 2" in log and "step 3/3" in log and "finished at step 3" in log
     losses = [v for _, v in scalars(run_dir / "tb")["train/loss"]]
     assert len(losses) == 3 and all(np.isfinite(losses))
+
+
+def test_the_loader_writer_and_log_are_closed_on_an_error(tiny_job, tmp_path):
+    """train() in this process, stopped by a non-finite loss mid-run: its loader workers are gone and
+    its log and TensorBoard files are closed, as on every way out of train()."""
+    from facealign import components
+    from facealign.train import NonFiniteLoss, train
+
+    spec = components.load(tiny_job, ["resources.tasks_per_node=1", "optim.lr=1.0e+12", "optim.name=sgd",
+                                      "schedule.max_steps=50", "eval.every_steps=50"])
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    with pytest.raises(NonFiniteLoss, match="non-finite loss at step"):
+        train(spec, tmp_path / "run")
+    workers = [p for p in me.children(recursive=True) if p.pid not in before and p.is_running()
+               and p.status() != psutil.STATUS_ZOMBIE and "resource_tracker" not in " ".join(p.cmdline())]
+    assert not workers, [p.cmdline() for p in workers]
+    open_files = {Path(f.path).resolve() for f in me.open_files()}
+    assert (tmp_path / "run" / "log.txt").resolve() not in open_files
+    assert not [f for f in open_files if str(f).startswith(str((tmp_path / "run" / "tb").resolve()))]
+    assert "step 1/50" in (tmp_path / "run" / "log.txt").read_text()  # it did train before stopping
