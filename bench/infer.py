@@ -72,24 +72,26 @@ def scene(size, faces=1, seed=0):
 def measure_one(name: str, args) -> list[dict]:
     import mxnet as mx
 
-    from facealign import export
-    from facealign.inference import ModelInfo, Predictor
+    from facealign import artifact, export
+    from facealign.data.schemes import scheme_for
+    from facealign.data.transforms import crop_framing
+    from facealign.inference import Predictor
     from facealign.models import get_model, initialize
 
     net = initialize(get_model(name), seed=0)
     spec = net.spec
-    info = ModelInfo(name=name, input_size=spec.input_size, heatmap_size=spec.heatmap_size,
-                     num_landmarks=spec.num_landmarks, landmark_dims=spec.landmark_dims, model=spec.to_dict())
+    info = artifact.ModelInfo.of(name, spec, scheme=scheme_for(spec.num_landmarks).name,
+                                 crop_framing=crop_framing("center"))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         export.export_package(net, info, tmp, onnx="onnxruntime" in args.backends, log=lambda m: None)
         image, box = scene((640, 480))
         for backend in args.backends:
-            predictor = Predictor.load(tmp, backend=backend, refine=0)
+            runner = artifact.load_backend(artifact.resolve(tmp), backend)
             for batch in args.batches:
                 boxes = np.repeat(box, batch, 0)
                 for flip in (False, True):
-                    predictor.flip, predictor.batch_size = flip, batch
+                    predictor = Predictor(runner, info, flip=flip, refine=0, batch_size=batch)
                     predictor.predict(image, boxes)  # warm-up (and MXNet's shape-specific graph)
                     times = []
                     for _ in range(args.reps):

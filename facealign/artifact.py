@@ -35,11 +35,11 @@ from pathlib import Path
 import yaml
 
 from facealign import checkpoint
+from facealign.config import JOB_FILE
 from facealign.data.schemes import scheme_for
 from facealign.data.transforms import BOX_CROP_FRAMING, crop_framing
 from facealign.models.specs import ModelSpec, get_model_spec
 
-KINDS = ("run", "checkpoint", "export", "onnx", "reference")
 INFO_FILE = "facealign-model.yaml"
 SYMBOL_FILE, PARAMS_FILE, ONNX_FILE = "model-symbol.json", "model-0000.params", "model.onnx"
 PACKAGE_FORMAT = 1
@@ -180,7 +180,7 @@ def resolve(path, *, which: str = "best", model_name: str | None = None, log=Non
 def _legacy_job(ckpt: Path) -> dict:
     """The raw job.yaml of a checkpoint's run, leniently (for checkpoints that predate ``model_info``)."""
     try:
-        raw = yaml.safe_load((checkpoint.run_of(ckpt) / "job.yaml").read_text()) or {}
+        raw = yaml.safe_load((checkpoint.run_of(ckpt) / JOB_FILE).read_text()) or {}
     except (OSError, yaml.YAMLError):
         return {}
     return raw if isinstance(raw, dict) else {}

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import yaml
 
+from facealign.config import JOB_FILE
 from facealign.dist import average_over_ranks
 
 CHECKPOINTS_DIR = "checkpoints"  # inside a run directory
@@ -159,7 +160,7 @@ def _ranking(newest: dict | None, directory: Path) -> tuple[str | None, str]:
     # Checkpoints written before state.json recorded the ranking: read it from the run's job.yaml,
     # leniently (raw YAML, not the schema), so a spec that no longer validates still serves.
     try:
-        raw = yaml.safe_load((directory.parent / "job.yaml").read_text()) or {}
+        raw = yaml.safe_load((directory.parent / JOB_FILE).read_text()) or {}
         section = raw.get("checkpoint") or {}
         val = (raw.get("data") or {}).get("val") or {}
         metric = section.get("metric") or (f"nme/{next(iter(val))}" if val else None)

@@ -29,6 +29,9 @@ from facealign.data.schemes import SCHEMES
 from facealign.losses import LOSSES
 
 
+JOB_FILE = "job.yaml"  # the resolved spec a run directory keeps (dump_job)
+
+
 class SpecError(ValueError):
     """A job spec that cannot run; the message names the file and the key path."""
 

@@ -15,6 +15,8 @@ annotated images; per video ``<name>.json`` (per frame) and ``<name>_landmarks.a
 In videos the detector runs every --detect-every frames and the faces are
 tracked from their landmarks in between; --smooth blends each frame's landmarks
 with the previous frame's (exponential moving average, 0 = off).
+
+Exit status: 0 done; 2 a model, input or boxes file that cannot be used (one line on stderr).
 """
 from __future__ import annotations
 

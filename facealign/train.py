@@ -28,8 +28,8 @@ import numpy as np
 
 from facealign import components
 from facealign.artifact import ArtifactError
-from facealign.checkpoint import CheckpointError, CheckpointManager, read_state
-from facealign.config import JobSpec, SpecError, dump_job, spec_hash
+from facealign.checkpoint import CHECKPOINTS_DIR, CheckpointError, CheckpointManager, read_state
+from facealign.config import JOB_FILE, JobSpec, SpecError, dump_job, spec_hash
 from facealign.data.records import DataError
 
 EXIT_OK, EXIT_ERROR, EXIT_SPEC, EXIT_REQUEUE = 0, 1, 2, 75
@@ -130,7 +130,7 @@ def _train(spec: JobSpec, run_dir: Path, on_finish, closing: contextlib.ExitStac
 
     if world.is_primary:
         (run_dir / "tb").mkdir(parents=True, exist_ok=True)
-        dump_job(spec, run_dir / "job.yaml")
+        dump_job(spec, run_dir / JOB_FILE)
     dist.barrier()  # the run directory exists before any rank looks into it
     log = Log(run_dir, world.is_primary)
     closing.callback(log.close)
@@ -175,7 +175,7 @@ def _train(spec: JobSpec, run_dir: Path, on_finish, closing: contextlib.ExitStac
 
     # --- resume ------------------------------------------------------------------------------------
     metric = spec.metric_name()
-    ckpt = CheckpointManager(run_dir / "checkpoints", writer=world.is_primary, keep_last=spec.checkpoint.keep_last,
+    ckpt = CheckpointManager(run_dir / CHECKPOINTS_DIR, writer=world.is_primary, keep_last=spec.checkpoint.keep_last,
                              keep_best=spec.checkpoint.keep_best, metric=metric, mode=spec.checkpoint.mode)
     found = ckpt.latest_valid(log=log) if spec.checkpoint.resume == "auto" and world.is_primary else None
     found = dist.broadcast_object(str(found) if found else None, "facealign.resume")  # rank 0 chooses for all
@@ -217,8 +217,10 @@ def _train(spec: JobSpec, run_dir: Path, on_finish, closing: contextlib.ExitStac
 
     eval_every = spec.eval.every_steps or steps_per_epoch
     ckpt_every = spec.checkpoint.every_steps or steps_per_epoch
+    dropped = loader.sampler.dropped_per_epoch
     log(f"{spec.model.name} ({model_spec.num_stacks} stacks, {d.num_points} points, {d.input_size}->"
-        f"{d.heatmap_size}); {len(loader.records)} training faces, {steps_per_epoch} steps/epoch, "
+        f"{d.heatmap_size}); {len(loader.records)} training faces"
+        f"{f' ({dropped} left out of each epoch: not a whole step)' if dropped else ''}, {steps_per_epoch} steps/epoch, "
         f"batch {d.batch_size} x {world.size} rank(s) x {accumulation}; training to step {last_step}")
     if step == 0 and validator.sets:
         metrics, images = validate()

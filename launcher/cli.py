@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from facealign import components  # noqa: E402  (no MXNet)
-from facealign.config import SpecError, dump_job, load_job  # noqa: E402
+from facealign.config import JOB_FILE, SpecError, dump_job, load_job  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -110,7 +110,7 @@ def main(argv=None) -> int:
         return subprocess.run(cmd, env=env).returncode
     # submit
     run_dir.mkdir(parents=True, exist_ok=True)
-    resolved = run_dir / "job.yaml"
+    resolved = run_dir / JOB_FILE
     if resolved.exists() and resolved.resolve() != job.resolve():
         previous = load_job(resolved)
         if previous != spec:

@@ -314,3 +314,44 @@ def test_fine_tuning_starts_from_a_reference_release(tmp_path):
     report = artifact.load_pretrained(other, tmp_path / "model-0000.params", mx.cpu())
     assert report["kept"] and all("heatmap" in k or "out2" in k for k in report["kept"]), report["kept"]
     assert len(report["loaded"]) > 10 * len(report["kept"])
+
+
+def test_several_models_make_one_comparison(trained_run, synth_sets, tmp_path):
+    fresh = _untrained_checkpoint(trained_run, tmp_path)
+    out = tmp_path / "compare"
+    proc = run_cli("facealign-eval", trained_run, fresh, "--data", f"synth={synth_sets / 'val'}", "--protocol",
+                   "standard", "--out", out, "--no-tensorboard", "--quiet")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    reports = json.loads((out / "compare.json").read_text())
+    assert [r["kind"] for r in reports] == ["run", "checkpoint"]
+    trained, untrained = (r["results"][0]["by_norm"]["eye_centre"]["nme"] for r in reports)
+    assert trained < 0.5 * untrained
+    table = (out / "compare.md").read_text()
+    assert table.count("| synth | standard |") == 2 and reports[0]["label"] in table and reports[1]["label"] in table
+    figure = cv2.imread(str(out / "ced_synth_standard.png"))
+    assert figure is not None and figure.std() > 10 and (out / "ced_synth_standard.pdf").stat().st_size > 1000
+    for report in reports:  # and each model its own full report, where it would go alone
+        assert (artifact.resolve(report["checkpoint"]).location / ".." / ".." / "eval").resolve().is_dir()
+
+
+def test_eval_refuses_what_it_cannot_score_with_one_line(trained_run, tmp_path):
+    from facealign.data.pack import main as pack_main
+
+    rows = ["image," + ",".join(f"x{i},y{i}" for i in range(10))]
+    image = np.full((96, 96, 3), 128, np.uint8)
+    cv2.imwrite(str(tmp_path / "face.png"), image)
+    rows.append("face.png," + ",".join(f"{30 + 3 * i},{40 + 2 * i}" for i in range(10)))
+    (tmp_path / "faces.csv").write_text("\n".join(rows) + "\n")
+    assert pack_main(["--format", "csv", str(tmp_path / "faces.csv"), str(tmp_path / "k10"), "--quiet"]) == 0
+    proc = run_cli("facealign-eval", trained_run, "--data", tmp_path / "k10", "--protocol", "standard",
+                   "--out", tmp_path / "e", "--quiet")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "k10: its records have 10 landmarks, the model hg2-d3-cab predicts 68" in proc.stderr
+    proc = run_cli("facealign-eval", trained_run, "--protocol", "standard", "--quiet")
+    assert proc.returncode == 2 and "no test sets: pass --data" in proc.stderr
+    bad = tmp_path / "pkg"
+    bad.mkdir()
+    (bad / "facealign-model.yaml").write_text("!!python/object/apply:os.system ['touch planted']\n")
+    proc = run_cli("facealign-eval", bad, "--data", tmp_path / "k10", "--quiet", cwd=tmp_path)
+    assert proc.returncode == 2 and "facealign-model.yaml: not valid YAML" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "planted").exists()

@@ -22,7 +22,6 @@ import multiprocessing
 import os
 import re
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -32,7 +31,7 @@ import numpy as np
 from .records import RECORDIO_MAGIC, RecordFile, RecordWriter, Sample, decode_image, encode_image, pack_sample, \
     record_paths
 from .sources import FORMATS, READERS, Item, Skip
-from .transforms import apply, similarity
+from .transforms import PACKED_CANVAS, PACKED_CONTEXT, apply, similarity
 
 EPILOG = """record layout: see facealign/data/records.py (format version 1).
 exit status: 0 packed, 1 nothing packed or --strict with skips, 2 bad arguments."""
@@ -48,8 +47,8 @@ def parse_args(argv=None):
     p.add_argument("--synthetic", type=int, metavar="N", help="render N procedural faces instead of reading SRC")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic set (default 0)")
     p.add_argument("--reindex", action="store_true", help="rebuild OUT_PREFIX.idx by scanning OUT_PREFIX.rec")
-    p.add_argument("--canvas", type=int, default=384, help="side of the stored square image (default 384)")
-    p.add_argument("--context", type=float, default=2.25,
+    p.add_argument("--canvas", type=int, default=PACKED_CANVAS, help="side of the stored square image (default 384)")
+    p.add_argument("--context", type=float, default=PACKED_CONTEXT,
                    help="canvas side / landmark box's longer side (default 2.25: the reference's framing)")
     p.add_argument("--num-points", type=int, help="expected landmarks per face; others are skipped "
                                                    "(default: the first face's count)")
@@ -152,40 +151,6 @@ def _work_synthetic(payload):
     return sample, encode_image(face.image, opt.encoding, opt.quality)
 
 
-class Progress:
-    """One status line on a terminal (rewritten in place), a line per 10% otherwise."""
-
-    def __init__(self, total: int | None, quiet: bool):
-        self.total, self.quiet = total, quiet
-        self.start = self.last = time.monotonic()
-        self.tty = sys.stderr.isatty()
-        self.next_decile = 1
-        self.printed = -1
-
-    def update(self, done: int, skipped: int, final: bool = False):
-        if self.quiet:
-            return
-        now = time.monotonic()
-        if final and not self.tty and self.printed == done:
-            return
-        if not final:
-            if self.tty and now - self.last < 0.5:
-                return
-            if not self.tty and (not self.total or done * 10 < self.next_decile * self.total):
-                return
-        self.last, self.printed = now, done
-        rate = done / max(now - self.start, 1e-9)
-        if self.total:
-            self.next_decile = done * 10 // self.total + 1
-            eta = (self.total - done) / rate if rate > 0 else 0
-            line = f"packing: {done}/{self.total} ({100 * done / self.total:.0f}%), {rate:.0f} faces/s, " \
-                   f"{skipped} skipped, ETA {eta:.0f}s"
-        else:
-            line = f"packing: {done} done, {rate:.0f} faces/s, {skipped} skipped"
-        end = "\n" if final or not self.tty else ""
-        print(("\r" if self.tty else "") + line + " " * 8, end=end, file=sys.stderr, flush=True)
-
-
 def reindex(prefix) -> int:
     """Rebuild ``PREFIX.idx`` by walking the records of ``PREFIX.rec``; returns the record count."""
     rec_path, idx_path = record_paths(prefix)
@@ -255,8 +220,12 @@ def main(argv=None) -> int:
         tasks = ((it, opt) for it in kept)
         work = _work_item
 
+    from tqdm import tqdm
+
     skips = list(pre_skips)
-    progress = Progress(total, args.quiet)
+    # a bar on a terminal; nothing when piped or --quiet (the summary line below still prints)
+    progress = tqdm(total=total, desc="packing", unit="face", file=sys.stderr,
+                    disable=args.quiet or not sys.stderr.isatty())
     done = 0
     writer = RecordWriter(out_prefix)
     try:
@@ -276,18 +245,20 @@ def main(argv=None) -> int:
                 else:
                     sample, image_bytes = result
                     writer.write(pack_sample(sample, writer.count, image_bytes=image_bytes))
-                progress.update(done, len(skips))
+                progress.update(1)
+                if skips:
+                    progress.set_postfix(skipped=len(skips), refresh=False)
         finally:
+            progress.close()
             if pool is not None:
                 pool.terminate()
-        progress.update(done, len(skips), final=True)
         if args.strict and skips:
             raise RuntimeError(f"--strict: {len(skips)} input(s) skipped")
         if writer.count == 0:
             raise RuntimeError("no face could be packed")
     except BaseException as e:
         writer.abort()
-        _report(skips, out_prefix, args.quiet, written=False)
+        _report(skips, out_prefix, args.quiet)
         if isinstance(e, KeyboardInterrupt):
             print("facealign-pack: interrupted; nothing written", file=sys.stderr)
             return 130
@@ -299,11 +270,11 @@ def main(argv=None) -> int:
     size_mb = writer.rec_path.stat().st_size / 1e6
     print(f"facealign-pack: wrote {writer.count} records to {writer.rec_path} ({size_mb:.1f} MB) and "
           f"{writer.idx_path}", file=sys.stderr)
-    _report(skips, out_prefix, args.quiet, written=True)
+    _report(skips, out_prefix, args.quiet)
     return 0
 
 
-def _report(skips, out_prefix, quiet, written):
+def _report(skips, out_prefix, quiet):
     report_path = Path(str(out_prefix) + ".skipped.tsv")
     if not skips:
         report_path.unlink(missing_ok=True)
