@@ -45,56 +45,64 @@ def _f(default, doc: str, **kw):
 @dataclass(frozen=True)
 class RunSpec:
     name: str = _f("run", "name of the run; the default run directory is runs/<name>")
-    seed: int = _f(0, "seed of initialisation, data order and augmentation")
+    seed: int = _f(0, "seed of initialisation, data order and augmentation", ge=0)
     out_root: str = _f("runs", "parent of run directories when --run-dir is not given")
+    lock_wait: float = _f(30.0, "seconds a trainer waits for another one to release the run directory "
+                                "(a requeued job while the old one exits), then exits 2 naming it", ge=0)
 
 
 @dataclass(frozen=True)
 class AugmentSpec:
-    base_size: float = _f(256.0, "side of the training window in stored-image pixels, before the random scale")
-    rotate: float = _f(40.0, "rotation in whole degrees, uniform in [-rotate, rotate)")
-    scale_sigma: float = _f(0.2, "std of the random scale, clipped to 1 +- scale_clip")
-    scale_clip: float = _f(0.2, "bound of the random scale around 1")
+    base_size: float = _f(256.0, "side of the training window in stored-image pixels, before the random scale", gt=0)
+    rotate: float = _f(40.0, "rotation in whole degrees, uniform in [-rotate, rotate)", ge=0, le=180)
+    scale_sigma: float = _f(0.2, "std of the random scale, clipped to 1 +- scale_clip", ge=0)
+    scale_clip: float = _f(0.2, "bound of the random scale around 1", ge=0, lt=1)
     flip: bool = _f(True, "horizontal flip with p = 0.5, landmarks re-labelled by the scheme")
-    translate: float = _f(0.0, "max shift of the window centre, as a fraction of its side")
-    color: float = _f(0.0, "brightness / contrast / saturation jitter strength, 0..1")
-    blur: float = _f(0.0, "probability of a Gaussian blur")
-    occlusion: float = _f(0.0, "probability of a random occluding rectangle")
+    translate: float = _f(0.0, "max shift of the window centre, as a fraction of its side", ge=0, le=1)
+    color: float = _f(0.0, "brightness / contrast / saturation jitter strength, 0..1", ge=0, le=1)
+    blur: float = _f(0.0, "probability of a Gaussian blur", ge=0, le=1)
+    occlusion: float = _f(0.0, "probability of a random occluding rectangle", ge=0, le=1)
 
 
 @dataclass(frozen=True)
 class DataSpec:
     train: list = _f([], "training record files (prefixes or .rec paths)", item=str)
     val: dict = _f({}, "validation sets: name -> record file", item=str)
-    batch_size: int = _f(16, "samples per rank and step (per GPU)")
-    num_points: int = _f(68, "landmarks per face (68, 29 or 98: the known landmark schemes)")
+    batch_size: int = _f(16, "samples per rank and step (per GPU)", ge=1)
+    num_points: int = _f(68, "landmarks per face (68, 29 or 98: the known landmark schemes)", ge=1)
     scheme: typing.Optional[str] = _f(None, "landmark scheme (flip pairs, eyes of the normalisers): ibug68, "
                                             "cofw29 or wflw98; default: the scheme of num_points",
                                       choices=tuple(SCHEMES))
     landmark_dims: typing.Optional[int] = _f(None, "2 or 3: the 2D or 3D reference's NME normalisation; "
-                                                   "default: the model's (3 for the zoo's -3d models)")
-    input_size: int = _f(128, "network input side")
-    heatmap_size: int = _f(64, "heatmap side; input_size / heatmap_size must be 2 or 4")
-    sigma: float = _f(1.0, "Gaussian target sigma in heatmap pixels (0: one-hot)")
-    peak: float = _f(20.0, "Gaussian target peak value")
+                                                   "default: the model's (3 for the zoo's -3d models)",
+                                                choices=(2, 3))
+    input_size: int = _f(128, "network input side", ge=8)
+    heatmap_size: int = _f(64, "heatmap side; input_size / heatmap_size must be 2 or 4", ge=1)
+    sigma: float = _f(1.0, "Gaussian target sigma in heatmap pixels (0: one-hot)", ge=0)
+    peak: float = _f(20.0, "Gaussian target peak value", gt=0)
     target: str = _f("reference", "reference (integer centre) or subpixel Gaussian targets",
                      choices=("reference", "subpixel"))
     augment: AugmentSpec = _f(AugmentSpec(), "training augmentation")
-    workers: int = _f(1, "loader worker processes per rank (0: load in the training process)")
-    prefetch: int = _f(4, "batches prepared ahead")
+    workers: int = _f(1, "loader worker processes per rank (0: load in the training process)", ge=0)
+    prefetch: int = _f(4, "batches prepared ahead", ge=1)
     decode_reduce: int = _f(1, "decode JPEGs at 1/n size (1, 2, 4, 8): faster when the crop down-samples",
                             choices=(1, 2, 4, 8))
-    on_error: str = _f("raise", "bad records: raise, or skip (counted and reported)", choices=("raise", "skip"))
+    on_error: str = _f("raise", "bad records: raise (stop, naming the file and record), or skip (replace by the "
+                                "next record; each logged, counted per file in TensorBoard and state.json)",
+                       choices=("raise", "skip"))
+    max_skipped: typing.Optional[float] = _f(None, "with on_error: skip, stop once more records than this were "
+                                                   "skipped: a count (>= 1) or a share of the samples drawn "
+                                                   "(< 1); null: no limit", ge=0)
 
 
 @dataclass(frozen=True)
 class ModelSection:
     name: str = _f("hg2-d3-cab", "zoo model (facealign-models lists them)")
-    num_stacks: typing.Optional[int] = _f(None, "override the model's stacks")
-    depth: typing.Optional[int] = _f(None, "override the down-sampling steps")
-    width: typing.Optional[int] = _f(None, "override the stack channels")
+    num_stacks: typing.Optional[int] = _f(None, "override the model's stacks", ge=1)
+    depth: typing.Optional[int] = _f(None, "override the down-sampling steps", ge=1)
+    width: typing.Optional[int] = _f(None, "override the stack channels", ge=8)
     block: typing.Optional[str] = _f(None, "override the block type: resnet, hpm, inception, cab")
-    dcn: typing.Optional[int] = _f(None, "deformable convolutions: 0, 1, 2, 3")
+    dcn: typing.Optional[int] = _f(None, "deformable convolutions: 0, 1, 2, 3", ge=0, le=3)
     pretrained: typing.Optional[str] = _f(
         None, "initialise from a .params file: a checkpoint's model.params, an export's or a reference "
               "release's model-0000.params (missing or reshaped layers stay random)")
@@ -105,20 +113,20 @@ class LossSpec:
     kind: str = _f("mse", "per-stack heatmap loss: mse (mean over all elements, as the reference)",
                    choices=LOSSES)
     stack_weights: typing.Optional[list] = _f(None, "weight of each stack's loss (default 1 each: summed)",
-                                               item=float)
+                                               item=float, ge=0)
 
 
 @dataclass(frozen=True)
 class OptimSpec:
     name: str = _f("nadam", "nadam, adam, sgd or rmsprop", choices=("nadam", "adam", "sgd", "rmsprop"))
-    lr: float = _f(1e-4, "learning rate for one rank at data.batch_size (see lr_scaling)")
+    lr: float = _f(1e-4, "learning rate for one rank at data.batch_size (see lr_scaling)", gt=0)
     lr_scaling: str = _f("none", "scale lr with the global batch: none, linear (x world x accumulation) "
                                  "or sqrt", choices=("none", "linear", "sqrt"))
-    warmup_steps: int = _f(0, "linear warm-up from lr / world_size to the scaled lr over this many steps")
-    wd: float = _f(0.0, "weight decay")
-    momentum: float = _f(0.9, "momentum (sgd, rmsprop)")
-    clip_gradient: typing.Optional[float] = _f(None, "clip each gradient element to +- this")
-    grad_accumulation: int = _f(1, "micro-batches per optimizer step")
+    warmup_steps: int = _f(0, "linear warm-up from lr / world_size to the scaled lr over this many steps", ge=0)
+    wd: float = _f(0.0, "weight decay", ge=0)
+    momentum: float = _f(0.9, "momentum (sgd, rmsprop)", ge=0, lt=1)
+    clip_gradient: typing.Optional[float] = _f(None, "clip each gradient element to +- this", gt=0)
+    grad_accumulation: int = _f(1, "micro-batches per optimizer step", ge=1)
     fp16_allreduce: bool = _f(False, "compress gradients to float16 for the allreduce")
     amp: str = _f("off", "mixed precision through MXNet AMP: off, float16 (GPU) or bfloat16 (CPU)",
                   choices=("off", "float16", "bfloat16"))
@@ -128,18 +136,18 @@ class OptimSpec:
 class ScheduleSpec:
     kind: str = _f("step", "step (x factor at each milestone) or cosine", choices=("step", "cosine"))
     unit: str = _f("epoch", "milestones and length counted in epochs or steps", choices=("epoch", "step"))
-    milestones: list = _f([20, 35], "when the lr is multiplied by factor (step schedule)", item=int)
-    factor: float = _f(0.2, "lr multiplier at each milestone")
-    length: int = _f(45, "run length in `unit`s: the reference stops at epoch 45")
-    min_lr_ratio: float = _f(0.0, "cosine: final lr / initial lr")
-    max_steps: typing.Optional[int] = _f(None, "stop after this many steps, whatever the length says")
+    milestones: list = _f([20, 35], "when the lr is multiplied by factor (step schedule)", item=int, ge=0)
+    factor: float = _f(0.2, "lr multiplier at each milestone", gt=0)
+    length: int = _f(45, "run length in `unit`s: the reference stops at epoch 45", ge=1)
+    min_lr_ratio: float = _f(0.0, "cosine: final lr / initial lr", ge=0, le=1)
+    max_steps: typing.Optional[int] = _f(None, "stop after this many steps, whatever the length says", ge=0)
 
 
 @dataclass(frozen=True)
 class CheckpointSpec:
-    every_steps: typing.Optional[int] = _f(None, "save every this many steps (default: every epoch)")
-    keep_last: int = _f(3, "checkpoints kept by recency")
-    keep_best: int = _f(1, "checkpoints kept by the metric")
+    every_steps: typing.Optional[int] = _f(None, "save every this many steps (default: every epoch)", ge=1)
+    keep_last: int = _f(3, "checkpoints kept by recency (the newest is always kept)", ge=0)
+    keep_best: int = _f(1, "checkpoints kept by the metric", ge=0)
     metric: typing.Optional[str] = _f(None, "nme/<val set> to rank checkpoints by (default: the first val set)")
     mode: str = _f("min", "min or max of the metric is best", choices=("min", "max"))
     resume: str = _f("auto", "auto: resume from the run directory's latest valid checkpoint; never",
@@ -148,28 +156,28 @@ class CheckpointSpec:
 
 @dataclass(frozen=True)
 class EvalSpec:
-    every_steps: typing.Optional[int] = _f(None, "validate every this many steps (default: every epoch)")
-    batch_size: int = _f(16, "validation batch per rank")
+    every_steps: typing.Optional[int] = _f(None, "validate every this many steps (default: every epoch)", ge=1)
+    batch_size: int = _f(16, "validation batch per rank", ge=1)
     crop: str = _f("center", "validation crop: center (the training window) or box (1.2 x landmark box)",
                    choices=("center", "box"))
     decode: str = _f("subpixel", "heatmap decoding: subpixel, or reference (integer argmax after up-sampling)",
                      choices=("subpixel", "reference"))
-    max_samples: typing.Optional[int] = _f(None, "evaluate at most this many samples of each set")
+    max_samples: typing.Optional[int] = _f(None, "evaluate at most this many samples of each set", ge=1)
 
 
 @dataclass(frozen=True)
 class LoggingSpec:
-    every_steps: int = _f(20, "progress line and scalars every this many steps")
+    every_steps: int = _f(20, "progress line and scalars every this many steps", ge=1)
     tensorboard: bool = _f(True, "write TensorBoard events under <run>/tb (rank 0)")
-    images: int = _f(4, "validation faces drawn to TensorBoard at each validation (0: none)")
+    images: int = _f(4, "validation faces drawn to TensorBoard at each validation (0: none)", ge=0)
 
 
 @dataclass(frozen=True)
 class ResourcesSpec:
-    nodes: int = _f(1, "machines")
-    tasks_per_node: int = _f(1, "ranks per machine (one per GPU)")
-    gpus_per_node: int = _f(0, "GPUs per machine (0: CPU training)")
-    cpus_per_task: int = _f(1, "cores per rank (threads for MXNet and loader workers)")
+    nodes: int = _f(1, "machines", ge=1)
+    tasks_per_node: int = _f(1, "ranks per machine (one per GPU)", ge=1)
+    gpus_per_node: int = _f(0, "GPUs per machine (0: CPU training)", ge=0)
+    cpus_per_task: int = _f(1, "cores per rank (threads for MXNet and loader workers)", ge=1)
     time: str = _f("02:00:00", "Slurm time limit")
     partition: typing.Optional[str] = _f(None, "Slurm partition")
 
@@ -236,14 +244,30 @@ def _convert(value, tp, meta, where: str, source: str):
     if tp is float:
         value = float(value)
     item = meta.get("item")
+    bounds = {k: meta[k] for k in ("ge", "gt", "le", "lt") if k in meta}
     if item is not None and tp is list:
-        value = [_convert(v, item, {}, f"{where}[{i}]", source) for i, v in enumerate(value)]
+        value = [_convert(v, item, bounds, f"{where}[{i}]", source) for i, v in enumerate(value)]
     if item is not None and tp is dict:
         value = {str(k): _convert(v, item, {}, f"{where}.{k}", source) for k, v in value.items()}
+    if tp in (int, float):
+        _check_range(value, meta, where, source)
     choices = meta.get("choices")
     if choices is not None and value not in choices:
         raise SpecError(f"{source}: {where}: {value!r} is not one of {', '.join(map(str, choices))}")
     return value
+
+
+_RANGE_WORDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+
+
+def _check_range(value, meta: dict, where: str, source: str) -> None:
+    """The field's bounds (``ge``, ``gt``, ``le``, ``lt`` in its metadata), all in one message."""
+    ok = {"ge": lambda b: value >= b, "gt": lambda b: value > b, "le": lambda b: value <= b,
+          "lt": lambda b: value < b}
+    bounds = [(k, meta[k]) for k in ("ge", "gt", "le", "lt") if k in meta]
+    if any(not ok[k](b) for k, b in bounds):
+        wanted = " and ".join(f"{_RANGE_WORDS[k]} {b}" for k, b in bounds)
+        raise SpecError(f"{source}: {where}: must be {wanted}, got {value!r}")
 
 
 def _build(cls, raw: dict, prefix: str, source: str):
@@ -315,8 +339,6 @@ def check_job(spec: JobSpec, source: str, base_dir=None, check_files: bool = Fal
         fail("data.heatmap_size", f"input_size / heatmap_size must be 2 or 4, got {d.input_size} / {d.heatmap_size}")
     if d.landmark_dims is not None and d.landmark_dims not in (2, 3):
         fail("data.landmark_dims", f"must be 2 or 3, got {d.landmark_dims}")
-    if d.batch_size < 1:
-        fail("data.batch_size", f"must be >= 1, got {d.batch_size}")
     if not d.train:
         fail("data.train", "no training record files given")
     if check_files:
@@ -344,21 +366,11 @@ def check_job(spec: JobSpec, source: str, base_dir=None, check_files: bool = Fal
     if spec.schedule.kind == "step" and any(b >= a for a, b in zip(spec.schedule.milestones[1:],
                                                                      spec.schedule.milestones[:-1])):
         fail("schedule.milestones", f"must increase, got {spec.schedule.milestones}")
-    if spec.schedule.length < 1:
-        fail("schedule.length", f"must be >= 1, got {spec.schedule.length}")
-    if spec.optim.warmup_steps < 0 or spec.optim.grad_accumulation < 1:
-        fail("optim", "warmup_steps must be >= 0 and grad_accumulation >= 1")
-    if r.nodes < 1 or r.tasks_per_node < 1:
-        fail("resources", f"nodes and tasks_per_node must be >= 1, got {r.nodes} and {r.tasks_per_node}")
     if r.gpus_per_node and r.tasks_per_node > r.gpus_per_node:
         fail("resources.tasks_per_node", f"{r.tasks_per_node} ranks per node cannot each have a GPU with "
              f"gpus_per_node = {r.gpus_per_node}")
     if spec.optim.amp == "float16" and not r.gpus_per_node:
         fail("optim.amp", "float16 AMP needs GPUs (resources.gpus_per_node); use bfloat16 on CPUs")
-    for key, every in (("checkpoint.every_steps", spec.checkpoint.every_steps),
-                       ("eval.every_steps", spec.eval.every_steps), ("logging.every_steps", spec.logging.every_steps)):
-        if every is not None and every < 1:
-            fail(key, f"must be >= 1, got {every}")
     return spec
 
 

@@ -191,3 +191,44 @@ def test_the_models_own_checks_run_on_the_login_node_and_in_the_trainer(tmp_path
     train = subprocess.run([sys.executable, "-m", "facealign.train", "--job", str(path), "--set", override],
                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert train.returncode == 2 and expected in train.stderr and "Traceback" not in train.stderr, train.stderr
+
+
+@pytest.mark.parametrize("override,message", [
+    ("optim.lr=-1", "optim.lr: must be > 0, got -1.0"),
+    ("optim.lr=0", "optim.lr: must be > 0, got 0.0"),
+    ("data.sigma=-0.5", "data.sigma: must be >= 0, got -0.5"),
+    ("schedule.max_steps=-3", "schedule.max_steps: must be >= 0, got -3"),
+    ("schedule.milestones=[10, -2]", r"schedule.milestones\[1\]: must be >= 0, got -2"),
+    ("data.augment.scale_clip=1.5", "data.augment.scale_clip: must be >= 0 and < 1, got 1.5"),
+    ("optim.momentum=1", "optim.momentum: must be >= 0 and < 1, got 1.0"),
+    ("loss.stack_weights=[1, -1]", r"loss.stack_weights\[1\]: must be >= 0, got -1.0"),
+    ("data.max_skipped=-1", "data.max_skipped: must be >= 0, got -1.0"),
+    ("run.lock_wait=-1", "run.lock_wait: must be >= 0"),
+    ("data.landmark_dims=4", "data.landmark_dims: 4 is not one of 2, 3"),
+])
+def test_every_number_has_a_range(tmp_path, override, message):
+    with pytest.raises(SpecError, match=message):
+        load_job(_write(tmp_path, BASE), [override])
+
+
+def test_the_schema_gives_every_numeric_key_a_range():
+    import dataclasses
+    import typing
+
+    from facealign.config import JobSpec
+
+    missing = []
+
+    def walk(cls, prefix):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            tp = hints[f.name]
+            args = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
+            if dataclasses.is_dataclass(args[0]):
+                walk(args[0], f"{prefix}{f.name}.")
+            elif (args[0] in (int, float) or f.metadata.get("item") in (int, float)) and \
+                    not {"ge", "gt", "le", "lt", "choices"} & set(f.metadata):
+                missing.append(prefix + f.name)
+
+    walk(JobSpec, "")
+    assert not missing, missing
