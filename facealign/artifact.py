@@ -232,8 +232,14 @@ def load_network(source: ModelSource, ctx):
     if source.kind in ("run", "checkpoint"):
         from facealign.models import build_model
 
+        import mxnet as mx
+
         net = build_model(source.info.model_spec())
-        net.load_parameters(str(checkpoint.model_file(source.location)), ctx=ctx)
+        try:
+            net.load_parameters(str(checkpoint.model_file(source.location)), ctx=ctx)
+        except (mx.base.MXNetError, AssertionError) as e:
+            raise ArtifactError(f"{checkpoint.model_file(source.location)}: does not load into "
+                                f"{source.info.name} ({str(e).strip().splitlines()[0]})") from None
     elif source.kind == "export":
         import warnings
 

@@ -30,6 +30,7 @@ from facealign.losses import LOSSES
 
 
 JOB_FILE = "job.yaml"  # the resolved spec a run directory keeps (dump_job)
+EXIT_FILE = "exit.json"  # how the run's last trainer ended (code, reason), for the launchers
 
 
 class SpecError(ValueError):

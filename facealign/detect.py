@@ -102,14 +102,26 @@ def make_detector(name: str):
 
 def load_boxes(path) -> dict[str, np.ndarray]:
     """Boxes from the user's detector: ``{"image.jpg": [[x0, y0, x1, y1], ...], ...}`` keyed by file name
-    (or by path as given), or for a video ``{"<frame index>": [[...]], ...}``."""
-    raw = json.loads(Path(path).read_text())
+    (or by path as given), or for a video ``{"<frame index>": [[...]], ...}``. A file of another shape
+    is a ``ValueError`` naming the file, the key and what was expected."""
+    expected = "a list of [x0, y0, x1, y1] boxes (numbers, x1 > x0, y1 > y0)"
+    try:
+        raw = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such boxes file") from None
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a JSON file of boxes ({e})") from None
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a JSON object of image name -> list of [x0, y0, x1, y1]")
+        raise ValueError(f"{path}: expected a JSON object of image name (or frame index) -> {expected}, "
+                         f"got a {type(raw).__name__}")
     out = {}
     for key, boxes in raw.items():
-        arr = np.asarray(boxes, np.float64).reshape(-1, 4) if len(boxes) else np.zeros((0, 4))
-        if (arr[:, 2] <= arr[:, 0]).any() or (arr[:, 3] <= arr[:, 1]).any():
-            raise ValueError(f"{path}: {key}: every box must be [x0, y0, x1, y1] with x1 > x0 and y1 > y0")
+        if not isinstance(boxes, list) or not all(
+                isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                            for v in b) for b in boxes):
+            raise ValueError(f"{path}: {key!r}: expected {expected}, got {json.dumps(boxes)[:80]}")
+        arr = np.asarray(boxes, np.float64).reshape(-1, 4)
+        if not np.isfinite(arr).all() or (arr[:, 2] <= arr[:, 0]).any() or (arr[:, 3] <= arr[:, 1]).any():
+            raise ValueError(f"{path}: {key!r}: every box must be [x0, y0, x1, y1] with x1 > x0 and y1 > y0")
         out[key] = arr
     return out

@@ -65,6 +65,13 @@ def broadcast_object(obj, name: str, root: int = 0):
     return hvd.broadcast_object(obj, root_rank=root, name=name)
 
 
+def allgather_object(obj, name: str) -> list:
+    """Every rank's object, in rank order, on every rank."""
+    import horovod.mxnet as hvd
+
+    return hvd.allgather_object(obj, name=name)
+
+
 def average_over_ranks(gathered: list[dict]) -> dict:
     """The element-wise mean of per-rank {name: array} dicts (``RunningStats.gather``'s output)."""
     return {k: sum(g[k] for g in gathered) / len(gathered) for k in gathered[0]}

@@ -16,7 +16,10 @@ In videos the detector runs every --detect-every frames and the faces are
 tracked from their landmarks in between; --smooth blends each frame's landmarks
 with the previous frame's (exponential moving average, 0 = off).
 
-Exit status: 0 done; 2 a model, input or boxes file that cannot be used (one line on stderr).
+Images that cannot be read are skipped, each with a line, and counted; the others
+are written. Exit status: 0 done (images skipped included, unless --strict); 1 nothing
+to do (no image or video among the inputs), or --strict and an image was skipped;
+2 a model, input or boxes file that cannot be used (one line on stderr).
 """
 from __future__ import annotations
 
@@ -55,6 +58,7 @@ def parse_args(argv=None):
     p.add_argument("--detect-every", type=int, default=5, help="video: run the detector every N frames")
     p.add_argument("--no-draw", action="store_true", help="write JSON only")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--strict", action="store_true", help="exit 1 when any image could not be read")
     return p.parse_args(argv)
 
 
@@ -77,8 +81,11 @@ def collect_inputs(items) -> tuple[list[Path], list[Path]]:
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    data = np.fromfile(str(path), np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    try:
+        data = np.fromfile(str(path), np.uint8)
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read ({e.strerror})") from None
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:
         raise ValueError(f"{path}: cannot decode the image")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
@@ -106,31 +113,39 @@ def box_key(boxes: dict, path: Path):
     return None
 
 
-def run_images(predictor, images, args, boxes, out: Path) -> dict:
+def run_images(predictor, images, args, boxes, out: Path) -> tuple[dict, list]:
     from tqdm import tqdm
 
     results = {}
     start, faces = time.perf_counter(), 0
     bar = tqdm(total=len(images), desc="[infer] images", unit="image", file=sys.stderr,
                disable=args.quiet or not sys.stderr.isatty())
+    skipped = []
     for first in range(0, len(images), args.batch_size):
-        paths = images[first:first + args.batch_size]
-        pixels = [read_rgb(p) for p in paths]
+        paths, pixels = [], []
+        for p in images[first:first + args.batch_size]:
+            try:
+                pixels.append(read_rgb(p))
+                paths.append(p)
+            except ValueError as e:  # one bad file costs that file only
+                skipped.append(str(p))
+                print(f"[infer] skipped {e}", file=sys.stderr, flush=True)
         given = [box_key(boxes, p) for p in paths] if boxes is not None else None
         if given is not None:
             given = [g if g is not None else np.zeros((0, 4)) for g in given]
-        for path, image, pred in zip(paths, pixels, predictor.predict_batch(pixels, given)):
+        for path, image, pred in zip(paths, pixels, predictor.predict_batch(pixels, given) if pixels else []):
             results[str(path)] = pred.to_json()
             faces += len(pred)
             if not args.no_draw:
                 name = out / (path.stem + "_landmarks.jpg")
                 cv2.imwrite(str(name), draw(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), pred))
-        bar.update(len(paths))
+        bar.update(len(images[first:first + args.batch_size]))
         bar.set_postfix(faces=faces)
     bar.close()
     if images:
-        print(f"[infer] {len(images)} images, {faces} faces in {time.perf_counter() - start:.1f} s", flush=True)
-    return results
+        print(f"[infer] {len(results)} images, {faces} faces in {time.perf_counter() - start:.1f} s"
+              + (f"; {len(skipped)} could not be read" if skipped else ""), flush=True)
+    return results, skipped
 
 
 def match_previous(current, previous):
@@ -207,19 +222,28 @@ def main(argv=None) -> int:
     out = Path(args.out)
     try:
         images, videos = collect_inputs(args.inputs)
+        if not images and not videos:
+            print(f"facealign-infer: no images or videos in {', '.join(args.inputs)} (images: "
+                  f"{', '.join(sorted(IMAGE_EXTENSIONS))}; videos: {', '.join(sorted(VIDEO_EXTENSIONS))})",
+                  file=sys.stderr)
+            return 1
         boxes = load_boxes(args.boxes) if args.boxes else None
         predictor = Predictor.load(args.model, backend=args.backend, gpu=args.gpu, model=args.model_name,
                                    detector=None if boxes is not None else make_detector(args.detector),
-                                   flip=args.flip, refine=args.refine, batch_size=max(args.batch_size, 1))
+                                   flip=args.flip, refine=args.refine, batch_size=max(args.batch_size, 1),
+                                   log=lambda m: print(f"[infer] {m}", file=sys.stderr))
         out.mkdir(parents=True, exist_ok=True)
-        results = run_images(predictor, images, args, boxes, out)
+        results, skipped = run_images(predictor, images, args, boxes, out)
         videos_done = {str(v): run_video(predictor, v, args, boxes, out) for v in videos}
     except (ArtifactError, FileNotFoundError, ValueError) as e:
         print(f"facealign-infer: {e}", file=sys.stderr)
         return 2
     (out / "predictions.json").write_text(json.dumps({"model": str(args.model), "images": results,
-                                                      "videos": videos_done}, indent=1))
+                                                      "skipped": skipped, "videos": videos_done}, indent=1))
     print(f"[infer] predictions in {out / 'predictions.json'}")
+    if skipped and args.strict:
+        print(f"facealign-infer: --strict: {len(skipped)} image(s) could not be read", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -83,11 +83,12 @@ class Predictor:
 
     @classmethod
     def load(cls, path, *, backend: str = "mxnet", gpu: int | None = None, model: str | None = None,
-             which: str = "best", **kw) -> "Predictor":
+             which: str = "best", log=None, **kw) -> "Predictor":
         """A predictor from a run directory (its ``best`` or ``latest`` checkpoint), a checkpoint, an export
         package, an .onnx file or a reference release (``model-symbol.json`` + ``model-0000.params``;
-        ``model`` names the zoo model when the directory name does not)."""
-        source = artifact.resolve(path, which=which, model_name=model)
+        ``model`` names the zoo model when the directory name does not; ``log`` hears of damaged
+        checkpoints skipped on the way)."""
+        source = artifact.resolve(path, which=which, model_name=model, log=log)
         if source.kind == "onnx":
             backend = "onnxruntime"
         return cls(artifact.load_backend(source, backend, gpu), source.info, **kw)

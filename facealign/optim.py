@@ -63,6 +63,19 @@ def make_trainer(net, spec: JobSpec):
     return hvd.DistributedTrainer(net.collect_params(), make_optimizer(spec), compression=compression)
 
 
+def count_nonfinite(arrays) -> int:
+    """How many of ``arrays`` (NDArrays) hold a NaN or an infinity: one fused check per 64 arrays."""
+    import mxnet as mx
+
+    arrays = list(arrays)
+    bad = 0
+    for start in range(0, len(arrays), 64):
+        chunk = arrays[start:start + 64]
+        if mx.nd.multi_all_finite(*chunk, num_arrays=len(chunk), init_output=True).asscalar() < 1:
+            bad += sum(int(mx.nd.contrib.isfinite(a).min().asscalar() < 1) for a in chunk)
+    return bad
+
+
 # --- optimizer state without pickle --------------------------------------------------------------
 # Gluon's Trainer keeps its optimizer and updater states private (``_optimizer``, ``_updaters``,
 # ``_index_update_count``) in MXNet 1.9.1, the version install.sh pins; its public save_states

@@ -10,8 +10,9 @@ checkpoints); every rank reads.
 Exit status: 0 finished; 75 stopped by SIGTERM/SIGUSR2 after a checkpoint (the
 Slurm templates requeue on it); 1 a run-time failure (a non-finite loss, which
 names the step and leaves the last good checkpoint intact; bad records); 2 a job
-that cannot start (a bad spec, a run directory holding another model's
-checkpoints, a ``model.pretrained`` that is no model). Each is one line on stderr.
+that cannot start (a bad spec or missing record files, a run directory holding
+another model's checkpoints or locked by another trainer, a ``model.pretrained``
+that is no model). Each is one line on stderr.
 """
 from __future__ import annotations
 
@@ -28,9 +29,10 @@ import numpy as np
 
 from facealign import components
 from facealign.artifact import ArtifactError
-from facealign.checkpoint import CHECKPOINTS_DIR, CheckpointError, CheckpointManager, read_state
-from facealign.config import JOB_FILE, JobSpec, SpecError, dump_job, spec_hash
+from facealign.checkpoint import CHECKPOINTS_DIR, CheckpointError, CheckpointManager, CheckpointWriteError
+from facealign.config import EXIT_FILE, JOB_FILE, JobSpec, SpecError, dump_job, spec_hash
 from facealign.data.records import DataError
+from facealign.run_lock import RunLock, RunLocked
 
 EXIT_OK, EXIT_ERROR, EXIT_SPEC, EXIT_REQUEUE = 0, 1, 2, 75
 
@@ -88,27 +90,50 @@ def _fmt_time(s: float) -> str:
     return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
+def exit_code_for(error: BaseException) -> int:
+    """The documented exit status of an error that stops the trainer."""
+    if isinstance(error, (SpecError, CheckpointError, ArtifactError, RunLocked)):
+        return EXIT_SPEC
+    return EXIT_ERROR
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        spec = components.load(args.job, args.set)
+        spec = components.load(args.job, args.set, check_files=True)
         return train(spec, Path(args.run_dir or Path(spec.run.out_root) / spec.run.name))
-    except (SpecError, CheckpointError, ArtifactError) as e:
+    except (SpecError, CheckpointError, ArtifactError, RunLocked, NonFiniteLoss, DataError, CheckpointWriteError) as e:
         print(f"facealign.train: {e}", file=sys.stderr, flush=True)
-        return EXIT_SPEC
-    except (NonFiniteLoss, DataError) as e:
-        print(f"facealign.train: {e}", file=sys.stderr, flush=True)
-        return EXIT_ERROR
+        return exit_code_for(e)
 
 
 def train(spec: JobSpec, run_dir: Path, on_finish=None) -> int:
     """Run the job in this process (one rank); ``on_finish(net, world)`` is called at the end on every rank.
-    The loader, the TensorBoard writer and the log are closed on every way out."""
+    The loader, the TensorBoard writer and the log are closed on every way out, and rank 0, once it
+    holds the run directory, records how the run ended in ``<run>/exit.json`` (code, reason) for the
+    launchers (horovodrun itself reports any rank's failure as exit 1)."""
+    holder = {}  # _train sets "primary" once rank 0 holds the run directory's lock
     with contextlib.ExitStack() as closing:
-        return _train(spec, run_dir, on_finish, closing)
+        try:
+            code, reason = _train(spec, run_dir, on_finish, closing, holder)
+        except BaseException as e:
+            if holder.get("primary"):
+                code = 130 if isinstance(e, KeyboardInterrupt) else exit_code_for(e)
+                write_exit(run_dir, code, f"{type(e).__name__}: {e}" if code == EXIT_ERROR and not isinstance(
+                    e, (NonFiniteLoss, DataError, CheckpointWriteError)) else str(e))
+            raise
+        if holder.get("primary"):
+            write_exit(run_dir, code, reason)
+        return code
 
 
-def _train(spec: JobSpec, run_dir: Path, on_finish, closing: contextlib.ExitStack) -> int:
+def write_exit(run_dir: Path, code: int, reason: str) -> None:
+    tmp = run_dir / f".{EXIT_FILE}.tmp"
+    tmp.write_text(json.dumps({"code": code, "reason": reason, "time": time.time()}) + "\n")
+    os.replace(tmp, run_dir / EXIT_FILE)
+
+
+def _train(spec: JobSpec, run_dir: Path, on_finish, closing: contextlib.ExitStack, holder: dict) -> tuple[int, str]:
     # --- set-up ------------------------------------------------------------------------------------
     from facealign import dist
 
@@ -125,9 +150,21 @@ def _train(spec: JobSpec, run_dir: Path, on_finish, closing: contextlib.ExitStac
     from facealign.data.loader import TrainLoader
     from facealign.losses import stacked_loss
     from facealign.models import build_model, initialize
-    from facealign.optim import lr_at, make_trainer, total_steps
+    from facealign.optim import count_nonfinite, lr_at, make_trainer, optimizer_state, total_steps
     from facealign.validation import Validator, draw_faces
 
+    # One trainer per run directory: rank 0 locks it before writing anything, for the run's life.
+    locked = None
+    if world.is_primary:
+        try:
+            closing.callback(RunLock(run_dir, spec.run.lock_wait).acquire().release)
+        except RunLocked as e:
+            locked = str(e)
+        else:
+            holder["primary"] = True
+    locked = dist.broadcast_object(locked, "facealign.run_lock")
+    if locked:
+        raise RunLocked(locked)
     if world.is_primary:
         (run_dir / "tb").mkdir(parents=True, exist_ok=True)
         dump_job(spec, run_dir / JOB_FILE)
@@ -176,21 +213,43 @@ def _train(spec: JobSpec, run_dir: Path, on_finish, closing: contextlib.ExitStac
     # --- resume ------------------------------------------------------------------------------------
     metric = spec.metric_name()
     ckpt = CheckpointManager(run_dir / CHECKPOINTS_DIR, writer=world.is_primary, keep_last=spec.checkpoint.keep_last,
-                             keep_best=spec.checkpoint.keep_best, metric=metric, mode=spec.checkpoint.mode)
-    found = ckpt.latest_valid(log=log) if spec.checkpoint.resume == "auto" and world.is_primary else None
-    found = dist.broadcast_object(str(found) if found else None, "facealign.resume")  # rank 0 chooses for all
-    step, epoch, batch_in_epoch, last_metrics = 0, 0, 0, {}
-    if found:
-        same_world = read_state(found).get("world_size") == world.size
-        state = ckpt.load(Path(found), net, trainer, ctx, fingerprint=model_spec.fingerprint(),
-                          rank=world.rank if same_world else None)
+                             keep_best=spec.checkpoint.keep_best, metric=metric, mode=spec.checkpoint.mode, log=log)
+    ckpt.tidy(log)
+    # rank 0 lists the checkpoints that verify (latest first) for all; every rank decodes the same files,
+    # and if any rank cannot, all fall back to the next one together
+    candidates = [str(p) for p in ckpt.candidates(log)] if spec.checkpoint.resume == "auto" and world.is_primary \
+        else []
+    candidates = dist.broadcast_object(candidates, "facealign.resume")
+    step, epoch, batch_in_epoch, last_metrics, found, skipped = 0, 0, 0, {}, None, {"total": 0, "by_file": {}}
+    for candidate in map(Path, candidates):
+        try:
+            decoded, problem = ckpt.read(candidate), None
+        except CheckpointError as e:
+            decoded, problem = None, str(e)
+        if dist.allreduce(1.0 if problem else 0.0)[0]:
+            log(f"checkpoint {candidate} cannot be loaded ({problem or 'on another rank'}); falling back to the "
+                f"previous one")
+            continue
+        same_world = decoded["state"].get("world_size") == world.size
+        state = ckpt.apply(candidate, decoded, net, trainer, ctx, fingerprint=model_spec.fingerprint(),
+                           rank=world.rank if same_world else None)
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         last_metrics = state.get("metrics", {})
+        skipped = state.get("data_skipped", skipped)
+        found = candidate
         log(f"resumed from {found}: step {step}, epoch {epoch}, batch {batch_in_epoch} of the epoch")
-    else:
+        break
+    ckpt.repoint(found, log)
+    if found is None:
+        if candidates:
+            log("no checkpoint of this run could be loaded: training starts from the beginning")
         import horovod.mxnet as hvd
 
         hvd.broadcast_parameters(net.collect_params(), root_rank=0)  # rank 0's initialisation everywhere
+    # skipped records: this rank's own since the start (rank 0 carries the run's earlier ones forward)
+    my_skips = dict(skipped["by_file"]) if world.is_primary else {}
+    skipped_total = int(skipped["total"])
+    trainable = [p for p in net.collect_params().values() if p.grad_req != "null"]
     writer = None
     if world.is_primary and spec.logging.tensorboard:
         from tensorboardX import SummaryWriter
@@ -212,8 +271,31 @@ def _train(spec: JobSpec, run_dir: Path, on_finish, closing: contextlib.ExitStac
                 * accumulation, "world_size": world.size, "model": model_spec.to_dict(),
                 "model_fingerprint": model_spec.fingerprint(), "model_info": info.to_dict(),
                 "validation": validation, "spec_hash": spec_hash(spec), "metrics": metrics,
+                "data_skipped": skipped_record(),
                 "lr": lr_at(max(step - 1, 0), spec, steps_per_epoch, world.size),
                 "versions": {"mxnet": mx.__version__}}
+
+    def skipped_record():
+        by_file = {}
+        for counts in dist.allgather_object(my_skips, "facealign.skipped"):
+            for f, n in counts.items():
+                by_file[f] = by_file.get(f, 0) + n
+        return {"total": skipped_total, "by_file": by_file}
+
+    def diverged(what: str) -> NonFiniteLoss:
+        """Stop on a non-finite loss or gradient at step + 1: the weights after ``step`` produced it, so the
+        checkpoint holding them (if one was saved at ``step``) is set aside, and a restart resumes before."""
+        aside = ckpt.at_step(step) if world.is_primary else None
+        note = ""
+        if aside is not None:
+            moved = ckpt.set_aside(aside)
+            left = ckpt.checkpoints()
+            note = (f"; checkpoint {aside.name} holds the weights that produced it: set aside as {moved.name}; a "
+                    f"restart resumes from {left[-1].name if left else 'the beginning'}")
+        message = dist.broadcast_object(f"{what} at step {step + 1} (epoch {epoch}); stopped before the update"
+                                        + (note or "; the last checkpoint is intact"), "facealign.diverged")
+        log(message, all_ranks=True)
+        return NonFiniteLoss(message)
 
     eval_every = spec.eval.every_steps or steps_per_epoch
     ckpt_every = spec.checkpoint.every_steps or steps_per_epoch
@@ -231,7 +313,7 @@ def _train(spec: JobSpec, run_dir: Path, on_finish, closing: contextlib.ExitStac
 
     # --- the loop ----------------------------------------------------------------------------------
     exit_code, window = EXIT_OK, {"t": time.perf_counter(), "wait": 0.0, "images": 0, "loss": None, "n": 0}
-    start_step, start_time = step, time.perf_counter()
+    start_step, start_time, pending_skips = step, time.perf_counter(), 0
     while step < last_step:
         batches = loader.epoch(epoch, start_step=batch_in_epoch * accumulation)
         for micro, batch in enumerate(batches, start=1):
@@ -248,17 +330,35 @@ def _train(spec: JobSpec, run_dir: Path, on_finish, closing: contextlib.ExitStac
                 loss.backward()
             window["wait"] += batch.wait_s
             window["images"] += len(batch.indices)
+            for file, index, why in batch.skips:  # this rank's, as they happen
+                my_skips[file] = my_skips.get(file, 0) + 1
+                log(f"skipped record {index} of {file}: {why}", all_ranks=True)
+            pending_skips += len(batch.skips)
             if micro % accumulation:
                 continue
             # The vote, before the update: every rank learns at the same step whether any rank was
-            # signalled or saw a non-finite loss (one rank raising alone would leave the others
-            # waiting in an allreduce).
+            # signalled, saw a non-finite loss or gradient, or skipped records (one rank raising alone
+            # would leave the others waiting in an allreduce).
             values = np.array([l.asscalar() for l in stack_losses])
-            signalled, nonfinite = dist.allreduce([1.0 if stop.signal else 0.0,
-                                                   0.0 if np.isfinite(values).all() else 1.0])
+            bad_grads = count_nonfinite(p.grad(ctx) for p in trainable) if spec.optim.amp != "float16" else 0
+            signalled, nonfinite, nonfinite_grads, skips_now = dist.allreduce(
+                [1.0 if stop.signal else 0.0, 0.0 if np.isfinite(values).all() else 1.0, float(bad_grads),
+                 float(pending_skips)])
+            pending_skips = 0
             if nonfinite:
-                raise NonFiniteLoss(f"non-finite loss at step {step + 1} (epoch {epoch}; this rank's stack losses "
-                                    f"{values.tolist()}); stopped before the update, the last checkpoint is intact")
+                raise diverged(f"non-finite loss (this rank's stack losses {values.tolist()})")
+            if nonfinite_grads:
+                raise diverged(f"non-finite gradients ({int(nonfinite_grads)} arrays over the ranks)")
+            skipped_total += int(skips_now)
+            drawn = (step + 1) * d.batch_size * world.size * accumulation
+            limit = d.max_skipped
+            if limit is not None and skipped_total > (limit if limit >= 1 else limit * drawn):
+                by_file = skipped_record()["by_file"]
+                worst = ", ".join(f"{f}: {n}" for f, n in sorted(by_file.items(), key=lambda t: -t[1])[:3])
+                message = (f"{skipped_total} records skipped by step {step + 1} ({skipped_total / drawn:.1%} of the "
+                           f"{drawn} drawn), more than data.max_skipped = {limit:g}; most in {worst}")
+                log(message, all_ranks=True)
+                raise DataError(message)
             stopping = signalled > 0
             trainer.set_learning_rate(lr_at(step, spec, steps_per_epoch, world.size))
             trainer.step(accumulation)  # the loss is a mean already: average over the micro-batches only
@@ -285,6 +385,7 @@ def _train(spec: JobSpec, run_dir: Path, on_finish, closing: contextlib.ExitStac
                     writer.add_scalar("train/lr", lr, step)
                     writer.add_scalar("perf/images_per_s", ips, step)
                     writer.add_scalar("perf/data_wait", window["wait"] / max(elapsed, 1e-9), step)
+                    writer.add_scalar("data/skipped", skipped_total, step)
                 window = {"t": time.perf_counter(), "wait": 0.0, "images": 0, "loss": None, "n": 0}
             metrics = None
             if validator.sets and (step % eval_every == 0 or step == last_step):
@@ -301,8 +402,29 @@ def _train(spec: JobSpec, run_dir: Path, on_finish, closing: contextlib.ExitStac
             if end_of_epoch:
                 epoch, batch_in_epoch = epoch + 1, 0
             if step % ckpt_every == 0 or step == last_step or end_of_epoch or stopping:
-                ckpt.save(step, net, trainer, checkpoint_state(metrics or last_metrics), running_stats=stats.gather())
-                dist.barrier()  # nobody runs ahead (or exits) before the checkpoint is committed
+                # never commit weights or optimizer state that are not finite, on any rank
+                bad = dist.allreduce(float(count_nonfinite([p.data(ctx) for p in net.collect_params().values()]
+                                                           + list(optimizer_state(trainer)[0].values()))))[0]
+                if bad:
+                    previous = ckpt.checkpoints()[-1].name if world.is_primary and ckpt.checkpoints() else None
+                    message = dist.broadcast_object(
+                        f"the parameters or optimizer state after step {step} are not finite ({int(bad)} arrays over "
+                        f"the ranks): not checkpointed; " + (f"the last checkpoint {previous} is intact" if previous
+                                                            else "no checkpoint yet: a restart begins from the start"),
+                        "facealign.nonfinite_state")
+                    log(message, all_ranks=True)
+                    raise NonFiniteLoss(message)
+                failure = None
+                try:
+                    ckpt.save(step, net, trainer, checkpoint_state(metrics or last_metrics),
+                              running_stats=stats.gather())
+                except CheckpointWriteError as e:
+                    failure = str(e)
+                # nobody runs ahead (or exits) before the checkpoint is committed, and all learn if it was not
+                failure = dist.broadcast_object(failure, "facealign.checkpoint_saved")
+                if failure:
+                    log(failure, all_ranks=True)
+                    raise CheckpointWriteError(failure)
             if writer:
                 writer.flush()
             if stopping:
@@ -317,8 +439,11 @@ def _train(spec: JobSpec, run_dir: Path, on_finish, closing: contextlib.ExitStac
     if on_finish is not None:
         on_finish(net, world)
     if exit_code == EXIT_OK:
-        log(f"finished at step {step}: " + json.dumps({k: round(v, 6) for k, v in last_metrics.items()}))
-    return exit_code
+        reason = f"finished at step {step}: " + json.dumps({k: round(v, 6) for k, v in last_metrics.items()})
+        log(reason)
+    else:
+        reason = f"stopped at step {step} on a signal ({stop.signal or 'another rank'}); checkpoint saved; requeue"
+    return exit_code, reason
 
 
 if __name__ == "__main__":

@@ -10,10 +10,15 @@
 #SBATCH lines from the spec's resources), submits it, and prints the job id and
 where the log and TensorBoard events go. Inside the allocation the script runs
 ``slurm/run-training.sh``: ranks start with srun (launcher/slurm.py), never ssh.
+
+Exit status: validate, render and submit 0 or 2 (a bad spec; sbatch's failure is 1); ``local`` the
+trainer's own status as its rank 0 recorded it (0, 1, 2, 75: see facealign.train), printed last with
+its reason, where horovodrun alone would say 1.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import subprocess
@@ -24,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from facealign import components  # noqa: E402  (no MXNet)
-from facealign.config import JOB_FILE, SpecError, dump_job, load_job  # noqa: E402
+from facealign.config import EXIT_FILE, JOB_FILE, SpecError, dump_job, load_job  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -107,7 +112,18 @@ def main(argv=None) -> int:
         threads = str(r.cpus_per_task)
         env = {**os.environ, "OMP_NUM_THREADS": threads, "MXNET_CPU_WORKER_NTHREADS": threads}
         print("facealign-launch: " + shlex.join(cmd), flush=True)
-        return subprocess.run(cmd, env=env).returncode
+        exit_file = run_dir / EXIT_FILE  # facealign.train's rank 0 writes how the run ended
+        exit_file.unlink(missing_ok=True)
+        code = subprocess.run(cmd, env=env).returncode
+        try:
+            ended = json.loads(exit_file.read_text())
+        except (OSError, ValueError):
+            print(f"facealign-launch: horovodrun exited {code}; rank 0 recorded no exit status (killed, or it "
+                  f"never started training)", file=sys.stderr)
+            return code
+        # horovodrun turns any rank's failure into its own exit 1: the ranks' own status is rank 0's
+        print(f"facealign-launch: rank 0 exited {ended['code']}: {ended['reason']}", file=sys.stderr, flush=True)
+        return int(ended["code"])
     # submit
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = run_dir / JOB_FILE

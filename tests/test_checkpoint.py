@@ -38,7 +38,7 @@ def test_resume_continues_bit_for_bit(tmp_path, optimizer):
     for s in range(3):
         _step(net, trainer, s)
     mgr = CheckpointManager(tmp_path, writer=True)
-    path = mgr.save(3, net, trainer, {"epoch": 0, "batch_in_epoch": 3, "model_fingerprint": "abc", "metrics": {}})
+    path = mgr.save(3, net, trainer, {"epoch": 0, "batch_in_epoch": 3, "model_fingerprint": "abc", "model": {}, "metrics": {}})
     for s in range(3, 5):
         _step(net, trainer, s)
     expected = _params(net)
@@ -57,7 +57,7 @@ def test_layout_manifest_and_no_pickle(tmp_path):
     net, trainer = _setup()
     _step(net, trainer, 0)
     mgr = CheckpointManager(tmp_path, writer=True)
-    path = mgr.save(1, net, trainer, {"epoch": 0, "batch_in_epoch": 1, "metrics": {}})
+    path = mgr.save(1, net, trainer, {"epoch": 0, "batch_in_epoch": 1, "model": {}, "metrics": {}})
     assert sorted(p.name for p in path.iterdir()) == ["MANIFEST.json", "model.params", "optimizer.params",
                                                        "rank_stats.params", "state.json"]
     assert (tmp_path / "latest").read_text().strip() == "ckpt-000000001"
@@ -77,7 +77,7 @@ def test_damaged_checkpoint_falls_back_to_the_previous(tmp_path):
     mgr = CheckpointManager(tmp_path, writer=True, keep_last=3)
     for step in (1, 2, 3):
         _step(net, trainer, step)
-        mgr.save(step, net, trainer, {"epoch": 0, "batch_in_epoch": step, "metrics": {}})
+        mgr.save(step, net, trainer, {"epoch": 0, "batch_in_epoch": step, "model": {}, "metrics": {}})
     newest = tmp_path / "ckpt-000000003" / "model.params"
     data = bytearray(newest.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -93,7 +93,7 @@ def test_retention_keeps_last_n_and_best_k_and_deletes_after_commit(tmp_path):
     net, trainer = _setup()
     mgr = CheckpointManager(tmp_path, writer=True, keep_last=2, keep_best=1, metric="nme/a", mode="min")
     for step, value in zip(range(1, 6), [0.5, 0.2, 0.4, 0.3, 0.6]):
-        mgr.save(step, net, trainer, {"epoch": 0, "batch_in_epoch": step, "metrics": {"nme/a": value}})
+        mgr.save(step, net, trainer, {"epoch": 0, "batch_in_epoch": step, "model": {}, "metrics": {"nme/a": value}})
     assert [p.name for p in mgr.checkpoints()] == ["ckpt-000000002", "ckpt-000000004", "ckpt-000000005"]
     assert mgr.best().name == "ckpt-000000002"
 
@@ -101,7 +101,7 @@ def test_retention_keeps_last_n_and_best_k_and_deletes_after_commit(tmp_path):
 def test_a_changed_model_refuses_to_resume(tmp_path):
     net, trainer = _setup()
     mgr = CheckpointManager(tmp_path, writer=True)
-    mgr.save(1, net, trainer, {"model_fingerprint": "old", "model": {"width": 32}, "metrics": {}})
+    mgr.save(1, net, trainer, {"epoch": 0, "batch_in_epoch": 1, "model_fingerprint": "old", "model": {"width": 32}, "metrics": {}})
     with pytest.raises(CheckpointError, match="was made by a different model.*Refusing to resume"):
         mgr.load(mgr.latest_valid(), net, trainer, mx.cpu(), fingerprint="new")
 

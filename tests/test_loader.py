@@ -122,8 +122,10 @@ def test_bad_record_raises_with_file_and_index_or_is_skipped_and_counted(synth_s
     with TrainLoader(bad, batch_size=4, codec=codec, shuffle=False, cfg=cfg, workers=1) as loader:
         batches = list(loader.epoch(0))
     assert all(len(b.indices) == 4 for b in batches)  # batch sizes stay equal across ranks
-    assert loader.stats["skipped"] == 1 and "record 6" in loader.stats["errors"][0]
+    assert loader.stats["skipped"] == 1 and list(loader.stats["skipped_by_file"].values()) == [1]
     assert 6 not in np.concatenate([b.indices for b in batches]).tolist()
+    skips = [s for b in batches for s in b.skips]
+    assert len(skips) == 1 and skips[0][0].endswith("bad.rec") and skips[0][1] == 6 and "CRC-32" in skips[0][2]
 
 
 def test_wrong_landmark_count_is_an_error(synth_set):

@@ -96,11 +96,10 @@ def test_truncated_file_names_file_and_record(tmp_path):
     _write(tmp_path / "set", [_sample(seed=s) for s in range(3)])
     rec = tmp_path / "set.rec"
     data = rec.read_bytes()
-    rec.write_bytes(data[:len(data) - 100])  # cut into the last record
-    f = RecordFile(tmp_path / "set")
-    f.sample(0)
-    with pytest.raises(DataError, match=r"set\.rec: record 2 \(key 2\) at offset \d+: truncated"):
-        f.sample(2)
+    rec.write_bytes(data[:len(data) - 100])  # cut into the last record: found when the file is opened
+    with pytest.raises(DataError, match=r"set\.rec: record 2 \(key 2\) at offset \d+ runs past the end of the "
+                                        r"file \(\d+ bytes\): the \.rec is truncated"):
+        RecordFile(tmp_path / "set")
     rec.write_bytes(data[:50])  # records 1 and 2 now start past the end
     with pytest.raises(DataError, match=r"record 1 \(key 1\) starts at offset \d+, beyond the file"):
         RecordFile(tmp_path / "set")

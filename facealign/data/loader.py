@@ -203,7 +203,8 @@ def _process_batch(indices, train: bool, seed: int, epoch: int):
 
 
 def _build_batch(records: RecordSet, cfg: SampleConfig, indices, train: bool, seed: int, epoch: int):
-    """Images (B, S, S, 3) uint8, landmarks (B, K, D), transforms (B, 2, 3), and counters."""
+    """Images (B, S, S, 3) uint8, landmarks (B, K, D), transforms (B, 2, 3), and counters; each skipped
+    record as (file, index in it, why)."""
     images, points, transforms, used = [], [], [], []
     fallbacks, skipped, errors = 0, 0, []
     n = len(records)
@@ -217,7 +218,8 @@ def _build_batch(records: RecordSet, cfg: SampleConfig, indices, train: bool, se
                 if cfg.on_error != "skip":
                     raise
                 skipped += 1
-                errors.append(str(e))
+                f, local = records.locate(index)
+                errors.append((str(f.rec_path), local, str(e)))
                 index = (index + 1) % n  # a deterministic substitute keeps batch sizes equal on all ranks
         else:
             raise DataError(f"every one of the {n} records failed to load")
@@ -238,6 +240,7 @@ class Batch:
     indices: np.ndarray  # B global record indices (after any skip substitution)
     epoch: int
     step: int
+    skips: list  # (file, index in the file, why) of each record skipped for this batch
     wait_s: float  # how long the consumer waited for this batch
 
 
@@ -265,7 +268,8 @@ class TrainLoader:
 
     ``workers=0`` processes in the calling thread; otherwise ``workers``
     spawned processes run ``prefetch`` batches ahead. ``stats`` counts samples,
-    augmentation fall-backs and skipped records (with their errors).
+    augmentation fall-backs and skipped records (in all and per file); each batch carries its
+    own skips (``Batch.skips``) for the trainer to log as they happen.
     """
 
     def __init__(self, paths, *, batch_size: int, codec: HeatmapCodec, rank: int = 0, world_size: int = 1,
@@ -279,7 +283,7 @@ class TrainLoader:
         self.sampler = ShardedSampler(len(self.records), batch_size, rank, world_size, seed,
                                       shuffle=train if shuffle is None else shuffle)
         self.workers, self.prefetch = workers, max(1, prefetch)
-        self.stats = {"samples": 0, "fallbacks": 0, "skipped": 0, "errors": []}
+        self.stats = {"samples": 0, "fallbacks": 0, "skipped": 0, "skipped_by_file": {}}
         self._pool = None
         _recycle_large_allocations()
 
@@ -323,9 +327,11 @@ class TrainLoader:
             self.stats["samples"] += len(used)
             self.stats["fallbacks"] += fallbacks
             self.stats["skipped"] += skipped
-            self.stats["errors"].extend(errors)
+            for file, _, _ in errors:
+                self.stats["skipped_by_file"][file] = self.stats["skipped_by_file"].get(file, 0) + 1
             yield Batch(images=np.ascontiguousarray(images.transpose(0, 3, 1, 2)), heatmaps=heatmaps,
-                        landmarks=points, transforms=transforms, indices=used, epoch=epoch, step=step, wait_s=wait)
+                        landmarks=points, transforms=transforms, indices=used, epoch=epoch, step=step, wait_s=wait,
+                        skips=errors)
 
     def close(self):
         if self._pool is not None:

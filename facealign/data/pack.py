@@ -37,6 +37,11 @@ EPILOG = """record layout: see facealign/data/records.py (format version 1).
 exit status: 0 packed, 1 nothing packed or --strict with skips, 2 bad arguments."""
 
 
+# Formats whose landmark count is fixed by their scheme: a face with another count is skipped, whatever
+# order the files come in (--num-points overrides).
+FIXED_COUNTS = {"ibug": 68, "aflw2000": 68, "reference": 68}
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="facealign-pack", description=__doc__.split("\n\n")[0],
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -50,8 +55,8 @@ def parse_args(argv=None):
     p.add_argument("--canvas", type=int, default=PACKED_CANVAS, help="side of the stored square image (default 384)")
     p.add_argument("--context", type=float, default=PACKED_CONTEXT,
                    help="canvas side / landmark box's longer side (default 2.25: the reference's framing)")
-    p.add_argument("--num-points", type=int, help="expected landmarks per face; others are skipped "
-                                                   "(default: the first face's count)")
+    p.add_argument("--num-points", type=int, help="expected landmarks per face (default: 68 for ibug, aflw2000 and "
+                   "reference; for csv and json the one count the set has); others are skipped")
     p.add_argument("--dims", type=int, choices=(2, 3), help="store only x, y (2) or require x, y, z (3)")
     p.add_argument("--outside-tolerance", type=float, default=0.1,
                    help="skip faces with landmarks further outside the photo than this fraction of the "
@@ -207,7 +212,15 @@ def main(argv=None) -> int:
             return 2
         items = [e for e in entries if isinstance(e, Item)]
         pre_skips = [e for e in entries if isinstance(e, Skip)]
-        expected = args.num_points or (items[0].landmarks.shape[0] if items else None)
+        expected = args.num_points or FIXED_COUNTS.get(args.format)
+        if expected is None:  # csv, json: any K, but one K for the whole set, never the first file's
+            counts = Counter(it.landmarks.shape[0] for it in items)
+            if len(counts) > 1:
+                summary = ", ".join(f"{n} with {k} landmarks" for k, n in counts.most_common())
+                print(f"facealign-pack: {src}: faces with different landmark counts ({summary}); pass "
+                      f"--num-points K to keep the faces with K and skip the others; nothing written", file=sys.stderr)
+                return 1
+            expected = next(iter(counts), None)
         kept = []
         for it in items:
             if it.landmarks.shape[0] != expected:

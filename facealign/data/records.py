@@ -199,6 +199,15 @@ class RecordFile:
             raise DataError(f"{self.rec_path}: record {i} (key {keys[i]}) starts at offset {offsets[i]}, "
                             f"beyond the file's {self.size} bytes: the .rec is truncated or the .idx belongs "
                             f"to another file ({len(bad)} records affected)")
+        if offsets:  # the record that ends the file must end inside it: a cut .rec is found at open
+            last = max(range(len(offsets)), key=offsets.__getitem__)
+            with open(self.rec_path, "rb") as fh:
+                fh.seek(offsets[last])
+                head = fh.read(8)
+            length = struct.unpack("<II", head)[1] & (_MAX_RECORD - 1) if len(head) == 8 else -1
+            if length < 0 or offsets[last] + 8 + length > self.size:
+                raise DataError(f"{self.rec_path}: record {last} (key {keys[last]}) at offset {offsets[last]} runs "
+                                f"past the end of the file ({self.size} bytes): the .rec is truncated")
         return keys, offsets
 
     def __len__(self) -> int:
