@@ -62,7 +62,11 @@ def broadcast_object(obj, name: str, root: int = 0):
     sends a path and one that passes None."""
     import horovod.mxnet as hvd
 
-    return hvd.broadcast_object(obj, root_rank=root, name=name)
+    out = hvd.broadcast_object(obj, root_rank=root, name=name)
+    # The root returns before the others have received it; should it then exit (a stop), Horovod shuts
+    # down under their feet. An allreduce returns on no rank before every rank has joined it.
+    barrier()
+    return out
 
 
 def allgather_object(obj, name: str) -> list:

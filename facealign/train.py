@@ -104,33 +104,45 @@ def main(argv=None) -> int:
         return train(spec, Path(args.run_dir or Path(spec.run.out_root) / spec.run.name))
     except (SpecError, CheckpointError, ArtifactError, RunLocked, NonFiniteLoss, DataError, CheckpointWriteError) as e:
         print(f"facealign.train: {e}", file=sys.stderr, flush=True)
-        return exit_code_for(e)
+        code = exit_code_for(e)
+        if os.environ.get("FACEALIGN_EXIT_FILE") and os.environ.get("HOROVOD_RANK", "0") == "0" \
+                and not Path(os.environ["FACEALIGN_EXIT_FILE"]).exists():  # before train() could say
+            write_exit(Path(os.environ["FACEALIGN_EXIT_FILE"]), code, str(e))
+        return code
 
 
 def train(spec: JobSpec, run_dir: Path, on_finish=None) -> int:
     """Run the job in this process (one rank); ``on_finish(net, world)`` is called at the end on every rank.
-    The loader, the TensorBoard writer and the log are closed on every way out, and rank 0, once it
-    holds the run directory, records how the run ended in ``<run>/exit.json`` (code, reason) for the
-    launchers (horovodrun itself reports any rank's failure as exit 1)."""
-    holder = {}  # _train sets "primary" once rank 0 holds the run directory's lock
+
+    The loader, the TensorBoard writer and the log are closed on every way out. Rank 0 records how
+    the run ended (code, reason) for the launchers, since horovodrun reports any rank's failure as
+    exit 1: in ``$FACEALIGN_EXIT_FILE`` when a launcher set it, else in ``<run>/exit.json`` once it
+    holds the run directory (a trainer turned away by the lock writes nothing there).
+    """
+    holder = {}  # _train sets "rank0", and "locked" once rank 0 holds the run directory
     with contextlib.ExitStack() as closing:
         try:
             code, reason = _train(spec, run_dir, on_finish, closing, holder)
         except BaseException as e:
-            if holder.get("primary"):
-                code = 130 if isinstance(e, KeyboardInterrupt) else exit_code_for(e)
-                write_exit(run_dir, code, f"{type(e).__name__}: {e}" if code == EXIT_ERROR and not isinstance(
-                    e, (NonFiniteLoss, DataError, CheckpointWriteError)) else str(e))
+            code = 130 if isinstance(e, KeyboardInterrupt) else exit_code_for(e)
+            known = isinstance(e, (SpecError, CheckpointError, ArtifactError, RunLocked, NonFiniteLoss, DataError,
+                                   CheckpointWriteError))
+            _record_exit(holder, run_dir, code, str(e) if known else f"{type(e).__name__}: {e}")
             raise
-        if holder.get("primary"):
-            write_exit(run_dir, code, reason)
+        _record_exit(holder, run_dir, code, reason)
         return code
 
 
-def write_exit(run_dir: Path, code: int, reason: str) -> None:
-    tmp = run_dir / f".{EXIT_FILE}.tmp"
+def _record_exit(holder: dict, run_dir: Path, code: int, reason: str) -> None:
+    target = os.environ.get("FACEALIGN_EXIT_FILE")
+    if holder.get("rank0") and (target or holder.get("locked")):
+        write_exit(Path(target) if target else run_dir / EXIT_FILE, code, reason)
+
+
+def write_exit(path: Path, code: int, reason: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps({"code": code, "reason": reason, "time": time.time()}) + "\n")
-    os.replace(tmp, run_dir / EXIT_FILE)
+    os.replace(tmp, path)
 
 
 def _train(spec: JobSpec, run_dir: Path, on_finish, closing: contextlib.ExitStack, holder: dict) -> tuple[int, str]:
@@ -138,6 +150,7 @@ def _train(spec: JobSpec, run_dir: Path, on_finish, closing: contextlib.ExitStac
     from facealign import dist
 
     world = dist.init(cpu=not spec.resources.gpus_per_node)
+    holder["rank0"] = world.is_primary
     if world.size != spec.world_size:
         raise SpecError(f"resources give a world of {spec.resources.nodes} node(s) x "
                         f"{spec.resources.tasks_per_node} task(s) = {spec.world_size} rank(s), but {world.size} "
@@ -161,7 +174,7 @@ def _train(spec: JobSpec, run_dir: Path, on_finish, closing: contextlib.ExitStac
         except RunLocked as e:
             locked = str(e)
         else:
-            holder["primary"] = True
+            holder["locked"] = True
     locked = dist.broadcast_object(locked, "facealign.run_lock")
     if locked:
         raise RunLocked(locked)

@@ -23,6 +23,7 @@ import os
 import shlex
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,7 +86,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     job = Path(args.job)
     try:
-        spec = components.load(job, args.set, check_files=args.command in ("validate", "submit"))
+        spec = components.load(job, args.set, check_files=args.command in ("validate", "submit", "local"))
     except SpecError as e:
         print(f"facealign-launch: {e}", file=sys.stderr)
         return 2
@@ -112,16 +113,16 @@ def main(argv=None) -> int:
         threads = str(r.cpus_per_task)
         env = {**os.environ, "OMP_NUM_THREADS": threads, "MXNET_CPU_WORKER_NTHREADS": threads}
         print("facealign-launch: " + shlex.join(cmd), flush=True)
-        exit_file = run_dir / EXIT_FILE  # facealign.train's rank 0 writes how the run ended
-        exit_file.unlink(missing_ok=True)
-        code = subprocess.run(cmd, env=env).returncode
-        try:
-            ended = json.loads(exit_file.read_text())
-        except (OSError, ValueError):
-            print(f"facealign-launch: horovodrun exited {code}; rank 0 recorded no exit status (killed, or it "
-                  f"never started training)", file=sys.stderr)
-            return code
-        # horovodrun turns any rank's failure into its own exit 1: the ranks' own status is rank 0's
+        # horovodrun turns any rank's failure into its own exit 1: rank 0 writes the ranks' own status here
+        with tempfile.TemporaryDirectory(prefix="facealign-launch-") as tmp:
+            exit_file = Path(tmp) / EXIT_FILE
+            code = subprocess.run(cmd, env={**env, "FACEALIGN_EXIT_FILE": str(exit_file)}).returncode
+            try:
+                ended = json.loads(exit_file.read_text())
+            except (OSError, ValueError):
+                print(f"facealign-launch: horovodrun exited {code}; rank 0 recorded no exit status (killed before "
+                      f"it could)", file=sys.stderr)
+                return code
         print(f"facealign-launch: rank 0 exited {ended['code']}: {ended['reason']}", file=sys.stderr, flush=True)
         return int(ended["code"])
     # submit

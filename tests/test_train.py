@@ -13,7 +13,7 @@ import psutil
 import pytest
 import yaml
 
-from conftest import BIN, REPO
+from conftest import BIN, REPO, rank_process, wait_for_step
 from facealign.checkpoint import CheckpointManager
 from facealign.data.pack import main as pack_main
 from tb_events import images, read_events, scalars
@@ -91,31 +91,6 @@ def _assert_same(a, b):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
-def _rank_process(run_dir, rank, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        for p in psutil.process_iter(["cmdline"]):
-            try:
-                if str(run_dir) in " ".join(p.info["cmdline"] or []) and "train_probe.py" in " ".join(p.info["cmdline"]) \
-                        and p.environ().get("HOROVOD_RANK") == str(rank):
-                    return p
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
-        time.sleep(0.2)
-    raise AssertionError(f"rank {rank} never started")
-
-
-def _wait_for_step(run_dir, step, proc, timeout=180):
-    deadline = time.time() + timeout
-    log = run_dir / "log.txt"
-    while time.time() < deadline:
-        if log.exists() and f"step {step}/" in log.read_text():
-            return
-        assert proc.poll() is None, proc.stderr.read()[-3000:]
-        time.sleep(0.2)
-    raise AssertionError(f"step {step} never logged")
-
-
 def test_two_ranks_train_identically_and_only_rank_0_writes(tiny_job, tmp_path):
     run_dir, probe = tmp_path / "run", tmp_path / "probe"
     proc = _run(tiny_job, run_dir, probe, "schedule.max_steps=10")
@@ -185,8 +160,8 @@ def test_a_signal_stops_every_rank_at_a_checkpoint_and_the_run_resumes(tiny_job,
     run_dir, probe = tmp_path / "run", tmp_path / "p1"
     proc = _start(tiny_job, run_dir, probe, "schedule.max_steps=400", "optim.fp16_allreduce=true")
     try:
-        _wait_for_step(run_dir, 3, proc)
-        _rank_process(run_dir, 1).send_signal(signal.SIGUSR2)  # to one rank only: the vote tells the other
+        wait_for_step(run_dir, 3, proc)
+        rank_process(run_dir, 1).send_signal(signal.SIGUSR2)  # to one rank only: the vote tells the other
         proc.communicate(timeout=120)
     finally:
         _stop(proc)
@@ -208,9 +183,9 @@ def test_a_killed_rank_makes_the_others_exit(tiny_job, tmp_path):
     run_dir = tmp_path / "run"
     proc = _start(tiny_job, run_dir, tmp_path / "p", "schedule.max_steps=400")
     try:
-        _wait_for_step(run_dir, 3, proc)
-        victim = _rank_process(run_dir, 1)
-        survivor = _rank_process(run_dir, 0)
+        wait_for_step(run_dir, 3, proc)
+        victim = rank_process(run_dir, 1)
+        survivor = rank_process(run_dir, 0)
         victim.kill()
         killed_at = time.time()
         proc.communicate(timeout=120)
