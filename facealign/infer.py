@@ -66,14 +66,14 @@ def collect_inputs(items) -> tuple[list[Path], list[Path]]:
     images, videos = [], []
     for item in items:
         path = Path(item)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such file or directory")
         if path.is_dir():
             images += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
         elif path.suffix.lower() in VIDEO_EXTENSIONS:
             videos.append(path)
         elif path.suffix.lower() in IMAGE_EXTENSIONS:
             images.append(path)
-        elif not path.exists():
-            raise FileNotFoundError(f"{path}: no such file or directory")
         else:
             raise ValueError(f"{path}: not an image ({', '.join(sorted(IMAGE_EXTENSIONS))}) or a video "
                              f"({', '.join(sorted(VIDEO_EXTENSIONS))})")

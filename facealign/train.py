@@ -295,7 +295,7 @@ def _train(spec: JobSpec, run_dir: Path, on_finish, closing: contextlib.ExitStac
                 by_file[f] = by_file.get(f, 0) + n
         return {"total": skipped_total, "by_file": by_file}
 
-    def diverged(what: str) -> NonFiniteLoss:
+    def diverged(what: str, detail: str) -> NonFiniteLoss:
         """Stop on a non-finite loss or gradient at step + 1: the weights after ``step`` produced it, so the
         checkpoint holding them (if one was saved at ``step``) is set aside, and a restart resumes before."""
         aside = ckpt.at_step(step) if world.is_primary else None
@@ -305,7 +305,7 @@ def _train(spec: JobSpec, run_dir: Path, on_finish, closing: contextlib.ExitStac
             left = ckpt.checkpoints()
             note = (f"; checkpoint {aside.name} holds the weights that produced it: set aside as {moved.name}; a "
                     f"restart resumes from {left[-1].name if left else 'the beginning'}")
-        message = dist.broadcast_object(f"{what} at step {step + 1} (epoch {epoch}); stopped before the update"
+        message = dist.broadcast_object(f"{what} at step {step + 1} (epoch {epoch}; {detail}); stopped before the update"
                                         + (note or "; the last checkpoint is intact"), "facealign.diverged")
         log(message, all_ranks=True)
         return NonFiniteLoss(message)
@@ -359,9 +359,9 @@ def _train(spec: JobSpec, run_dir: Path, on_finish, closing: contextlib.ExitStac
                  float(pending_skips)])
             pending_skips = 0
             if nonfinite:
-                raise diverged(f"non-finite loss (this rank's stack losses {values.tolist()})")
+                raise diverged("non-finite loss", f"rank 0's stack losses {values.tolist()}")
             if nonfinite_grads:
-                raise diverged(f"non-finite gradients ({int(nonfinite_grads)} arrays over the ranks)")
+                raise diverged("non-finite gradients", f"{int(nonfinite_grads)} arrays over the ranks")
             skipped_total += int(skips_now)
             drawn = (step + 1) * d.batch_size * world.size * accumulation
             limit = d.max_skipped
