@@ -84,6 +84,18 @@ def wait_for_step(run_dir, step, proc, timeout=180):
     raise AssertionError(f"step {step} never logged")
 
 
+def corrupt_copy(src, dst, bad_index):
+    """A copy of record file ``src`` at ``dst`` whose record ``bad_index`` has its image tail destroyed."""
+    from facealign.data.records import RecordFile, RecordWriter
+
+    f = RecordFile(src)
+    with RecordWriter(dst) as w:
+        for i in range(len(f)):
+            body = f.read(i)
+            w.write(body[:len(body) - 2000] + b"\0" * 2000 if i == bad_index else body)
+    return dst
+
+
 def run_cli(*args, timeout=600, **kw):
     """Run a console script of the venv and return the finished process."""
     return subprocess.run([str(BIN / args[0]), *map(str, args[1:])], capture_output=True, text=True,

@@ -13,7 +13,7 @@ from facealign import artifact, checkpoint, scoring
 from facealign.artifact import ModelInfo
 from facealign.data.codec import HeatmapCodec
 from facealign.data.loader import RecordSet
-from facealign.data.transforms import apply, invert
+from facealign.data.transforms import apply
 from facealign.inference import Prediction, Predictor
 from facealign.metrics import nme
 from facealign.scoring import Protocol, reference_protocol, score

@@ -12,14 +12,13 @@ import time
 
 import mxnet as mx
 import numpy as np
-import psutil
 import pytest
 import yaml
 
-from conftest import BIN, REPO, rank_process, run_cli, wait_for_step
+from conftest import BIN, REPO, corrupt_copy, rank_process, run_cli, wait_for_step
 from facealign.checkpoint import CheckpointManager, verify
 from facealign.data.pack import main as pack_main
-from facealign.data.records import RecordFile, RecordWriter
+from facealign.data.records import RecordFile
 from tb_events import scalars
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MXNET_CPU_WORKER_NTHREADS": "1", "PATH": f"{BIN}:{os.environ['PATH']}"}
@@ -286,17 +285,8 @@ def test_missing_record_files_are_a_spec_error_in_the_trainer(data, tmp_path):
     assert f"data.train: record file {tmp_path / 'nowhere'} not found" in proc.stderr
 
 
-def _corrupt_copy(src, dst, bad_index):
-    f = RecordFile(src)
-    with RecordWriter(dst) as w:
-        for i in range(len(f)):
-            body = f.read(i)
-            w.write(body[:len(body) - 2000] + b"\0" * 2000 if i == bad_index else body)  # image tail destroyed
-    return dst
-
-
 def test_skipped_records_are_logged_counted_and_capped(data, tmp_path):
-    bad = _corrupt_copy(data / "train", tmp_path / "bad", 6)
+    bad = corrupt_copy(data / "train", tmp_path / "bad", 6)
     job = _job(data, tmp_path, data={"train": [str(bad)], "on_error": "skip"},
                logging={"every_steps": 4, "tensorboard": True})
     run = tmp_path / "run"

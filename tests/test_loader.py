@@ -3,10 +3,11 @@ import cv2
 import numpy as np
 import pytest
 
+from conftest import corrupt_copy
 from facealign.data.codec import HeatmapCodec
 from facealign.data.loader import SampleConfig, ShardedSampler, TrainLoader
 from facealign.data.pack import main as pack_main
-from facealign.data.records import DataError, RecordFile, RecordWriter
+from facealign.data.records import DataError, RecordFile
 from facealign.data.schemes import IBUG68
 from facealign.data.transforms import AugmentConfig, apply
 
@@ -103,17 +104,8 @@ def test_reference_augmentation_keeps_landmarks_inside_or_falls_back(synth_set):
     assert inside + loader.stats["fallbacks"] >= 40
 
 
-def _corrupt_copy(src, dst, bad_index):
-    f = RecordFile(src)
-    with RecordWriter(dst) as w:
-        for i in range(len(f)):
-            body = f.read(i)
-            w.write(body[:len(body) - 2000] + b"\0" * 2000 if i == bad_index else body)  # image tail destroyed
-    return str(dst)
-
-
 def test_bad_record_raises_with_file_and_index_or_is_skipped_and_counted(synth_set, tmp_path):
-    bad = _corrupt_copy(synth_set, tmp_path / "bad", 6)
+    bad = corrupt_copy(synth_set, tmp_path / "bad", 6)
     codec = HeatmapCodec()
     with TrainLoader(bad, batch_size=4, codec=codec, shuffle=False) as loader:
         with pytest.raises(DataError, match=r"bad\.rec: record 6 \(key 6\): image bytes fail their CRC-32"):

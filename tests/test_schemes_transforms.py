@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from facealign.data.schemes import COFW29, IBUG68, SCHEMES, WFLW98, get_scheme
+from facealign.data.schemes import COFW29, IBUG68, WFLW98, get_scheme
 from facealign.data.transforms import apply, box_crop, compose, flip_horizontal, invert, similarity
 from facealign.synth import mean_face
 

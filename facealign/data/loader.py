@@ -275,7 +275,7 @@ class TrainLoader:
     def __init__(self, paths, *, batch_size: int, codec: HeatmapCodec, rank: int = 0, world_size: int = 1,
                  seed: int = 0, cfg: SampleConfig = SampleConfig(), workers: int = 0, prefetch: int = 4,
                  train: bool = True, shuffle: bool | None = None):
-        self.paths = [paths] if isinstance(paths, str) else list(paths)
+        self.paths = [str(paths)] if isinstance(paths, (str, os.PathLike)) else [str(p) for p in paths]
         self.records = RecordSet(self.paths)
         self.cfg, self.codec, self.train, self.seed = cfg, codec, train, seed
         if codec.input_size != cfg.input_size:
