@@ -228,6 +228,9 @@ def _convert(value, tp, meta, where: str, source: str):
             value = float(value)
         except ValueError:
             pass
+    choices = meta.get("choices") or ()
+    if tp is str and isinstance(value, bool) and {"on", "off"} & set(choices):
+        value = "on" if value else "off"  # YAML 1.1 (PyYAML) reads a bare off / on as false / true
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise SpecError(f"{source}: {where}: expected a mapping of {tp.__name__} keys, got {value!r}")

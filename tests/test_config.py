@@ -232,3 +232,9 @@ def test_the_schema_gives_every_numeric_key_a_range():
 
     walk(JobSpec, "")
     assert not missing, missing
+
+
+def test_a_bare_off_means_off(tmp_path):
+    # YAML 1.1 reads `amp: off` as false; the choice it names is "off"
+    assert load_job(_write(tmp_path, BASE + "optim: {amp: off}\n")).optim.amp == "off"
+    assert load_job(_write(tmp_path, BASE), ["optim.amp=off"]).optim.amp == "off"

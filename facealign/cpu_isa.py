@@ -1,0 +1,115 @@
+"""The CPU's matrix engines for MXNet's oneDNN: call ``enable()`` before MXNet is imported.
+
+MXNet 1.9.1 bundles oneDNN 2.4.4, which never picks AMX (Intel's tile matrix unit) on its own, and,
+told to (``DNNL_MAX_CPU_ISA=AVX512_CORE_AMX``), dies at the first tile instruction: Linux grants
+the AMX tile state only to a process that asks for it (``arch_prctl(ARCH_REQ_XCOMP_PERM,
+XFEATURE_XTILEDATA)``), and oneDNN 2.4.4 does not ask. ``enable()`` asks, where the CPU reports AMX
+and the kernel grants it, and only then lets oneDNN use it. Elsewhere (AMD, older Intel, a kernel
+without AMX support) it changes nothing.
+
+``FACEALIGN_CPU_ISA`` overrides: ``off`` (leave oneDNN's default), or a oneDNN ISA name
+(``AVX512_CORE_AMX``, ``AVX512_CORE_BF16``, ``AVX512_CORE_VNNI``, ``AVX2``, ...) to cap it there.
+A ``DNNL_MAX_CPU_ISA`` already set is respected. Imports no MXNet.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+SYS_ARCH_PRCTL = 158  # x86-64
+ARCH_GET_XCOMP_PERM, ARCH_REQ_XCOMP_PERM = 0x1022, 0x1023
+XFEATURE_XTILEDATA = 18
+AMX_ISA = "AVX512_CORE_AMX"
+
+
+@dataclass(frozen=True)
+class IsaChoice:
+    """What ``enable`` decided, for the start-up line: the ISA cap given to oneDNN (None: its default) and why."""
+
+    isa: str | None
+    reason: str
+
+    def describe(self) -> str:
+        return f"oneDNN ISA {self.isa or 'default'} ({self.reason})"
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The flags of the first CPU in /proc/cpuinfo (empty where there is none)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def cpu_model(cpuinfo: str | None = None) -> str:
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return platform.processor() or "unknown"
+    for line in cpuinfo.splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def request_amx_permission() -> bool:
+    """Ask Linux for the AMX tile state for this process (and the threads it starts); True if granted."""
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return False
+    libc.syscall.restype = ctypes.c_long
+    if libc.syscall(SYS_ARCH_PRCTL, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) != 0:
+        return False
+    granted = ctypes.c_ulong(0)
+    if libc.syscall(SYS_ARCH_PRCTL, ARCH_GET_XCOMP_PERM, ctypes.byref(granted)) != 0:
+        return False
+    return bool(granted.value & (1 << XFEATURE_XTILEDATA))
+
+
+def decide(flags: set[str], override: str | None, preset: str | None, granted) -> IsaChoice:
+    """The decision, apart from the system calls: ``granted()`` asks the kernel when AMX is wanted."""
+    if preset:
+        if AMX_ISA in preset.upper() and "amx_tile" in flags and not granted():
+            return IsaChoice(None, f"DNNL_MAX_CPU_ISA={preset} was set, but the kernel refused AMX: unset")
+        return IsaChoice(preset, "DNNL_MAX_CPU_ISA was set")
+    if override:
+        if override.lower() == "off":
+            return IsaChoice(None, "FACEALIGN_CPU_ISA=off")
+        wanted = override.upper()
+        if "AMX" in wanted and not ("amx_tile" in flags and granted()):
+            return IsaChoice(None, f"FACEALIGN_CPU_ISA={override}, but this CPU or kernel has no AMX")
+        return IsaChoice(wanted, f"FACEALIGN_CPU_ISA={override}")
+    if {"amx_tile", "amx_bf16"} <= flags:
+        if granted():
+            return IsaChoice(AMX_ISA, "the CPU has AMX and the kernel granted its tile state")
+        return IsaChoice(None, "the CPU has AMX, but the kernel did not grant its tile state")
+    return IsaChoice(None, "no AMX on this CPU")
+
+
+_CHOICE: IsaChoice | None = None
+
+
+def enable() -> IsaChoice:
+    """Decide once per process and set ``DNNL_MAX_CPU_ISA`` accordingly (before MXNet is imported)."""
+    global _CHOICE
+    if _CHOICE is None:
+        preset = os.environ.get("DNNL_MAX_CPU_ISA")
+        choice = decide(cpu_flags(), os.environ.get("FACEALIGN_CPU_ISA"), preset, request_amx_permission)
+        if choice.isa and not preset:
+            os.environ["DNNL_MAX_CPU_ISA"] = choice.isa
+        elif preset and choice.isa is None:
+            del os.environ["DNNL_MAX_CPU_ISA"]  # an AMX cap without the permission would crash the process
+        _CHOICE = choice
+    return _CHOICE
