@@ -20,6 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.report import write_report  # noqa: E402
+from facealign import cpu_isa  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -55,6 +56,7 @@ def measure(model, records, label: str) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    cpu_isa.enable()  # before MXNet: the CPU's matrix engines where it has them (FACEALIGN_CPU_ISA)
     from facealign import artifact
     from facealign.data.loader import RecordSet
     from facealign.data.pack import main as pack

@@ -9,20 +9,13 @@ import time
 from pathlib import Path
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def write_report(name: str, out, settings: dict, results, **machine) -> None:
     """Write bench/results/<...>.json with the machine (plus ``machine`` extras) and the time."""
+    from facealign import cpu_isa
+
     report = {"benchmark": name,
-              "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
+              "machine": {"cpu": cpu_isa.cpu_model(), "cores": os.cpu_count(), "onednn_isa": cpu_isa.enable().describe(),
+                          "platform": platform.platform(),
                           "python": platform.python_version(), **machine},
               "settings": settings, "results": results, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     out = Path(out)

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from facealign import cpu_isa  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -84,6 +85,7 @@ def measure(model, dtype, ranks, threads, args) -> float:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    cpu_isa.enable()  # before MXNet: the CPU's matrix engines where it has them (FACEALIGN_CPU_ISA)
     if args.worker:
         worker(args.worker[0], args.worker[1], int(args.worker[2]), args.steps)
         return 0

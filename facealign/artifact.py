@@ -229,6 +229,9 @@ def checkpoint_info(ckpt: Path, state: dict) -> ModelInfo:
 
 def load_network(source: ModelSource, ctx):
     """The hybridised Gluon network of a run, checkpoint, export package or reference release."""
+    from facealign import cpu_isa
+
+    cpu_isa.enable()  # the CPU's matrix engines, before oneDNN runs its first kernel
     if source.kind in ("run", "checkpoint"):
         from facealign.models import build_model
 

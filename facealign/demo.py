@@ -58,6 +58,9 @@ def score(checkpoint, spec, val_prefix) -> float:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from facealign import cpu_isa
+
+    cpu_isa.enable()  # before MXNet: the CPU's matrix engines where it has them
     work = Path(args.workdir).resolve()
     data, run_dir = work / "data", work / "runs" / "demo"
     bin_dir = Path(sys.executable).parent

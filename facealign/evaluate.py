@@ -318,7 +318,11 @@ def main(argv=None) -> int:
     from facealign.data.records import DataError
     from facealign.scoring import ScoringError
 
+    from facealign import cpu_isa
+
+    isa = cpu_isa.enable()
     device = "cpu" if args.gpu is None or args.gpu < 0 else f"gpu({args.gpu})"
+    print(f"[eval] {cpu_isa.cpu_model()}; {isa.describe()}", file=sys.stderr, flush=True)
     log = lambda m: print(f"[eval] {m}", file=sys.stderr, flush=True)  # noqa: E731
     try:
         sets = parse_sets(args.data)

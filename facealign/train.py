@@ -147,8 +147,9 @@ def write_exit(path: Path, code: int, reason: str) -> None:
 
 def _train(spec: JobSpec, run_dir: Path, on_finish, closing: contextlib.ExitStack, holder: dict) -> tuple[int, str]:
     # --- set-up ------------------------------------------------------------------------------------
-    from facealign import dist
+    from facealign import cpu_isa, dist
 
+    isa = cpu_isa.enable()  # before MXNet is imported (dist.init imports it)
     world = dist.init(cpu=not spec.resources.gpus_per_node)
     holder["rank0"] = world.is_primary
     if world.size != spec.world_size:
@@ -187,7 +188,7 @@ def _train(spec: JobSpec, run_dir: Path, on_finish, closing: contextlib.ExitStac
     ctx = dist.device(world, spec.resources.gpus_per_node)
     threads = os.environ.get("OMP_NUM_THREADS", "default")
     log(f"rank 0 of {world.size} on {ctx}; run directory {run_dir}; OMP_NUM_THREADS={threads}; "
-        f"SLURM_RESTART_COUNT={os.environ.get('SLURM_RESTART_COUNT', '0')}")
+        f"SLURM_RESTART_COUNT={os.environ.get('SLURM_RESTART_COUNT', '0')}; {cpu_isa.cpu_model()}, {isa.describe()}")
 
     d = spec.data
     codec = components.codec(spec)

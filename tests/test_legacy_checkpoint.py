@@ -18,6 +18,15 @@ FIXTURE = REPO / "tests" / "data" / "legacy-run-bb133a6"
 STEP2_NME = 2.7575447066184466  # what that trainer logged at step 2
 STEP4_NME = 2.7109286116408438  # ... and at step 4, resuming from step 2
 STEP4_PARAMS_SHA256 = "ab8a3802d573b6900f70d752d65e20f3db297635d884b6932e52ffb9fe601e39"
+# Bitwise equality holds on the kind of CPU that made the fixture (oneDNN picks kernels by ISA);
+# elsewhere the resumed run must match that code's result to float32 rounding.
+FIXTURE_CPU = ("Intel(R) Xeon(R) Processor", {"avx512f", "avx512_bf16", "amx_tile"})
+
+
+def _same_cpu():
+    from facealign.cpu_isa import cpu_flags, cpu_model
+
+    return cpu_model() == FIXTURE_CPU[0] and FIXTURE_CPU[1] <= cpu_flags()
 
 
 @pytest.fixture
@@ -53,7 +62,8 @@ def test_it_evaluates_to_the_figure_its_trainer_logged(legacy):
     proc = run_cli("facealign-eval", "run", "--protocol", "train", "--out", "eval", "--quiet", cwd=legacy)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads((legacy / "eval" / "report.json").read_text())["results"][0]
-    assert result["images"] == 8 and abs(result["by_norm"]["eye_centre"]["nme"] - STEP2_NME) < 1e-9
+    assert result["images"] == 8
+    assert abs(result["by_norm"]["eye_centre"]["nme"] - STEP2_NME) < (1e-9 if _same_cpu() else 1e-5)
     proc = run_cli("facealign-eval", "run", "--data", "data/val", "--protocol", "both", "--out", "eval2", "--quiet",
                    cwd=legacy)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -73,8 +83,16 @@ def test_it_resumes_bitwise(legacy):
     assert "resumed from run/checkpoints/ckpt-000000002: step 2" in proc.stdout
     ckpt = checkpoint.resolve(legacy / "run", "latest")
     assert ckpt.name == "ckpt-000000004"
-    digest = hashlib.sha256(checkpoint.model_file(ckpt).read_bytes()).hexdigest()
-    assert digest == STEP4_PARAMS_SHA256
     state = checkpoint.read_state(ckpt)
-    assert state["metrics"]["nme/synth"] == STEP4_NME and np.isfinite(state["lr"])
+    if _same_cpu():
+        assert hashlib.sha256(checkpoint.model_file(ckpt).read_bytes()).hexdigest() == STEP4_PARAMS_SHA256
+        assert state["metrics"]["nme/synth"] == STEP4_NME
+    import mxnet as mx
+
+    expected = mx.nd.load(str(FIXTURE / "expected-step4-model.params"))
+    got = mx.nd.load(str(checkpoint.model_file(ckpt)))
+    assert expected.keys() == got.keys()
+    for k in expected:
+        np.testing.assert_allclose(got[k].asnumpy(), expected[k].asnumpy(), rtol=1e-4, atol=1e-6, err_msg=k)
+    assert abs(state["metrics"]["nme/synth"] - STEP4_NME) < 1e-4 and np.isfinite(state["lr"])
     assert {"model_info", "validation", "ranking"} <= set(state)  # the new checkpoint describes itself

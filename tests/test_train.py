@@ -117,6 +117,7 @@ def test_two_ranks_train_identically_and_only_rank_0_writes(tiny_job, tmp_path):
         np.testing.assert_array_equal(per_rank[f"rank1/{k}"], final1[k])
     log = (run_dir / "log.txt").read_text()
     assert "rank 0 of 2" in log and "step 10/10" in log and "img/s" in log and "data-wait" in log
+    assert "oneDNN ISA " in log.splitlines()[0]  # the start-up line says which ISA oneDNN may use
     assert yaml.safe_load((run_dir / "job.yaml").read_text())["schedule"]["max_steps"] == 10
 
     # TensorBoard events, read back
