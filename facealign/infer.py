@@ -1,7 +1,7 @@
 """``facealign-infer``: landmarks for the faces in images, folders and videos.
 
     facealign-infer runs/demo photo.jpg faces/ --out out/                 # dlib detector, annotated images
-    facealign-infer exported/hg2 clip.mp4 --out out/ --smooth 0.6         # video: per-frame JSON + annotated video
+    facealign-infer exported/hg2 clip.mp4 --out out/                      # video: per-frame JSON + annotated video
     facealign-infer exported/hg2/model.onnx faces/ --backend onnxruntime --boxes my_boxes.json --out out/
 
 MODEL is anything facealign-eval takes. Faces come from a detector (``--detector
@@ -13,8 +13,12 @@ Writes to --out: ``predictions.json`` (per image: faces with box, box score,
 landmarks x, y in image pixels, per-landmark scores) and, unless --no-draw, the
 annotated images; per video ``<name>.json`` (per frame) and ``<name>_landmarks.avi``.
 In videos the detector runs every --detect-every frames and the faces are
-tracked from their landmarks in between; --smooth blends each frame's landmarks
-with the previous frame's (exponential moving average, 0 = off).
+tracked from their landmarks in between. --smooth steadies each face's landmarks over
+the frames: one-euro (the default; the One Euro filter, facealign.smoothing: --min-cutoff
+Hz at rest, --beta for how fast it follows motion), ema A (A the weight of the previous
+frame) or off. Each face's filter starts afresh when its track is lost. Detections
+scoring below --min-box-score (dlib's HOG score; default 0) are dropped; every kept
+face's score is in the JSON.
 
 Images that cannot be read are skipped, each with a line, and counted; the others
 are written. Exit status: 0 done (images skipped included, unless --strict); 1 nothing
@@ -54,7 +58,13 @@ def parse_args(argv=None):
     p.add_argument("--backend", choices=("mxnet", "onnxruntime"), default="mxnet")
     p.add_argument("--model-name", help="zoo model of a reference release whose directory name does not say")
     p.add_argument("--batch-size", type=int, default=8, help="images per batch (their faces share the network)")
-    p.add_argument("--smooth", type=float, default=0.0, help="video: weight of the previous frame, 0..1 (0: off)")
+    p.add_argument("--smooth", nargs="+", default=["one-euro"], metavar="KIND",
+                   help="video: one-euro (default), ema A (A: the previous frame's weight, 0..1) or off")
+    p.add_argument("--min-cutoff", type=float, default=1.0, help="one-euro: cut-off frequency at rest, Hz (1.0)")
+    p.add_argument("--beta", type=float, default=0.05, help="one-euro: cut-off increase per pixel/s of speed (0.05)")
+    p.add_argument("--d-cutoff", type=float, default=1.0, help="one-euro: cut-off of the speed estimate, Hz (1.0)")
+    p.add_argument("--min-box-score", type=float, default=0.0,
+                   help="drop detections scoring below this (dlib's HOG score; default 0)")
     p.add_argument("--detect-every", type=int, default=5, help="video: run the detector every N frames")
     p.add_argument("--no-draw", action="store_true", help="write JSON only")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -162,6 +172,25 @@ def match_previous(current, previous):
     return out
 
 
+def smoothing_of(args):
+    """A factory of per-track filters from --smooth (and a legacy bare number: an EMA weight, 0 = off)."""
+    from facealign.smoothing import make_filter
+
+    kind, *rest = args.smooth
+    try:
+        weight = float(kind)
+        kind, rest = ("ema", [str(weight)]) if weight > 0 else ("off", [])
+    except ValueError:
+        pass
+    if kind == "ema" and len(rest) != 1:
+        raise ValueError("--smooth ema takes the previous frame's weight, e.g. --smooth ema 0.6")
+    if kind != "ema" and rest:
+        raise ValueError(f"--smooth {kind} takes no value")
+    ema = float(rest[0]) if rest else 0.6
+    make_filter(kind, ema=ema, min_cutoff=args.min_cutoff, beta=args.beta, d_cutoff=args.d_cutoff)  # checks them
+    return lambda: make_filter(kind, ema=ema, min_cutoff=args.min_cutoff, beta=args.beta, d_cutoff=args.d_cutoff)
+
+
 def run_video(predictor, path: Path, args, boxes, out: Path) -> dict:
     from facealign.inference import landmark_box
 
@@ -171,6 +200,8 @@ def run_video(predictor, path: Path, args, boxes, out: Path) -> dict:
     fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
     total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
     writer, frames, previous, index = None, [], None, 0
+    new_filter = smoothing_of(args)
+    tracks, last_t = [], -1.0
     start = time.perf_counter()
     from tqdm import tqdm
 
@@ -188,10 +219,15 @@ def run_video(predictor, path: Path, args, boxes, out: Path) -> dict:
         else:
             given = None
         pred = predictor.predict(rgb, given)
-        if args.smooth > 0 and previous is not None:
-            for i, j in enumerate(match_previous(pred.landmarks, previous)):
-                if j is not None:
-                    pred.landmarks[i] = args.smooth * previous[j] + (1 - args.smooth) * pred.landmarks[i]
+        # a timestamp per frame (the container's, or the frame rate's where it has none)
+        stamp = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+        t = stamp if stamp > last_t else (last_t + 1.0 / fps if last_t > -1 else 0.0)
+        last_t = t
+        matches = match_previous(pred.landmarks, previous)
+        filters = [tracks[j] if j is not None else new_filter() for j in matches]  # a lost track starts afresh
+        for i, f in enumerate(filters):
+            pred.landmarks[i] = f(t, pred.landmarks[i])
+        tracks = filters
         previous = pred.landmarks.copy()
         frames.append({"frame": index, "faces": pred.to_json()})
         if not args.no_draw:
@@ -228,9 +264,12 @@ def main(argv=None) -> int:
                   file=sys.stderr)
             return 1
         boxes = load_boxes(args.boxes) if args.boxes else None
+        if videos:
+            smoothing_of(args)  # a bad --smooth before any work
         predictor = Predictor.load(args.model, backend=args.backend, gpu=args.gpu, model=args.model_name,
                                    detector=None if boxes is not None else make_detector(args.detector),
                                    flip=args.flip, refine=args.refine, batch_size=max(args.batch_size, 1),
+                                   min_box_score=args.min_box_score,
                                    log=lambda m: print(f"[infer] {m}", file=sys.stderr))
         out.mkdir(parents=True, exist_ok=True)
         results, skipped = run_images(predictor, images, args, boxes, out)

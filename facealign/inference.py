@@ -69,12 +69,13 @@ class Predictor:
     the first pass, crop again around the predicted landmarks that many times (a detector's
     box is framed differently from the landmark boxes the model was trained on).
     ``decode``: ``subpixel`` or ``reference`` (integer argmax after up-sampling).
+    ``min_box_score``: drop the detector's boxes scoring below it (given boxes are kept).
     """
 
     def __init__(self, backend, info: ModelInfo, *, detector=None, flip: bool = False, refine: int = 1,
-                 decode: str = "subpixel", batch_size: int = 8):
+                 decode: str = "subpixel", batch_size: int = 8, min_box_score: float | None = None):
         self.backend, self.info = backend, info
-        self.detector = detector
+        self.detector, self.min_box_score = detector, min_box_score
         self.flip, self.refine, self.batch_size = flip, refine, batch_size
         self.codec = HeatmapCodec(info.input_size, info.heatmap_size, sigma=info.sigma, decode_mode=decode)
         self.scheme = get_scheme(info.scheme)
@@ -129,6 +130,9 @@ class Predictor:
                 if self.detector is None:
                     raise ValueError("no boxes given and this predictor has no detector (pass detector=...)")
                 b, sc = self.detector(image)
+                b, sc = np.asarray(b, np.float64).reshape(-1, 4), np.asarray(sc, np.float32)
+                if self.min_box_score is not None:  # the detector's false alarms (textures) score low
+                    b, sc = b[sc >= self.min_box_score], sc[sc >= self.min_box_score]
             else:
                 b = np.asarray(boxes[i], np.float64).reshape(-1, 4)
                 sc = np.ones(len(b), np.float32)
