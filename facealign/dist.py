@@ -5,6 +5,7 @@ that invariant by never calling these inside rank-dependent branches.
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 
@@ -57,23 +58,39 @@ def allreduce(value) -> np.ndarray:
 
 
 def broadcast_object(obj, name: str, root: int = 0):
-    """Rank ``root``'s object on every rank. The explicit name matters: Horovod matches collectives
-    by name and would otherwise name this one after ``type(obj)``, which differs between a rank that
-    sends a path and one that passes None."""
+    """Rank ``root``'s JSON-able object on every rank.
+
+    Built on ``allreduce`` (the root contributes the bytes, the others zeros) rather than Horovod's
+    ``broadcast_object``: on the root that returns before the others have the data, so a root that
+    then stopped shut Horovod down under them, and in one-process runs it crashed the process about
+    once in a hundred (a segmentation fault in the collective after it). ``name`` says what it is
+    for in tracebacks; like every collective here, every rank must call it in the same order.
+    """
     import horovod.mxnet as hvd
 
-    out = hvd.broadcast_object(obj, root_rank=root, name=name)
-    # The root returns before the others have received it; should it then exit (a stop), Horovod shuts
-    # down under their feet. An allreduce returns on no rank before every rank has joined it.
-    barrier()
-    return out
+    mine = hvd.rank() == root
+    data = json.dumps(obj).encode() if mine else b""
+    size = int(allreduce([len(data)])[0])
+    buf = np.zeros(size)
+    if mine:
+        buf[:] = np.frombuffer(data, np.uint8)
+    return json.loads(allreduce(buf).astype(np.uint8).tobytes()) if size else None
 
 
 def allgather_object(obj, name: str) -> list:
-    """Every rank's object, in rank order, on every rank."""
+    """Every rank's JSON-able object, in rank order, on every rank (two allreduces)."""
     import horovod.mxnet as hvd
 
-    return hvd.allgather_object(obj, name=name)
+    rank, size = hvd.rank(), hvd.size()
+    data = json.dumps(obj).encode()
+    lengths = np.zeros(size)
+    lengths[rank] = len(data)
+    lengths = allreduce(lengths).astype(int)
+    starts = np.concatenate([[0], np.cumsum(lengths)])
+    buf = np.zeros(int(starts[-1]))
+    buf[starts[rank]:starts[rank + 1]] = np.frombuffer(data, np.uint8)
+    joined = allreduce(buf).astype(np.uint8).tobytes()
+    return [json.loads(joined[starts[r]:starts[r + 1]]) for r in range(size)]
 
 
 def average_over_ranks(gathered: list[dict]) -> dict:
