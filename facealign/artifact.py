@@ -43,6 +43,7 @@ from facealign.models.specs import ModelSpec, get_model_spec
 INFO_FILE = "facealign-model.yaml"
 SYMBOL_FILE, PARAMS_FILE, ONNX_FILE = "model-symbol.json", "model-0000.params", "model.onnx"
 PACKAGE_FORMAT = 1
+PRECISIONS = ("float32", "bfloat16", "int8")
 
 # The reference's release directories (seed-spec §10) -> our zoo names.
 REFERENCE_RELEASES = {
@@ -73,6 +74,7 @@ class ModelInfo:
     crop_framing: float = crop_framing("center")  # crop side / landmark box side
     sigma: float = 1.0  # the training targets' Gaussian sigma, in heatmap pixels
     model: dict = field(default_factory=dict)  # the ModelSpec fields
+    precision: str = "float32"  # of an export package: float32, bfloat16 or int8 (its inputs stay float32 pixels)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -263,7 +265,24 @@ def load_network(source: ModelSource, ctx):
     else:
         raise ArtifactError(f"{source.path} is an ONNX model: run it with the onnxruntime backend")
     net.hybridize(static_alloc=True)
+    if source.info.precision == "bfloat16":
+        import numpy as np
+
+        s = source.info.input_size
+        net = bfloat16_network(net, np.zeros((1, 3, s, s), np.float32))
     return net
+
+
+def bfloat16_network(net, probe):
+    """AMP's bfloat16 conversion of a hybridised float32 network: convolutions, BatchNorm and element-wise
+    work in bfloat16 where oneDNN has the kernels (AVX512-BF16, AMX); float32 pixels in, float32 out."""
+    import mxnet as mx
+    from mxnet.contrib import amp
+
+    net(mx.nd.array(probe, ctx=mx.cpu()))  # AMP converts the graph of the last forward
+    converted = amp.convert_hybrid_block(net, target_dtype="bfloat16", ctx=mx.cpu())
+    converted.hybridize(static_alloc=True)
+    return converted
 
 
 def load_backend(source: ModelSource, backend: str = "mxnet", gpu: int | None = None):

@@ -3,6 +3,9 @@
     facealign-export runs/demo exported/demo                 # best checkpoint -> symbol + params + YAML
     facealign-export runs/demo exported/demo --onnx          # ... and model.onnx, checked against MXNet
     facealign-export models/model-hg2d3-cab exported/hg2     # a reference release, renamed into our network
+    facealign-export runs/demo exported/demo-int8 --precision int8 --calibration data/synth_train \
+        --check data/synth_val --onnx                        # int8 for MXNet and onnxruntime, NME checked
+    facealign-export runs/demo exported/demo-bf16 --precision bfloat16 --check data/synth_val
 
 An export package is a directory that needs neither the training code nor the
 job spec to run: the hybridised network (``model-symbol.json``, ``model-0000.params``),
@@ -15,18 +18,35 @@ MXNet Module names, seed-spec §11.5) load into our networks through a name map
 map strips Module's ``arg:`` / ``aux:`` prefixes and renames BatchNorm's
 ``moving_mean`` / ``moving_var`` to Gluon's ``running_mean`` / ``running_var``.
 
-Exit status: 0 written; 2 a model that cannot be exported (one line on stderr).
+Reduced precision (``--precision``): ``int8`` quantises the network with MXNet's
+``quantize_net_v2`` (channel-wise where oneDNN has it; ``--calib-mode entropy`` (the
+default: KL-optimal) or ``naive`` (min/max) thresholds from ``--calibration-samples`` faces of ``--calibration``; the
+ops without an int8 kernel, UpSampling among them, stay float32 between a dequantise
+and a quantise) and, with ``--onnx``, writes a statically quantised QDQ model.onnx
+through onnxruntime's quantiser (per channel, uint8 activations, int8 weights).
+``bfloat16`` converts the network with AMP (``convert_hybrid_block``), for CPUs with
+AVX512-BF16 or AMX. Both take float32 pixels in and give float32 heatmaps out; the
+package records its precision, and every loader takes it as it is. A reduced export
+scores float32 and itself on the held-out faces of ``--check`` (the standard protocol)
+and is refused, with nothing written, when its NME rises more than ``--max-drift``
+(relative, default 2%).
+
+Exit status: 0 written; 2 a model that cannot be exported, or an export that loses more accuracy
+than --max-drift allows (one line on stderr).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from facealign import artifact
-from facealign.artifact import ONNX_FILE, PARAMS_FILE, SYMBOL_FILE, ArtifactError, ModelInfo
+from facealign.artifact import ONNX_FILE, PARAMS_FILE, PRECISIONS, SYMBOL_FILE, ArtifactError, ModelInfo
 
 
 # --- export packages -------------------------------------------------------------------------------
@@ -60,17 +80,23 @@ def _probe_batch(info: ModelInfo, n: int) -> np.ndarray:
 
 
 def export_onnx(out: Path, info: ModelInfo, probe: np.ndarray, expected: np.ndarray) -> float:
-    """model.onnx through MXNet's own exporter (mxnet.onnx), batch dimension dynamic; returns the
-    relative difference of onnxruntime's last stack from MXNet's on ``probe``."""
+    """A package's model.onnx from its symbol and parameters; see ``export_onnx_file``."""
+    return export_onnx_file(out / SYMBOL_FILE, out / PARAMS_FILE, out / ONNX_FILE, info, probe, expected)
+
+
+def export_onnx_file(symbol: Path, params: Path, onnx_file: Path, info: ModelInfo, probe: np.ndarray,
+                     expected: np.ndarray) -> float:
+    """An .onnx through MXNet's own exporter (mxnet.onnx), batch dimension dynamic; returns the relative
+    difference of onnxruntime's last stack from MXNet's on ``probe``."""
     import onnxruntime as ort
     from mxnet import onnx as mx_onnx
 
     s = info.input_size
-    mx_onnx.export_model(str(out / SYMBOL_FILE), str(out / PARAMS_FILE), in_shapes=[(1, 3, s, s)],
-                         in_types=[np.float32], onnx_file_path=str(out / ONNX_FILE), dynamic=True,
-                         dynamic_input_shapes=[(None, 3, s, s)], run_shape_inference=False)
-    _constant_initializers(out / ONNX_FILE)
-    session = ort.InferenceSession(str(out / ONNX_FILE), providers=["CPUExecutionProvider"])
+    mx_onnx.export_model(str(symbol), str(params), in_shapes=[(1, 3, s, s)], in_types=[np.float32],
+                         onnx_file_path=str(onnx_file), dynamic=True, dynamic_input_shapes=[(None, 3, s, s)],
+                         run_shape_inference=False)
+    _constant_initializers(onnx_file)
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
     got = session.run([session.get_outputs()[-1].name], {session.get_inputs()[0].name: probe})[0]
     return float(np.abs(got - expected).max() / max(np.abs(expected).max(), 1e-12))
 
@@ -98,12 +124,169 @@ def parse_args(argv=None):
     p.add_argument("--onnx", action="store_true", help="also write model.onnx (needs onnx and onnxruntime)")
     p.add_argument("--which", choices=("best", "latest"), default="best", help="checkpoint of a run (default best)")
     p.add_argument("--model-name", help="zoo model of a reference release whose directory name does not say")
+    p.add_argument("--precision", choices=PRECISIONS, default="float32")
+    p.add_argument("--calibration", metavar="PREFIX", help="int8: packed records whose faces set the ranges")
+    p.add_argument("--calibration-samples", type=int, default=64, help="int8: faces to calibrate on (64)")
+    p.add_argument("--calib-mode", choices=("naive", "entropy"), default="entropy",
+                   help="int8: thresholds from the min/max (naive) or the KL-optimal (entropy) of the activations")
+    p.add_argument("--check", metavar="PREFIX", help="held-out packed records scoring float32 against the export "
+                                                     "(required for bfloat16 and int8)")
+    p.add_argument("--check-samples", type=int, default=200, help="faces of --check to score (200)")
+    p.add_argument("--max-drift", type=float, default=0.02,
+                   help="largest relative NME rise over float32 (default 0.02: 2%%)")
     return p.parse_args(argv)
+
+
+# --- reduced precision ---------------------------------------------------------------------------------
+
+def check_crops(prefix, info: ModelInfo, limit: int):
+    """(RecordSet, its first ``limit`` faces as N x 3 x S x S float32 standard-protocol crops)."""
+    from facealign.data.loader import RecordSet
+    from facealign.scoring import Protocol, check_records, prepare
+
+    records = RecordSet([prefix])
+    check_records(records, info, str(prefix))
+    n = min(len(records), limit)
+    crops = np.stack([prepare(records, i, Protocol("standard"), info, str(prefix))[0] for i in range(n)])
+    return records, np.ascontiguousarray(crops.transpose(0, 3, 1, 2), np.float32)
+
+
+def to_int8(net, info: ModelInfo, calibration: np.ndarray, mode: str):
+    """MXNet's int8 network (a SymbolBlock), calibrated on ``calibration`` crops."""
+    import mxnet as mx
+    from mxnet import gluon
+    from mxnet.contrib import quantization
+
+    calib = gluon.data.DataLoader(gluon.data.ArrayDataset(mx.nd.array(calibration), mx.nd.zeros(len(calibration))),
+                                  batch_size=min(16, len(calibration)))
+    q = quantization.quantize_net_v2(net, quantized_dtype="auto", quantize_mode="full",
+                                     quantize_granularity="channel-wise", calib_data=calib, calib_mode=mode,
+                                     num_calib_examples=len(calibration), ctx=mx.cpu(),
+                                     exclude_operators=["UpSampling"], logger=_quiet_logger())
+    q.hybridize(static_alloc=True)
+    return q
+
+
+def _quiet_logger():
+    """quantize_net_v2 narrates every layer at INFO: keep its warnings only."""
+    import logging
+
+    logger = logging.getLogger("facealign.export.quantize")
+    logger.setLevel(logging.WARNING)
+    return logger
+
+
+def to_bfloat16(net, probe: np.ndarray):
+    """AMP's bfloat16 network (``artifact.bfloat16_network``)."""
+    return artifact.bfloat16_network(net, probe)
+
+
+def onnx_int8(fp32_onnx: Path, out: Path, calibration: np.ndarray) -> None:
+    """A statically quantised QDQ copy of a float32 model.onnx (onnxruntime's quantiser, per channel)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Crops(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"data": calibration[i:i + 1]} for i in range(len(calibration))])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    pre = out.with_name("pre-" + out.name)
+    quant_pre_process(str(fp32_onnx), str(pre), skip_symbolic_shape=True)
+    quantize_static(str(pre), str(out), Crops(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    pre.unlink()
+
+
+def drift_check(reference, reduced, info: ModelInfo, records, limit: int, label: str, max_drift: float, log) -> dict:
+    """NME of float32 (``reference``) and of the reduced backend on the same faces; refuses above ``max_drift``."""
+    from facealign.metrics import primary_norm
+    from facealign.scoring import Protocol, score
+
+    norm = primary_norm(info.landmark_dims)
+    n = min(len(records), limit)
+    a = score(reference, info, records, Protocol("standard"), set_name="check", indices=range(n)).nme[norm].mean()
+    b = score(reduced, info, records, Protocol("standard"), set_name="check", indices=range(n)).nme[norm].mean()
+    drift = (b - a) / max(a, 1e-12)
+    log(f"{label}: NME {100 * b:.3f}% against float32's {100 * a:.3f}% on {n} faces ({norm}): "
+        f"{100 * drift:+.2f}% relative (allowed {100 * max_drift:.1f}%)")
+    if drift > max_drift:
+        raise ArtifactError(f"{label} loses too much accuracy: NME {100 * b:.3f}% against float32's {100 * a:.3f}% "
+                            f"({100 * drift:+.2f}% relative, more than --max-drift {100 * max_drift:.1f}%); "
+                            f"nothing written")
+    return {"float32_nme": float(a), "nme": float(b), "relative_drift": float(drift), "faces": n}
+
+
+def export_reduced(net, info: ModelInfo, out_dir, args, log=print) -> dict:
+    """A bfloat16 or int8 package, checked against float32 on held-out faces; written only if it passes."""
+    import shutil
+    import tempfile
+
+    import mxnet as mx
+
+    from facealign.backends import MXNetBackend, OnnxBackend
+
+    precision = args.precision
+    if not args.check:
+        raise ArtifactError(f"--precision {precision} needs --check PREFIX: held-out records that show what it "
+                            f"costs in NME")
+    if precision == "int8" and not args.calibration:
+        raise ArtifactError("--precision int8 needs --calibration PREFIX: records whose faces set the int8 ranges")
+    if precision == "bfloat16" and args.onnx:
+        raise ArtifactError("--onnx with --precision bfloat16: onnxruntime has no bfloat16 convolutions on the CPU; "
+                            "export --precision int8 --onnx, or float32 --onnx")
+    out = Path(out_dir)
+    records, check = check_crops(args.check, info, args.check_samples)
+    reference = MXNetBackend(net, mx.cpu())
+    reduced_info = dataclasses.replace(info, precision=precision)
+    if precision == "int8":
+        _, calibration = check_crops(args.calibration, info, args.calibration_samples)
+        reduced = to_int8(net, info, calibration, args.calib_mode)
+    else:
+        reduced = to_bfloat16(net, check[:1])
+    reduced(mx.nd.array(check[:1]))  # Gluon exports the graph of its last forward
+    result = {"precision": precision, "check": {}}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        result["check"]["mxnet"] = drift_check(reference, MXNetBackend(reduced, mx.cpu()), info, records,
+                                               args.check_samples, f"{precision} (MXNet)", args.max_drift, log)
+        # bfloat16: MXNet 1.9.1 loses AMP's casts when it exports the converted graph, so the package holds
+        # the float32 graph and loaders convert it (artifact.load_network); int8 exports as it is
+        files = artifact.write_package(net if precision == "bfloat16" else reduced, reduced_info, tmp)
+        if args.onnx:
+            net.export(str(tmp / "fp32"), epoch=0)
+            probe = _probe_batch(info, 2)
+            fp32 = tmp / "fp32.onnx"
+            diff = export_onnx_file(tmp / "fp32-symbol.json", tmp / "fp32-0000.params", fp32, info, probe,
+                                    net(mx.nd.array(probe))[-1].asnumpy())
+            log(f"ONNX float32 graph: max |onnxruntime - MXNet| / max |MXNet| = {diff:.2g}")
+            onnx_int8(fp32, tmp / ONNX_FILE, calibration)
+            for f in ("fp32-symbol.json", "fp32-0000.params", "fp32.onnx"):
+                (tmp / f).unlink()
+            result["check"]["onnxruntime"] = drift_check(reference, OnnxBackend(tmp / ONNX_FILE), info, records,
+                                                         args.check_samples, "int8 (onnxruntime)", args.max_drift,
+                                                         log)
+            files.append(ONNX_FILE)
+        (tmp / "export-check.json").write_text(json.dumps(result, indent=1))
+        files.append("export-check.json")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log(f"exported {info.name} in {precision} to {out}: {', '.join(files)}")
+    result["files"] = files
+    return result
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     from facealign.backends import mx_context
+    from facealign.data.records import DataError
+    from facealign.scoring import ScoringError
 
     try:
         source = artifact.resolve(args.model, which=args.which, model_name=args.model_name,
@@ -112,8 +295,12 @@ def main(argv=None) -> int:
             raise ArtifactError(f"{args.model} is already an export ({source.kind})")
         print(f"[export] {source.location}")
         net = artifact.load_network(source, mx_context(None))
-        export_package(net, source.info, args.out, onnx=args.onnx, log=lambda m: print(f"[export] {m}"))
-    except ArtifactError as e:
+        log = lambda m: print(f"[export] {m}")  # noqa: E731
+        if args.precision == "float32":
+            export_package(net, source.info, args.out, onnx=args.onnx, log=log)
+        else:
+            export_reduced(net, source.info, args.out, args, log=log)
+    except (ArtifactError, DataError, ScoringError) as e:
         print(f"facealign-export: {e}", file=sys.stderr)
         return 2
     return 0
