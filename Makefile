@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export FACEALIGN_VENV := $(abspath $(VENV))
 
-.PHONY: setup demo test bench bench-models bench-data bench-train bench-infer clean
+.PHONY: setup demo test bench bench-models bench-data bench-train bench-infer bench-precision clean
 
 setup:
 	bash install.sh
@@ -15,7 +15,7 @@ demo: setup
 test: setup
 	$(PY) -m pytest tests
 
-bench: bench-models bench-data bench-train bench-infer
+bench: bench-models bench-data bench-train bench-infer bench-precision
 
 bench-models: setup
 	$(PY) bench/models.py --out bench/results/models.json
@@ -31,3 +31,6 @@ bench-train: setup
 
 bench-infer: setup
 	$(PY) bench/infer.py --reps 3 --out bench/results/infer.json
+
+bench-precision: setup
+	$(PY) bench/precision.py --out bench/results/precision.json
