@@ -9,7 +9,9 @@ without AMX support) it changes nothing.
 
 ``FACEALIGN_CPU_ISA`` overrides: ``off`` (leave oneDNN's default), or a oneDNN ISA name
 (``AVX512_CORE_AMX``, ``AVX512_CORE_BF16``, ``AVX512_CORE_VNNI``, ``AVX2``, ...) to cap it there.
-A ``DNNL_MAX_CPU_ISA`` already set is respected. Imports no MXNet.
+A ``DNNL_MAX_CPU_ISA`` already set is respected. Where it enables AMX, ``enable`` imports MXNet to let
+oneDNN settle on it (then the variable leaves the environment again, see ``_settle``); elsewhere it
+imports nothing.
 """
 from __future__ import annotations
 
@@ -101,6 +103,18 @@ def decide(flags: set[str], override: str | None, preset: str | None, granted) -
 _CHOICE: IsaChoice | None = None
 
 
+def _settle() -> None:
+    """Make oneDNN read ``DNNL_MAX_CPU_ISA`` now (it does at its first primitive), then take the variable
+    back out of the environment: a child process would inherit it without the AMX permission, which
+    Linux does not carry across exec, and die at its first tile instruction (SIGILL). facealign's own
+    child processes (trainer ranks, tools) call ``enable`` themselves."""
+    import mxnet as mx
+
+    mx.nd.Convolution(mx.nd.zeros((1, 1, 4, 4)), mx.nd.zeros((1, 1, 1, 1)), kernel=(1, 1), num_filter=1,
+                      no_bias=True).wait_to_read()
+    del os.environ["DNNL_MAX_CPU_ISA"]
+
+
 def enable() -> IsaChoice:
     """Decide once per process and set ``DNNL_MAX_CPU_ISA`` accordingly (before MXNet is imported)."""
     global _CHOICE
@@ -109,6 +123,7 @@ def enable() -> IsaChoice:
         choice = decide(cpu_flags(), os.environ.get("FACEALIGN_CPU_ISA"), preset, request_amx_permission)
         if choice.isa and not preset:
             os.environ["DNNL_MAX_CPU_ISA"] = choice.isa
+            _settle()
         elif preset and choice.isa is None:
             del os.environ["DNNL_MAX_CPU_ISA"]  # an AMX cap without the permission would crash the process
         _CHOICE = choice
