@@ -19,6 +19,7 @@ from facealign.data.codec import HeatmapCodec
 from facealign.data.loader import SampleConfig
 from facealign.data.schemes import LandmarkScheme, get_scheme, scheme_for
 from facealign.data.transforms import AugmentConfig, crop_framing
+from facealign.losses import LossSettings
 from facealign.models.specs import ModelSpec, ModelSpecError, get_model_spec
 from facealign.scoring import Protocol
 
@@ -64,6 +65,13 @@ def sample_config(spec: JobSpec) -> SampleConfig:
     return SampleConfig(input_size=d.input_size, num_points=d.num_points, augment=augment(spec),
                         eval_crop=spec.eval.crop, decode_reduce=d.decode_reduce, on_error=d.on_error,
                         scheme=scheme(spec).name)
+
+
+def loss_settings(spec: JobSpec) -> LossSettings:
+    """``loss.*``, the targets' peak and the heatmap side, as facealign.losses takes them."""
+    fields = {f.name for f in dataclasses.fields(LossSettings)} - {"peak", "heatmap_size"}
+    return LossSettings(peak=spec.data.peak, heatmap_size=spec.data.heatmap_size,
+                        **{name: getattr(spec.loss, name) for name in fields})
 
 
 def model_info(spec: JobSpec) -> ModelInfo:

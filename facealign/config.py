@@ -111,10 +111,19 @@ class ModelSection:
 
 @dataclass(frozen=True)
 class LossSpec:
-    kind: str = _f("mse", "per-stack heatmap loss: mse (mean over all elements, as the reference)",
+    kind: str = _f("mse", "per-stack heatmap loss: mse (the reference's), awing (Adaptive Wing with its weighted "
+                          "loss map) or star (the STAR loss on top of a heatmap term); see facealign/losses.py",
                    choices=LOSSES)
     stack_weights: typing.Optional[list] = _f(None, "weight of each stack's loss (default 1 each: summed)",
                                                item=float, ge=0)
+    awing_alpha: float = _f(2.1, "awing: alpha", gt=1)
+    awing_omega: float = _f(14.0, "awing: omega", gt=0)
+    awing_epsilon: float = _f(1.0, "awing: epsilon", gt=0)
+    awing_theta: float = _f(0.5, "awing: theta, where the loss turns linear", gt=0)
+    awing_weight: float = _f(10.0, "awing: W of the loss map (foreground pixels weigh W + 1)", ge=0)
+    star_weight: float = _f(1.0, "star: weight of the STAR term added to the heatmap term", ge=0)
+    star_omega: float = _f(1.0, "star: weight of the eigenvalue regulariser", ge=0)
+    star_heatmap: str = _f("awing", "star: the heatmap term, awing (as the paper) or mse", choices=("awing", "mse"))
 
 
 @dataclass(frozen=True)
@@ -161,8 +170,9 @@ class EvalSpec:
     batch_size: int = _f(16, "validation batch per rank", ge=1)
     crop: str = _f("center", "validation crop: center (the training window) or box (1.2 x landmark box)",
                    choices=("center", "box"))
-    decode: str = _f("subpixel", "heatmap decoding: subpixel, or reference (integer argmax after up-sampling)",
-                     choices=("subpixel", "reference"))
+    decode: str = _f("subpixel", "heatmap decoding: subpixel, dark (DARK: Gaussian-smoothed log-heatmap, "
+                                 "second-order Taylor step), or reference (integer argmax after up-sampling)",
+                     choices=("subpixel", "dark", "reference"))
     max_samples: typing.Optional[int] = _f(None, "evaluate at most this many samples of each set", ge=1)
 
 

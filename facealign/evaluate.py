@@ -21,7 +21,7 @@ Protocols (facealign.scoring):
              (floor for --landmark-type 2d, round for 3d); integer argmax of the bilinearly
              up-sampled heatmap. Its published numbers are reproduced under this protocol.
   standard   one warp: a square crop of the ground-truth landmark box at the model's training
-             framing, no quantisation, --decode subpixel (default) or reference; --flip averages
+             framing, no quantisation, --decode subpixel (default), dark or reference; --flip averages
              with the mirrored crop.
   train      a run's own validation protocol as its checkpoint recorded it (crop, decoding, sets,
              batch, sample limit): reproduces the validation NME the trainer logged.
@@ -29,8 +29,11 @@ Protocols (facealign.scoring):
 
 Every normalisation is reported side by side (see facealign.metrics): eye_centre (the
 reference's 2D figure), inter_ocular, inter_pupil, box (the reference's 3D figure) and
-box_diag. Written to --out (default: <run>/eval/<checkpoint>/ or eval/<model>/):
-report.json, report.md, ced_<set>_<protocol>.png/.pdf, predictions_<set>_<protocol>.json;
+box_diag. Where the records carry their head pose (AFLW2000-3D, procedural faces), NME is also
+reported per |yaw| bin ([0, 30), [30, 60), [60, 90] degrees) with the bins' balanced mean, as
+3D results are published. Written to --out (default: <run>/eval/<checkpoint>/ or eval/<model>/):
+report.json, report.md, ced_<set>_<protocol>.png/.pdf (and ced_<set>_<protocol>_yaw),
+predictions_<set>_<protocol>.json;
 for a run, the figures also go to its TensorBoard under eval/. With several models, each
 gets its own report and --out (default eval/compare) gets compare.md, compare.json and one
 CED figure per set and protocol with a curve per model.
@@ -62,8 +65,9 @@ def parse_args(argv=None):
     p.add_argument("--protocol", choices=CHOICES, default="both")
     p.add_argument("--landmark-type", choices=("2d", "3d"), help="reference protocol: floor (2d) or round (3d) the "
                    "truth in the crop, as test_rec_nme.py's flag; default: the model's landmark dimensions")
-    p.add_argument("--decode", choices=("subpixel", "reference"), default="subpixel",
-                   help="standard protocol: heatmap decoding (default subpixel)")
+    p.add_argument("--decode", choices=("subpixel", "dark", "reference"), default="subpixel",
+                   help="standard protocol: heatmap decoding: subpixel (default), dark (DARK: smoothed "
+                        "log-heatmap, Taylor step) or reference (integer argmax)")
     p.add_argument("--flip", action="store_true", help="flip test (standard protocol)")
     p.add_argument("--gpu", type=int, default=None, help="GPU index (default: CPU)")
     p.add_argument("--backend", choices=("mxnet", "onnxruntime"), default="mxnet")
@@ -109,7 +113,8 @@ def parse_margins(items) -> dict[str, float]:
 
 
 def summarise(result) -> dict:
-    """Mean and median NME, AUC and failure rate at each threshold, per normalisation."""
+    """Mean and median NME, AUC and failure rate at each threshold, per normalisation; and, where the records
+    carry their head pose, NME per yaw bin and their balanced mean (``by_yaw``, per normalisation)."""
     rows = {}
     for norm, values in result.nme.items():
         row = {"nme": float(values.mean()) if len(values) else float("nan"),
@@ -119,7 +124,11 @@ def summarise(result) -> dict:
             row[f"auc@{t:.2f}"], row[f"failure@{t:.2f}"] = auc, fr
         rows[norm] = row
     n = len(result.pred)
-    return {"images": n, "images_per_s": n / max(result.seconds, 1e-9), "by_norm": rows}
+    from facealign.scoring import yaw_bins
+
+    by_yaw = {norm: yaw_bins(values, result.yaws) for norm, values in result.nme.items()}
+    return {"images": n, "images_per_s": n / max(result.seconds, 1e-9), "by_norm": rows,
+            "by_yaw": by_yaw if all(v is not None for v in by_yaw.values()) else None}
 
 
 # --- figures (matplotlib, Agg) ------------------------------------------------------------------------
@@ -176,6 +185,18 @@ def format_table(report: dict) -> str:
     lines.append("")
     lines.append(f"** the reference's figure for {report['landmark_dims']}D models. AUC and FR (failure rate) "
                  f"at NME thresholds 0.08 and 0.10.")
+    yawed = [e for e in report["results"] if e.get("by_yaw")]
+    if yawed:
+        norm = report["primary_norm"]
+        bins = [b for b in yawed[0]["by_yaw"][norm] if b != "balanced"]
+        lines += ["", f"NME % ({norm}) by head yaw, degrees (faces):", "",
+                  "| set | protocol | " + " | ".join(f"yaw {b}" for b in bins) + " | balanced | mean |",
+                  "|---|---|" + "---:|" * (len(bins) + 2)]
+        for e in yawed:
+            cells = [f"{100 * e['by_yaw'][norm][b]['nme']:.3f} ({e['by_yaw'][norm][b]['images']})"
+                     if e["by_yaw"][norm][b]["nme"] is not None else "– (0)" for b in bins]
+            lines.append(f"| {e['set']} | {e['protocol']}{' + flip' if e['flip'] else ''} | " + " | ".join(cells)
+                         + f" | {100 * e['by_yaw'][norm]['balanced']['nme']:.3f} | {100 * e['by_norm'][norm]['nme']:.3f} |")
     return "\n".join(lines)
 
 
@@ -244,7 +265,7 @@ def evaluate_model(source, backend, args, sets, margins, out: Path, device: str)
     from tqdm import tqdm
 
     from facealign.data.loader import RecordSet
-    from facealign.scoring import check_records, score
+    from facealign.scoring import YAW_BINS, check_records, score
 
     info = source.info
     dims = {"2d": 2, "3d": 3}.get(args.landmark_type, info.landmark_dims)
@@ -279,19 +300,34 @@ def evaluate_model(source, backend, args, sets, margins, out: Path, device: str)
             results[tag] = (label, result)
             pixels = save_figure(ced_figure({norm: result.nme[norm] for norm in NORMALISATIONS},
                                             f"{info.name}: {label}, {n} faces"), out / f"ced_{tag}")
-            per_image = [{"index": i, "source": src, "pred": np.round(result.pred[j], 3).tolist(),
-                          "gt": np.round(result.gt[j], 3).tolist(),
+            per_image = [{"index": i, "source": src, "yaw": result.yaws[j],
+                          "pred": np.round(result.pred[j], 3).tolist(), "gt": np.round(result.gt[j], 3).tolist(),
                           "nme": {k: float(v[j]) for k, v in result.nme.items()}}
                          for j, (i, src) in enumerate(zip(result.indices, result.sources))]
             (out / f"predictions_{tag}.json").write_text(json.dumps(per_image))
             print(f"[eval] {source.label}: {label}: NME {100 * summary['by_norm'][primary]['nme']:.3f}% ({primary}), "
                   f"{summary['images_per_s']:.1f} images/s", flush=True)
+            yaw_pixels = None
+            if summary["by_yaw"]:
+                yaws = np.minimum(np.abs(np.asarray(result.yaws, np.float64)), 90.0)
+                curves = {}
+                for lo, hi in YAW_BINS:
+                    inside = (yaws >= lo) & ((yaws < hi) if hi < 90 else (yaws <= hi))
+                    if inside.any():
+                        curves[f"yaw {lo:.0f}-{hi:.0f} ({int(inside.sum())} faces)"] = result.nme[primary][inside]
+                yaw_pixels = save_figure(ced_figure(curves, f"{info.name}: {label}, {primary} NME by yaw"),
+                                         out / f"ced_{tag}_yaw")
             if tb is not None:
                 step = source.step or 0
                 for norm, row in summary["by_norm"].items():
                     tb.add_scalar(f"eval/{tag}/nme_{norm}", row["nme"], step)
                     tb.add_scalar(f"eval/{tag}/auc@0.10_{norm}", row["auc@0.10"], step)
                 tb.add_image(f"eval/{tag}/ced", pixels, step, dataformats="HWC")
+                if yaw_pixels is not None:
+                    for b, v in summary["by_yaw"][primary].items():
+                        if v["nme"] is not None:
+                            tb.add_scalar(f"eval/{tag}/nme_{primary}_yaw_{b}", v["nme"], step)
+                    tb.add_image(f"eval/{tag}/ced_yaw", yaw_pixels, step, dataformats="HWC")
     finally:
         if tb is not None:
             tb.close()

@@ -53,6 +53,8 @@ def parse_args(argv=None):
                    help="dlib: dlib's HOG detector (default); haar: OpenCV's cascade; none: whole image")
     p.add_argument("--boxes", help="JSON of face boxes from your own detector (replaces --detector)")
     p.add_argument("--flip", action="store_true", help="flip test-time augmentation")
+    p.add_argument("--decode", choices=("subpixel", "dark", "reference"), default="subpixel",
+                   help="heatmap decoding: subpixel (default), dark (DARK) or reference (integer argmax)")
     p.add_argument("--refine", type=int, default=1, help="re-crop around the prediction this many times (default 1)")
     p.add_argument("--gpu", type=int, default=None, help="GPU index (default: CPU)")
     p.add_argument("--backend", choices=("mxnet", "onnxruntime"), default="mxnet")
@@ -269,7 +271,7 @@ def main(argv=None) -> int:
         predictor = Predictor.load(args.model, backend=args.backend, gpu=args.gpu, model=args.model_name,
                                    detector=None if boxes is not None else make_detector(args.detector),
                                    flip=args.flip, refine=args.refine, batch_size=max(args.batch_size, 1),
-                                   min_box_score=args.min_box_score,
+                                   min_box_score=args.min_box_score, decode=args.decode,
                                    log=lambda m: print(f"[infer] {m}", file=sys.stderr))
         out.mkdir(parents=True, exist_ok=True)
         results, skipped = run_images(predictor, images, args, boxes, out)

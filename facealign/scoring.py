@@ -21,7 +21,8 @@ truth is are the *protocol*, always an argument:
              framing, no quantisation, sub-pixel decoding (``decode`` selectable).
 
 NME is computed in the record's pixels for every normalisation of
-``facealign.metrics``, with the model's landmark scheme.
+``facealign.metrics``, with the model's landmark scheme; ``yaw_bins`` groups it
+by head yaw where the records carry their pose (AFLW2000-3D's reporting).
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ import numpy as np
 
 from facealign.data.codec import HeatmapCodec
 from facealign.data.loader import SampleConfig, process_sample
-from facealign.data.records import DataError
+from facealign.data.records import DataError, pose_degrees
 from facealign.data.schemes import get_scheme
 from facealign.data.transforms import (DEFAULT_TOP_MARGIN, REFERENCE_TOP_MARGIN, AugmentConfig, apply, box_crop,
                                        chain_transform, invert, reference_eval_warps, warp, warp_chain)
@@ -89,6 +90,7 @@ class Score:
     nme: dict  # {normalisation: (N,)}
     indices: list  # record indices
     sources: list  # the records' source names
+    yaws: list  # each record's head yaw in degrees, or None where it carries no pose
     seconds: float  # crop + network + decode time
     first: tuple | None = None  # (crops, pred, gt in crop pixels, heatmaps) of the first batch, if kept
 
@@ -136,17 +138,20 @@ def sample_config(protocol: Protocol, info) -> SampleConfig:
 
 
 def prepare(records, index: int, protocol: Protocol, info, set_name: str, cfg: SampleConfig | None = None):
-    """(crop pixels, affine source -> crop, truth (K, 2) in source pixels as scored, source name)."""
+    """(crop pixels, affine source -> crop, truth (K, 2) in source pixels as scored, source name, yaw in
+    degrees or None)."""
     s = info.input_size
     if protocol.name == "train":
         p = process_sample(records, index, cfg or sample_config(protocol, info), train=False)
-        return p.image, p.transform, p.source_landmarks[:, :2].astype(np.float64), p.source
+        return p.image, p.transform, p.source_landmarks[:, :2].astype(np.float64), p.source, p.yaw
     smp = records.sample(index)
     source = smp.meta.get("source", f"{set_name}[{index}]")
+    pose = pose_degrees(smp.meta)
+    yaw = pose["yaw"] if pose else None
     if protocol.name == "standard":
         gt = smp.landmarks[:, :2].astype(np.float64)
         M = box_crop((*gt.min(0), *gt.max(0)), s, expand=protocol.crop_framing or info.crop_framing)
-        return warp(smp.image, M, s), M, gt, source
+        return warp(smp.image, M, s), M, gt, source, yaw
     # reference: the record's landmarks as its float32 label holds them
     gt32 = np.asarray(smp.landmarks[:, :2], np.float32)
     if gt32.shape[0] != 68:
@@ -158,7 +163,7 @@ def prepare(records, index: int, protocol: Protocol, info, set_name: str, cfg: S
     in_crop = apply(M, gt32)
     in_crop = np.round(in_crop) if protocol.landmark_dims == 3 else np.floor(in_crop)
     truth = apply(invert(M), in_crop).astype(np.float32).astype(np.float64)
-    return warp_chain(smp.image, warps), M, truth, source
+    return warp_chain(smp.image, warps), M, truth, source, yaw
 
 
 def score(backend, info, records, protocol: Protocol, *, set_name: str, indices=None, batch_size: int = 16,
@@ -171,7 +176,7 @@ def score(backend, info, records, protocol: Protocol, *, set_name: str, indices=
     codec = HeatmapCodec(info.input_size, info.heatmap_size, sigma=info.sigma, decode_mode=protocol.decode)
     flip_perm = scheme.flip if flip else None
     cfg = sample_config(protocol, info) if protocol.name == "train" else None
-    preds, gts, sources, seconds, first = [], [], [], 0.0, None
+    preds, gts, sources, yaws, seconds, first = [], [], [], [], 0.0, None
     for start in range(0, len(indices), batch_size):
         t0 = time.perf_counter()
         batch = [prepare(records, i, protocol, info, set_name, cfg) for i in indices[start:start + batch_size]]
@@ -189,6 +194,7 @@ def score(backend, info, records, protocol: Protocol, *, set_name: str, indices=
         preds.append(pts)
         gts.append(truth)
         sources += [b[3] for b in batch]
+        yaws += [b[4] for b in batch]
         if keep_first and first is None:
             first = (crops, np.stack([apply(M, p) for M, p in zip(transforms, pts)]),
                      np.stack([apply(M, g) for M, g in zip(transforms, truth)]), hm)
@@ -198,7 +204,7 @@ def score(backend, info, records, protocol: Protocol, *, set_name: str, indices=
     pred = np.concatenate(preds) if preds else np.zeros((0, k, 2))
     gt = np.concatenate(gts) if gts else np.zeros((0, k, 2))
     return Score(pred=pred, gt=gt, nme={norm: nme(pred, gt, norm, scheme) for norm in NORMALISATIONS},
-                 indices=indices, sources=sources, seconds=seconds, first=first)
+                 indices=indices, sources=sources, yaws=yaws, seconds=seconds, first=first)
 
 
 def check_records(records, info, set_name: str) -> None:
@@ -211,3 +217,23 @@ def check_records(records, info, set_name: str) -> None:
         if k != info.num_landmarks:
             raise ScoringError(f"{set_name}: its records have {k} landmarks, the model {info.name} predicts "
                                f"{info.num_landmarks}")
+
+
+YAW_BINS = ((0.0, 30.0), (30.0, 60.0), (60.0, 90.0))
+
+
+def yaw_bins(nmes, yaws) -> dict | None:
+    """NME by |yaw| in [0, 30), [30, 60), [60, 90] degrees (beyond 90 counts as the last) and the balanced
+    mean of the bins that hold faces, as AFLW2000-3D results are reported; None unless every face has
+    a yaw."""
+    if not len(yaws) or any(y is None for y in yaws):
+        return None
+    nmes, yaws = np.asarray(nmes, np.float64), np.minimum(np.abs(np.asarray(yaws, np.float64)), 90.0)
+    out = {}
+    for lo, hi in YAW_BINS:
+        inside = (yaws >= lo) & ((yaws < hi) if hi < 90 else (yaws <= hi))
+        out[f"{lo:.0f}-{hi:.0f}"] = {"nme": float(nmes[inside].mean()) if inside.any() else None,
+                                     "images": int(inside.sum())}
+    held = [b["nme"] for b in out.values() if b["nme"] is not None]
+    out["balanced"] = {"nme": float(np.mean(held)), "images": int(len(nmes))}
+    return out

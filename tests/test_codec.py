@@ -41,6 +41,49 @@ def test_cython_decode_equals_numpy(stride):
     np.testing.assert_array_equal(fast[1], ref[1])
 
 
+@pytest.mark.parametrize("stride,sigma", [(2, 1.0), (4, 2.0)])
+def test_cython_dark_decode_equals_numpy(stride, sigma):
+    rng = np.random.default_rng(2)
+    c = HeatmapCodec(input_size=32 * stride, heatmap_size=32, sigma=sigma, encode_mode="subpixel", decode_mode="dark")
+    hm = c.encode_batch(rng.uniform(0, 32 * stride, (4, 68, 2)))
+    hm += rng.normal(0, 0.5, hm.shape).astype(np.float32)
+    hm[0, 0] = 0  # flat channel
+    hm[0, 1] = -1  # all negative
+    hm[1, 2] = 0
+    hm[1, 2, 0, 0] = 5  # a maximum at the border: no Taylor step
+    fast = c.decode(hm)
+    ref = HeatmapCodec(input_size=32 * stride, heatmap_size=32, sigma=sigma, decode_mode="dark",
+                       backend="numpy").decode(hm)
+    np.testing.assert_array_equal(fast[0], ref[0])
+    np.testing.assert_array_equal(fast[1], ref[1])
+    assert fast[0][1, 2].tolist() == [(stride - 1) / 2] * 2  # the border maximum, unmoved
+
+
+def test_dark_taylor_step_by_hand():
+    from facealign.data.codec import _taylor
+
+    # the log of a 2D Gaussian with a cross term: the Taylor step lands on its centre exactly
+    ys, xs = np.mgrid[0:9, 0:9].astype(np.float64)
+    cx, cy, a, b, c = 4.3, 3.8, 0.5, 0.1, 0.3
+    lg = -(a * (xs - cx) ** 2 + 2 * b * (xs - cx) * (ys - cy) + c * (ys - cy) ** 2)
+    ox, oy = _taylor(lg, 4, 4)
+    assert (4 + ox, 4 + oy) == pytest.approx((cx, cy), abs=1e-9)
+    assert _taylor(-lg, 4, 4) == (0.0, 0.0)  # a minimum, not a maximum: no step
+    assert _taylor(lg, 1, 4) == (0.0, 0.0)  # too near the border
+
+
+def test_dark_decoding_beats_argmax_and_three_point_refinement_on_noisy_heatmaps():
+    rng = np.random.default_rng(0)
+    enc = HeatmapCodec(64, 32, sigma=2.0, encode_mode="subpixel")
+    pts = rng.uniform(10, 54, (30, 68, 2))
+    hm = np.stack([enc.encode(p) for p in pts]) * 0.7 + rng.normal(0, 1.0, (30, 68, 32, 32)).astype(np.float32)
+    error = {mode: np.linalg.norm(HeatmapCodec(64, 32, sigma=2.0, decode_mode=mode).decode(hm)[0] - pts, axis=2).mean()
+             for mode in ("reference", "subpixel", "dark")}
+    assert error["dark"] < 0.5 * error["subpixel"] and error["subpixel"] < error["reference"], error
+    with pytest.raises(ValueError, match="dark decoding smooths with the training sigma"):
+        HeatmapCodec(64, 32, sigma=0.0, decode_mode="dark")
+
+
 def test_reference_targets():
     # seed-spec §4.5: floor(pt / 2), a 7x7 window of 20 exp(-d^2 / 2) around it, zeros elsewhere.
     c = HeatmapCodec(input_size=128, heatmap_size=64, sigma=1, peak=20)

@@ -44,10 +44,10 @@ def test_protocol_geometry_with_perfect_heatmaps(synth_sets, monkeypatch):
     seen = []
 
     def prepare_and_remember(records, index, protocol, info, set_name, cfg=None):
-        crop, M, truth, source = real_prepare(records, index, protocol, info, set_name, cfg)
-        seen.append(M)  # the oracle learns each crop's true landmarks
-        oracle.queue.append(apply(M, records.sample(index).landmarks[:, :2]))
-        return crop, M, truth, source
+        prepared = real_prepare(records, index, protocol, info, set_name, cfg)
+        seen.append(prepared[1])  # the oracle learns each crop's true landmarks
+        oracle.queue.append(apply(prepared[1], records.sample(index).landmarks[:, :2]))
+        return prepared
 
     monkeypatch.setattr(scoring, "prepare", prepare_and_remember)
     standard = score(oracle, info, records, Protocol("standard"), set_name="synth", batch_size=8)

@@ -64,6 +64,145 @@ def test_the_losses_are_hybridisable():
 
 
 def test_an_unknown_loss_is_refused():
-    assert LOSSES == ("mse",)
+    assert LOSSES == ("mse", "awing", "star")
     with pytest.raises(ValueError, match="loss kind must be one of"):
         stacked_loss([mx.nd.zeros((1, 1, 2, 2))], mx.nd.zeros((1, 1, 2, 2)), kind="l1")
+
+
+# --- Adaptive Wing and STAR against NumPy references (float64, values and gradients) -------------------
+
+from scipy.ndimage import grey_dilation  # noqa: E402
+
+from facealign.losses import LossSettings, awing, awing_loss_map, star, stack_loss  # noqa: E402
+
+PEAK = 20.0
+
+
+def awing_numpy(pred, target, weight, alpha=2.1, omega=14.0, eps=1.0, theta=0.5):
+    y = target / PEAK
+    d = np.abs(pred / PEAK - y)
+    p = alpha - y
+    a = omega * (1 / (1 + (theta / eps) ** p)) * p * (theta / eps) ** (p - 1) / eps
+    c = theta * a - omega * np.log(1 + (theta / eps) ** p)
+    loss = np.where(d < theta, omega * np.log(1 + (d / eps) ** p), a * d - c)
+    return float(np.mean(loss * weight))
+
+
+def loss_map_numpy(target, w=10.0):
+    return (grey_dilation(target / PEAK, size=(1, 1, 3, 3), mode="constant", cval=0.0) > 0.2) * w + 1
+
+
+def star_numpy(pred, target, omega=1.0, eps=1e-5):
+    """STAR as its paper's code computes it, per landmark with an eigendecomposition (numpy.linalg.eigh)."""
+    n, k, h, w = pred.shape
+    ys, xs = np.meshgrid(np.arange(h) / (h - 1) * 2 - 1, np.arange(w) / (w - 1) * 2 - 1, indexing="ij")
+    trans, eigen, count = 0.0, 0.0, 0
+    for b in range(n):
+        for j in range(k):
+            t = np.maximum(target[b, j], 0)
+            if t.sum() <= 0:
+                continue
+            e = np.exp(pred[b, j] - pred[b, j].max())
+            p = e / e.sum()
+            mean = np.array([(p * xs).sum(), (p * ys).sum()])
+            gt = np.array([(t * xs).sum(), (t * ys).sum()]) / t.sum()
+            d = np.stack([xs - mean[0], ys - mean[1]]).reshape(2, -1)
+            cov = (d * p.reshape(1, -1)) @ d.T / (1 - (p ** 2).sum() + eps)
+            lam, vec = np.linalg.eigh(cov)  # ascending: the second is the major axis
+            lam, vec = lam[::-1], vec[:, ::-1]
+            s = np.abs(vec.T @ (gt - mean)) / np.sqrt(lam + eps)
+            trans += np.mean(np.where(s < 1, 0.5 * s ** 2, s - 0.5))
+            eigen += np.abs(lam).sum()
+            count += 1
+    return (trans + omega * eigen) / max(count, 1)
+
+
+def _heatmap_batch(seed, shape=(2, 3, 8, 8)):
+    """Gaussian targets of peak 20 (one landmark off the map) and noisy predictions near them."""
+    rng = np.random.default_rng(seed)
+    n, k, h, w = shape
+    ys, xs = np.mgrid[0:h, 0:w]
+    target = np.zeros(shape)
+    for b in range(n):
+        for j in range(k):
+            cx, cy = rng.uniform(1.5, w - 2.5), rng.uniform(1.5, h - 2.5)
+            target[b, j] = PEAK * np.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * 1.2 ** 2))
+    target[1, 2] = 0  # a landmark outside the heatmap: no target
+    pred = target * rng.uniform(0.6, 1.1) + rng.normal(0, 2.0, shape)
+    return pred, target
+
+
+def _check(fn_mx, fn_np, pred, target, rel=1e-6):
+    p = mx.nd.array(pred, dtype="float64")
+    p.attach_grad()
+    with autograd.record():
+        value = fn_mx(p, mx.nd.array(target, dtype="float64"))
+    value.backward()
+    assert value.asscalar() == pytest.approx(fn_np(pred, target), rel=rel, abs=1e-12)
+    grad, eps = p.grad.asnumpy(), 1e-5
+    rng = np.random.default_rng(0)
+    for _ in range(12):
+        index = tuple(rng.integers(0, s) for s in pred.shape)
+        up, down = pred.copy(), pred.copy()
+        up[index] += eps
+        down[index] -= eps
+        numeric = (fn_np(up, target) - fn_np(down, target)) / (2 * eps)
+        assert grad[index] == pytest.approx(numeric, rel=1e-5, abs=1e-8), index
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_adaptive_wing_with_its_loss_map_matches_numpy(seed):
+    pred, target = _heatmap_batch(seed)
+    weight = loss_map_numpy(target)
+    mx_map = awing_loss_map(mx.nd, mx.nd.array(target, dtype="float64"), PEAK, 10.0).asnumpy()
+    np.testing.assert_array_equal(mx_map, weight)
+    assert weight.max() == 11 and weight.min() == 1
+    _check(lambda p, t: awing(mx.nd, p, t, mx.nd.array(weight, dtype="float64"), peak=PEAK),
+           lambda p, t: awing_numpy(p, t, weight), pred, target)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_star_matches_an_eigendecomposition_in_numpy(seed):
+    pred, target = _heatmap_batch(seed)
+    pred = pred / 4  # logits of a spread distribution (the softmax of raw heatmaps is sharp)
+    _check(lambda p, t: star(mx.nd, p, t, height=8, width=8), star_numpy, pred, target)
+
+
+def test_the_new_losses_are_hybridisable_and_run_under_bfloat16_amp():
+    pred, target = _heatmap_batch(3)
+    for kind in ("awing", "star"):
+        settings = LossSettings(kind=kind, heatmap_size=8)
+        sym = stack_loss(mx.sym, mx.sym.var("pred"), mx.sym.var("target"), settings)
+        out = sym.eval(ctx=mx.cpu(), pred=mx.nd.array(pred), target=mx.nd.array(target))[0].asscalar()
+        nd = stack_loss(mx.nd, mx.nd.array(pred), mx.nd.array(target), settings).asscalar()
+        assert out == pytest.approx(nd, rel=1e-5)
+    code = """
+import mxnet as mx, numpy as np
+from mxnet.contrib import amp
+amp.init(target_dtype="bfloat16")
+from mxnet import autograd, gluon
+from facealign.losses import LossSettings, stacked_loss
+from facealign.models import get_model, initialize
+net = initialize(get_model("hg2-d3-cab", width=32, depth=1, input_size=32, heatmap_size=16), seed=1)
+net.hybridize(static_alloc=True)
+for p in net.collect_params().values():
+    if p.grad_req != "null":
+        p.grad_req = "add"  # gradient accumulation
+trainer = gluon.Trainer(net.collect_params(), mx.optimizer.Nadam(learning_rate=1e-3))
+x = mx.nd.array(np.random.RandomState(0).uniform(0, 255, (2, 3, 32, 32)))
+y = mx.nd.array(np.random.RandomState(1).uniform(0, 20, (2, 68, 16, 16)))
+for kind in ("awing", "star"):
+    for micro in range(2):
+        with autograd.record():
+            loss, _ = stacked_loss(net(x), y, settings=LossSettings(kind=kind, heatmap_size=16))
+        loss.backward()
+    trainer.step(2)
+    net.collect_params().zero_grad()
+    assert np.isfinite(loss.asscalar()), kind
+print("OK")
+"""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-2000:]

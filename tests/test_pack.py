@@ -130,7 +130,8 @@ def test_aflw2000_mat_files(tmp_path):
     rng = np.random.default_rng(1)
     cv2.imwrite(str(tmp_path / "image00002.jpg"), rng.integers(0, 256, (450, 450, 3), dtype=np.uint8))
     pts = np.vstack([rng.uniform(120, 330, (2, 68)), rng.uniform(-50, 50, (1, 68))])
-    savemat(str(tmp_path / "image00002.mat"), {"pt3d_68": pts, "Pose_Para": np.zeros((1, 7))})
+    pose = np.array([[0.1, -0.9, 0.2, 0, 0, 0, 1.0]])  # pitch, yaw, roll (radians), translation, scale
+    savemat(str(tmp_path / "image00002.mat"), {"pt3d_68": pts, "Pose_Para": pose})
     savemat(str(tmp_path / "image00004.mat"), {"pt2d": pts[:2]})
     cv2.imwrite(str(tmp_path / "image00004.jpg"), rng.integers(0, 256, (450, 450, 3), dtype=np.uint8))
     proc = run_cli("facealign-pack", "--format", "aflw2000", tmp_path, tmp_path / "out" / "aflw")
@@ -139,6 +140,9 @@ def test_aflw2000_mat_files(tmp_path):
     assert s.landmarks.shape == (68, 3)
     np.testing.assert_allclose(apply(invert(np.array(s.meta["crop"])), s.landmarks)[:, :2], pts[:2].T, atol=1e-2)
     assert "no pt3d_68 array" in (tmp_path / "out" / "aflw.skipped.tsv").read_text()
+    from facealign.data.records import pose_degrees
+
+    assert pose_degrees(s.meta) == pytest.approx({"pitch": 5.7296, "yaw": -51.566, "roll": 11.459}, abs=1e-3)
 
 
 def test_converts_the_reference_records(tmp_path):

@@ -194,3 +194,39 @@ def test_eval_train_protocol_reproduces_the_recorded_validation(trained_run, tmp
     result = json.loads((tmp_path / "report.json").read_text())["results"][0]
     assert result["set"] == "synth" and result["protocol"] == "train" and result["images"] == 24
     assert abs(result["by_norm"]["eye_centre"]["nme"] - recorded) < 1e-6, (result, recorded)
+
+
+# --- 3D evaluation as the field reports it: NME by yaw ------------------------------------------------
+
+def test_yaw_bins_by_hand():
+    from facealign.scoring import yaw_bins
+
+    bins = yaw_bins([0.1, 0.2, 0.3, 0.5, 0.9], [5.0, -29.9, 30.0, -75.0, 95.0])
+    assert bins["0-30"] == {"nme": pytest.approx(0.15), "images": 2}
+    assert bins["30-60"] == {"nme": pytest.approx(0.3), "images": 1}
+    assert bins["60-90"] == {"nme": pytest.approx(0.7), "images": 2}  # beyond 90 counts in the last bin
+    assert bins["balanced"]["nme"] == pytest.approx((0.15 + 0.3 + 0.7) / 3)
+    assert yaw_bins([0.1], [None]) is None
+    empty = yaw_bins([0.1, 0.2], [10.0, 20.0])
+    assert empty["30-60"] == {"nme": None, "images": 0} and empty["balanced"]["nme"] == pytest.approx(0.15)
+
+
+def test_eval_reports_nme_per_yaw_bin_on_faces_of_known_yaw(trained_run, synth_sets, tmp_path):
+    from facealign.data.records import pose_degrees
+
+    proc = run_cli("facealign-eval", trained_run, "--data", f"synth={synth_sets / 'val'}", "--protocol", "standard",
+                   "--out", tmp_path, "--no-tensorboard", "--quiet")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    records = RecordSet([synth_sets / "val"])
+    yaws = np.abs([pose_degrees(records.sample(i).meta)["yaw"] for i in range(len(records))])
+    per_image = np.array([p["nme"]["eye_centre"] for p in json.loads(
+        (tmp_path / "predictions_synth_standard.json").read_text())])
+    by_yaw = json.loads((tmp_path / "report.json").read_text())["results"][0]["by_yaw"]["eye_centre"]
+    for name, inside in (("0-30", yaws < 30), ("30-60", (yaws >= 30) & (yaws < 60)), ("60-90", yaws >= 60)):
+        assert by_yaw[name]["images"] == int(inside.sum())
+        if inside.any():
+            assert by_yaw[name]["nme"] == pytest.approx(per_image[inside].mean(), abs=1e-12)
+    held = [b["nme"] for k, b in by_yaw.items() if k != "balanced" and b["nme"] is not None]
+    assert by_yaw["balanced"]["nme"] == pytest.approx(np.mean(held)) and len(held) >= 2
+    assert "by head yaw" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "ced_synth_standard_yaw.png").is_file() and (tmp_path / "ced_synth_standard_yaw.pdf").is_file()

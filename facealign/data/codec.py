@@ -18,10 +18,16 @@ Decoding:
   * ``"subpixel"``: per-channel argmax, then a second-order refinement on the
     log-heatmap (exact for a Gaussian; falls back to the classic quarter-pixel
     step where the log is not concave), then mapped back to input pixels.
+  * ``"dark"``: distribution-aware decoding (DARK, Zhang et al., CVPR 2020): the
+    heatmap smoothed by a Gaussian of the training sigma and rescaled to its
+    maximum, then a second-order Taylor step of its log at the argmax (the
+    Hessian from central differences two pixels wide), kept where the Hessian is
+    negative definite and the step under 1.5 heatmap pixels.
   * ``"reference"``: the reference's decoding (§6.1): bilinear up-sampling
     (``cv2.resize``) of each channel to the input size and the integer argmax.
 
-Two implementations of encode and sub-pixel decode: a plain NumPy reference
+Two implementations of encode and of the sub-pixel and DARK decodes (its smoothing
+is OpenCV's in both): a plain NumPy reference
 (this module) and the Cython fast path ``facealign._native.heatmap`` (from
 ``native/heatmap.pyx``), tested to give identical results; ``HeatmapCodec``
 uses the fast path when it is built. The reference decode is cv2-based in both.
@@ -39,7 +45,7 @@ except ImportError:  # not built (e.g. a source checkout without `make setup`): 
     _native = None
 
 ENCODE_MODES = ("reference", "subpixel")
-DECODE_MODES = ("subpixel", "reference")
+DECODE_MODES = ("subpixel", "dark", "reference")
 
 
 class HeatmapCodec:
@@ -60,6 +66,8 @@ class HeatmapCodec:
             raise ValueError(f"decode_mode must be one of {DECODE_MODES}, got {decode_mode!r}")
         if sigma < 0:
             raise ValueError(f"sigma must be >= 0, got {sigma}")
+        if decode_mode == "dark" and sigma <= 0:
+            raise ValueError("dark decoding smooths with the training sigma, which must be > 0")
         if backend not in ("auto", "native", "numpy"):
             raise ValueError(f"backend must be auto, native or numpy, got {backend!r}")
         if backend == "native" and _native is None:
@@ -99,6 +107,10 @@ class HeatmapCodec:
             raise ValueError(f"decode expects N x K x H x W heatmaps, got shape {hm.shape}")
         if self.decode_mode == "reference":  # evaluation only; cv2.resize is the reference's own up-sampling
             return decode_reference_numpy(hm, self.input_size)
+        if self.decode_mode == "dark":
+            if self.native:
+                return _native.decode_dark(hm, dark_log_heatmaps(hm, self.sigma), self.stride)
+            return decode_dark_numpy(hm, self.stride, self.sigma)
         fn = _native.decode_subpixel if self.native else decode_subpixel_numpy
         return fn(hm, self.stride)
 
@@ -158,6 +170,65 @@ def decode_subpixel_numpy(hm: np.ndarray, stride: int) -> tuple[np.ndarray, np.n
             dy = _refine_1d(m[py - 1, px], m[py, px], m[py + 1, px]) if 0 < py < h - 1 else 0.0
             pts[b, c, 0] = (px + dx) * stride + (stride - 1) / 2
             pts[b, c, 1] = (py + dy) * stride + (stride - 1) / 2
+    return pts, scores.astype(np.float32)
+
+
+def dark_log_heatmaps(hm: np.ndarray, sigma: float) -> np.ndarray:
+    """DARK's pre-processing (Zhang et al., CVPR 2020): each channel smoothed by a Gaussian of the training
+    ``sigma`` (zero-padded, kernel 2 ceil(3 sigma) + 1), rescaled to its original maximum, log of it
+    (floored at 1e-10). float64, (N, K, H, W)."""
+    n, k, h, w = hm.shape
+    radius = int(math.ceil(3 * sigma))
+    size = 2 * radius + 1
+    out = np.empty((n, k, h, w), np.float64)
+    for b in range(n):
+        for c in range(k):
+            channel = hm[b, c].astype(np.float64)
+            padded = np.zeros((h + 2 * radius, w + 2 * radius), np.float64)
+            padded[radius:radius + h, radius:radius + w] = channel
+            smooth = cv2.GaussianBlur(padded, (size, size), sigma)[radius:radius + h, radius:radius + w]
+            top = smooth.max()
+            if top > 0:
+                smooth = smooth * (channel.max() / top)
+            out[b, c] = np.log(np.maximum(smooth, 1e-10))
+    return out
+
+
+def _taylor(lg: np.ndarray, px: int, py: int) -> tuple[float, float]:
+    """The second-order Taylor step of a log-heatmap at its integer maximum (DARK): -H^-1 g, from central
+    differences (the second ones over two pixels); no step within 2 pixels of a border, where the
+    Hessian is not negative definite or where the step would leave the pixel's neighbourhood."""
+    h, w = lg.shape
+    if not (1 < px < w - 2 and 1 < py < h - 2):
+        return 0.0, 0.0
+    dx = 0.5 * (lg[py, px + 1] - lg[py, px - 1])
+    dy = 0.5 * (lg[py + 1, px] - lg[py - 1, px])
+    dxx = 0.25 * (lg[py, px + 2] - 2 * lg[py, px] + lg[py, px - 2])
+    dxy = 0.25 * (lg[py + 1, px + 1] - lg[py - 1, px + 1] - lg[py + 1, px - 1] + lg[py - 1, px - 1])
+    dyy = 0.25 * (lg[py + 2, px] - 2 * lg[py, px] + lg[py - 2, px])
+    det = dxx * dyy - dxy * dxy
+    if not (det > 0 and dxx < 0):  # a maximum has a negative definite Hessian
+        return 0.0, 0.0
+    ox = -(dyy * dx - dxy * dy) / det
+    oy = -(dxx * dy - dxy * dx) / det
+    if not (abs(ox) <= 1.5 and abs(oy) <= 1.5):
+        return 0.0, 0.0
+    return ox, oy
+
+
+def decode_dark_numpy(hm: np.ndarray, stride: int, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    n, k, h, w = hm.shape
+    lg = dark_log_heatmaps(hm, sigma)
+    flat = hm.reshape(n, k, -1)
+    idx = flat.argmax(-1)
+    scores = np.take_along_axis(flat, idx[..., None], -1)[..., 0]
+    pts = np.zeros((n, k, 2), np.float32)
+    for b in range(n):
+        for c in range(k):
+            py, px = divmod(int(idx[b, c]), w)
+            ox, oy = _taylor(lg[b, c], px, py)
+            pts[b, c, 0] = (px + ox) * stride + (stride - 1) / 2
+            pts[b, c, 1] = (py + oy) * stride + (stride - 1) / 2
     return pts, scores.astype(np.float32)
 
 

@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 
 from .codec import HeatmapCodec
-from .records import DataError, RecordFile
+from .records import DataError, RecordFile, pose_degrees
 from .schemes import get_scheme
 from .transforms import AugmentConfig, apply, box_crop, draw_train_crop, flip_horizontal, photometric, similarity, warp
 
@@ -114,6 +114,7 @@ class ProcessedSample:
     index: int
     source_landmarks: np.ndarray  # K x D float32 in the stored image's pixels
     source: str  # the record's source name
+    yaw: float | None = None  # the head's yaw in degrees, where the record carries its pose
 
 
 def process_sample(records: RecordSet, index: int, cfg: SampleConfig, *, train: bool, seed: int = 0,
@@ -150,7 +151,8 @@ def process_sample(records: RecordSet, index: int, cfg: SampleConfig, *, train: 
             M = np.array([[-1, 0, size - 1], [0, 1, 0]], np.float64) @ np.vstack([M, [0, 0, 1]])
         crop = photometric(rng, crop, aug)
     source = s.meta.get("source", f"{s.meta.get('file')}[{s.meta.get('index')}]")
-    return ProcessedSample(crop, pts, M, fallback, index, lm, source)
+    pose = pose_degrees(s.meta)
+    return ProcessedSample(crop, pts, M, fallback, index, lm, source, pose["yaw"] if pose else None)
 
 
 # --- worker processes -----------------------------------------------------------------------------

@@ -63,6 +63,23 @@ class Sample:
     meta: dict = field(default_factory=dict)
 
 
+def pose_degrees(meta: dict) -> dict | None:
+    """A record's head pose in degrees, {"yaw", "pitch", "roll"}, where it carries one: ``pose_deg``
+    (written by facealign-pack), or older records' ``pose_para`` (AFLW2000's radians: pitch, yaw,
+    roll, ...) and ``pose`` (procedural faces: yaw, pitch, roll in degrees)."""
+    import math
+
+    if isinstance(meta.get("pose_deg"), dict):
+        return {k: float(meta["pose_deg"][k]) for k in ("yaw", "pitch", "roll")}
+    para = meta.get("pose_para")
+    if isinstance(para, list) and len(para) >= 3:
+        return {"pitch": math.degrees(para[0]), "yaw": math.degrees(para[1]), "roll": math.degrees(para[2])}
+    pose = meta.get("pose")
+    if isinstance(pose, list) and len(pose) == 3:
+        return {"yaw": float(pose[0]), "pitch": float(pose[1]), "roll": float(pose[2])}
+    return None
+
+
 def record_paths(path: str | os.PathLike) -> tuple[Path, Path]:
     """(``.rec``, ``.idx``) for a path given with either suffix or as the bare prefix."""
     p = Path(path)
