@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export FACEALIGN_VENV := $(abspath $(VENV))
 
-.PHONY: setup demo test bench bench-models bench-data bench-train bench-infer bench-precision clean
+.PHONY: setup demo test bench bench-models bench-data bench-train bench-infer bench-precision bench-recipe clean
 
 setup:
 	bash install.sh
@@ -15,7 +15,7 @@ demo: setup
 test: setup
 	$(PY) -m pytest tests
 
-bench: bench-models bench-data bench-train bench-infer bench-precision
+bench: bench-models bench-data bench-train bench-infer bench-precision bench-recipe
 
 bench-models: setup
 	$(PY) bench/models.py --out bench/results/models.json
@@ -34,3 +34,6 @@ bench-infer: setup
 
 bench-precision: setup
 	$(PY) bench/precision.py --out bench/results/precision.json
+
+bench-recipe: setup
+	$(PY) bench/recipe.py --out bench/results/recipe.json

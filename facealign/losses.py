@@ -12,10 +12,10 @@ reference); the losses that need [0, 1] targets divide by it.
   awing  Adaptive Wing (Wang, Bo and Fuxin, ICCV 2019) with its weighted loss map: pixels where
          the target, grey-dilated over 3 x 3, exceeds 0.2 weigh W + 1, the others 1.
   star   STAR (Zhou et al., CVPR 2023) added to a heatmap term (awing by default, as the paper):
-         each predicted heatmap as a distribution (spatial softmax) gives a soft-argmax mean and a
+         each predicted heatmap normalised to a distribution gives a soft-argmax mean and a
          covariance; the error to the true point (the mean of the target heatmap) is decomposed along
-         the covariance's principal axes and each component divided by the square root of its
-         eigenvalue (smooth L1 of the result), plus ``omega`` x the eigenvalues' sum.
+         the covariance's principal axes, each component smooth-L1'd and divided by the square root
+         of its eigenvalue, plus ``omega`` x the eigenvalues' sum.
 """
 from __future__ import annotations
 
@@ -86,11 +86,15 @@ def _log(x: float) -> float:
 
 
 def star(F, pred, target, weight=None, *, height: int, width: int, omega: float = 1.0, eps: float = 1e-5):
-    """The STAR term: (smooth L1 of the error along each principal axis / sqrt(eigenvalue)), averaged
-    over both axes and the landmarks with a target, + omega x mean(sum of eigenvalues). Coordinates in
-    [-1, 1] over the heatmap. ``weight`` is unused (the term is per landmark)."""
-    n = height * width
-    prob = F.softmax(F.reshape(pred, shape=(0, 0, -1)), axis=-1)  # (B, K, H W)
+    """The STAR term as its paper's code computes it, per landmark, averaged over the landmarks with a
+    target: each predicted heatmap, its negative part cut, divided by its sum (clamped at 1e-6) is a
+    distribution; its mean is the soft-argmax and its unbiased covariance gives the principal axes. The
+    error to the true point (the mean of the target heatmap), projected on each axis, is smooth-L1'd and
+    divided by sqrt(eigenvalue + eps), summed over both axes; plus ``omega`` x (|eigenvalue 1| +
+    |eigenvalue 2|). Coordinates in [-1, 1] over the heatmap. ``weight`` is unused (the term is per
+    landmark)."""
+    flat = F.relu(F.reshape(pred, shape=(0, 0, -1)))  # (B, K, H W)
+    prob = F.broadcast_div(flat, F.expand_dims(F.maximum(F.sum(flat, axis=-1), 1e-6), axis=-1))
     tgt = F.reshape(F.stop_gradient(F.relu(target)), shape=(0, 0, -1))
     total = F.sum(tgt, axis=-1)  # (B, K)
     has = F.stop_gradient(total > 0)  # landmarks inside the heatmap
@@ -107,31 +111,31 @@ def star(F, pred, target, weight=None, *, height: int, width: int, omega: float 
     gy = F.sum(F.broadcast_mul(tgt, ys), axis=-1)
     dx = F.broadcast_sub(xs, F.expand_dims(mx_, axis=-1))
     dy = F.broadcast_sub(ys, F.expand_dims(my, axis=-1))
-    v2 = F.sum(F.square(prob), axis=-1)  # the unbiased weighted covariance's V2 (V1 = 1)
-    norm = 1 - v2 + eps
+    norm = 1 - F.sum(F.square(prob), axis=-1) + eps  # the unbiased weighted covariance's 1 - V2 (V1 = 1)
     a = F.sum(prob * dx * dx, axis=-1) / norm
     b = F.sum(prob * dx * dy, axis=-1) / norm
     c = F.sum(prob * dy * dy, axis=-1) / norm
+    # the symmetric 2 x 2 eigenproblem in closed form (the paper takes an SVD)
     half = (a + c) / 2
     spread = F.sqrt(F.square((a - c) / 2) + F.square(b) + 1e-12)
-    lam1, lam2 = half + spread, half - spread
+    lam1, lam2 = half + spread, F.relu(half - spread)  # rounding can take the minor one below 0
     # the squared error along the first principal axis, from the double angle (no eigenvector signs):
     # (e . u1)^2 = ex^2 (1 + cos 2t) / 2 + ex ey sin 2t + ey^2 (1 - cos 2t) / 2
     cos2, sin2 = (a - c) / 2 / spread, b / spread
     ex, ey = gx - mx_, gy - my
-    q1 = F.square(ex) * (1 + cos2) / 2 + ex * ey * sin2 + F.square(ey) * (1 - cos2) / 2
+    q1 = F.relu(F.square(ex) * (1 + cos2) / 2 + ex * ey * sin2 + F.square(ey) * (1 - cos2) / 2)
     q2 = F.relu(F.square(ex) + F.square(ey) - q1)
-    s1 = F.sqrt(q1 / (lam1 + eps) + 1e-12)
-    s2 = F.sqrt(q2 / (lam2 + eps) + 1e-12)
-    trans = (_smooth_l1(F, s1) + _smooth_l1(F, s2)) / 2
+    trans = _smooth_l1_of_square(F, q1) / F.sqrt(lam1 + eps) + _smooth_l1_of_square(F, q2) / F.sqrt(lam2 + eps)
     eigen = F.abs(lam1) + F.abs(lam2)
     count = F.maximum(F.sum(has), 1)
-    return F.sum(trans * has) / count + omega * F.sum(eigen * has) / count
+    return F.sum((trans + omega * eigen) * has) / count
 
 
-def _smooth_l1(F, x):
-    """Smooth L1 of a non-negative x (threshold 1): x^2 / 2 below 1, x - 1/2 above."""
-    return F.where(x < 1, 0.5 * F.square(x), x - 0.5)
+def _smooth_l1_of_square(F, q):
+    """Smooth L1 (threshold 1) of |x|, given q = x^2 >= 0: q / 2 below 1, |x| - 1/2 above. The linear
+    branch takes sqrt(max(q, 1)): a where() still differentiates the branch it drops, and sqrt's
+    gradient at 0 would make 0 x inf there."""
+    return F.where(q < 1, 0.5 * q, F.sqrt(F.maximum(q, 1)) - 0.5)
 
 
 def stack_loss(F, pred, target, settings: LossSettings):
