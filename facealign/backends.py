@@ -10,10 +10,19 @@ import numpy as np
 
 
 def mx_context(gpu: int | None):
-    """``mx.gpu(gpu)``, or the CPU for None or a negative index."""
+    """``mx.gpu(gpu)``, probed (facealign.gpu_probe: raises GPUProbeFailed naming the GPU, the build and
+    the route when it cannot run this MXNet), or the CPU for None or a negative index."""
     import mxnet as mx
 
-    return mx.cpu() if gpu is None or gpu < 0 else mx.gpu(gpu)
+    from facealign import gpu_probe
+
+    if gpu is None or gpu < 0:
+        return mx.cpu()
+    ctx = mx.gpu(gpu)
+    failure = gpu_probe.check(ctx)
+    if failure is not None:
+        raise failure
+    return ctx
 
 
 class MXNetBackend:

@@ -20,6 +20,7 @@ from facealign.data.loader import SampleConfig
 from facealign.data.schemes import LandmarkScheme, get_scheme, scheme_for
 from facealign.data.transforms import AugmentConfig, crop_framing
 from facealign.losses import LossSettings
+from facealign.loss_scaling import DynamicLossScale
 from facealign.models.specs import ModelSpec, ModelSpecError, get_model_spec
 from facealign.scoring import Protocol
 
@@ -72,6 +73,14 @@ def loss_settings(spec: JobSpec) -> LossSettings:
     fields = {f.name for f in dataclasses.fields(LossSettings)} - {"peak", "heatmap_size"}
     return LossSettings(peak=spec.data.peak, heatmap_size=spec.data.heatmap_size,
                         **{name: getattr(spec.loss, name) for name in fields})
+
+
+def loss_scale(spec: JobSpec) -> DynamicLossScale | None:
+    """``optim.loss_scaling``: a dynamic loss scale (auto: with float16 AMP), or None."""
+    o = spec.optim
+    if o.loss_scaling == "off" or (o.loss_scaling == "auto" and o.amp != "float16"):
+        return None
+    return DynamicLossScale(value=o.loss_scale_init, window=o.loss_scale_window)
 
 
 def model_info(spec: JobSpec) -> ModelInfo:

@@ -140,6 +140,10 @@ class OptimSpec:
     fp16_allreduce: bool = _f(False, "compress gradients to float16 for the allreduce")
     amp: str = _f("off", "mixed precision through MXNet AMP: off, float16 (GPU) or bfloat16 (CPU)",
                   choices=("off", "float16", "bfloat16"))
+    loss_scaling: str = _f("auto", "dynamic loss scaling, its skip decision agreed by all ranks: auto (with "
+                                   "float16 AMP), dynamic (always) or off", choices=("auto", "dynamic", "off"))
+    loss_scale_init: float = _f(65536.0, "initial loss scale (halved on each overflow)", ge=1)
+    loss_scale_window: int = _f(2000, "clean steps before the loss scale doubles", ge=1)
 
 
 @dataclass(frozen=True)

@@ -352,6 +352,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from facealign import artifact
     from facealign.data.records import DataError
+    from facealign.gpu_probe import GPUProbeFailed
     from facealign.scoring import ScoringError
 
     from facealign import cpu_isa
@@ -373,7 +374,7 @@ def main(argv=None) -> int:
             reports.append(evaluate_model(source, backend, args, sets, margins, out, device))
         if several:
             write_comparison(reports, Path(args.out or "eval/compare"))
-    except (artifact.ArtifactError, DataError, ScoringError, UsageError, FileNotFoundError) as e:
+    except (artifact.ArtifactError, GPUProbeFailed, DataError, ScoringError, UsageError, FileNotFoundError) as e:
         print(f"facealign-eval: {e}", file=sys.stderr)
         return 2
     return 0

@@ -254,6 +254,7 @@ def run_video(predictor, path: Path, args, boxes, out: Path) -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from facealign.artifact import ArtifactError
+    from facealign.gpu_probe import GPUProbeFailed
     from facealign.detect import load_boxes, make_detector
     from facealign.inference import Predictor
 
@@ -276,7 +277,7 @@ def main(argv=None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         results, skipped = run_images(predictor, images, args, boxes, out)
         videos_done = {str(v): run_video(predictor, v, args, boxes, out) for v in videos}
-    except (ArtifactError, FileNotFoundError, ValueError) as e:
+    except (ArtifactError, GPUProbeFailed, FileNotFoundError, ValueError) as e:
         print(f"facealign-infer: {e}", file=sys.stderr)
         return 2
     (out / "predictions.json").write_text(json.dumps({"model": str(args.model), "images": results,

@@ -12,7 +12,8 @@ Slurm templates requeue on it); 1 a run-time failure (a non-finite loss, which
 names the step and leaves the last good checkpoint intact; bad records); 2 a job
 that cannot start (a bad spec or missing record files, a run directory holding
 another model's checkpoints or locked by another trainer, a ``model.pretrained``
-that is no model). Each is one line on stderr.
+that is no model, a GPU this MXNet cannot run: facealign.gpu_probe). Each is one
+line on stderr.
 """
 from __future__ import annotations
 
@@ -27,11 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
-from facealign import components
+from facealign import components, gpu_probe
 from facealign.artifact import ArtifactError
 from facealign.checkpoint import CHECKPOINTS_DIR, CheckpointError, CheckpointManager, CheckpointWriteError
 from facealign.config import EXIT_FILE, JOB_FILE, JobSpec, SpecError, dump_job, spec_hash
 from facealign.data.records import DataError
+from facealign.gpu_probe import GPUProbeFailed
 from facealign.run_lock import RunLock, RunLocked
 
 EXIT_OK, EXIT_ERROR, EXIT_SPEC, EXIT_REQUEUE = 0, 1, 2, 75
@@ -90,9 +92,17 @@ def _fmt_time(s: float) -> str:
     return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
+def _probe(ctx) -> str | None:
+    """This rank's GPU probe (facealign.gpu_probe), as a message or None."""
+    import socket
+
+    failure = gpu_probe.check(ctx, socket.gethostname())
+    return str(failure) if failure else None
+
+
 def exit_code_for(error: BaseException) -> int:
     """The documented exit status of an error that stops the trainer."""
-    if isinstance(error, (SpecError, CheckpointError, ArtifactError, RunLocked)):
+    if isinstance(error, (SpecError, CheckpointError, ArtifactError, RunLocked, GPUProbeFailed)):
         return EXIT_SPEC
     return EXIT_ERROR
 
@@ -102,7 +112,8 @@ def main(argv=None) -> int:
     try:
         spec = components.load(args.job, args.set, check_files=True)
         return train(spec, Path(args.run_dir or Path(spec.run.out_root) / spec.run.name))
-    except (SpecError, CheckpointError, ArtifactError, RunLocked, NonFiniteLoss, DataError, CheckpointWriteError) as e:
+    except (SpecError, CheckpointError, ArtifactError, RunLocked, NonFiniteLoss, DataError, CheckpointWriteError,
+            GPUProbeFailed) as e:
         print(f"facealign.train: {e}", file=sys.stderr, flush=True)
         code = exit_code_for(e)
         if os.environ.get("FACEALIGN_EXIT_FILE") and os.environ.get("HOROVOD_RANK", "0") == "0" \
@@ -126,7 +137,7 @@ def train(spec: JobSpec, run_dir: Path, on_finish=None) -> int:
         except BaseException as e:
             code = 130 if isinstance(e, KeyboardInterrupt) else exit_code_for(e)
             known = isinstance(e, (SpecError, CheckpointError, ArtifactError, RunLocked, NonFiniteLoss, DataError,
-                                   CheckpointWriteError))
+                                   CheckpointWriteError, GPUProbeFailed))
             _record_exit(holder, run_dir, code, str(e) if known else f"{type(e).__name__}: {e}")
             raise
         _record_exit(holder, run_dir, code, reason)
@@ -186,6 +197,11 @@ def _train(spec: JobSpec, run_dir: Path, on_finish, closing: contextlib.ExitStac
     log = Log(run_dir, world.is_primary)
     closing.callback(log.close)
     ctx = dist.device(world, spec.resources.gpus_per_node)
+    # every rank probes its GPU before anything is built; all stop together if any cannot run MXNet
+    failures = [f for f in dist.allgather_object(_probe(ctx), "facealign.gpu_probe") if f]
+    if failures:
+        log(f"the GPU probe failed on {len(failures)} of {world.size} rank(s): {failures[0]}")
+        raise GPUProbeFailed(failures[0])
     threads = os.environ.get("OMP_NUM_THREADS", "default")
     log(f"rank 0 of {world.size} on {ctx}; run directory {run_dir}; OMP_NUM_THREADS={threads}; "
         f"SLURM_RESTART_COUNT={os.environ.get('SLURM_RESTART_COUNT', '0')}; {cpu_isa.cpu_model()}, {isa.describe()}")
@@ -222,8 +238,9 @@ def _train(spec: JobSpec, run_dir: Path, on_finish, closing: contextlib.ExitStac
             if p.grad_req != "null":
                 p.grad_req = "add"
     trainer = make_trainer(net, spec)
-    if spec.optim.amp == "float16":
-        amp.init_trainer(trainer)  # dynamic loss scaling; bfloat16 has float32's range and needs none
+    # dynamic loss scaling (with float16 AMP by default), decided collectively below rather than by
+    # amp.init_trainer's per-rank check; bfloat16 has float32's range and needs none
+    scaler = components.loss_scale(spec)
 
     # --- resume ------------------------------------------------------------------------------------
     metric = spec.metric_name()
@@ -251,6 +268,8 @@ def _train(spec: JobSpec, run_dir: Path, on_finish, closing: contextlib.ExitStac
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         last_metrics = state.get("metrics", {})
         skipped = state.get("data_skipped", skipped)
+        if scaler is not None:
+            scaler.load(state.get("loss_scale"))
         found = candidate
         log(f"resumed from {found}: step {step}, epoch {epoch}, batch {batch_in_epoch} of the epoch")
         break
@@ -288,6 +307,7 @@ def _train(spec: JobSpec, run_dir: Path, on_finish, closing: contextlib.ExitStac
                 "validation": validation, "spec_hash": spec_hash(spec), "metrics": metrics,
                 "data_skipped": skipped_record(),
                 "lr": lr_at(max(step - 1, 0), spec, steps_per_epoch, world.size),
+                "loss_scale": scaler.state() if scaler is not None else None,
                 "versions": {"mxnet": mx.__version__}}
 
     def skipped_record():
@@ -318,7 +338,8 @@ def _train(spec: JobSpec, run_dir: Path, on_finish, closing: contextlib.ExitStac
     log(f"{spec.model.name} ({model_spec.num_stacks} stacks, {d.num_points} points, {d.input_size}->"
         f"{d.heatmap_size}); {len(loader.records)} training faces"
         f"{f' ({dropped} left out of each epoch: not a whole step)' if dropped else ''}, {steps_per_epoch} steps/epoch, "
-        f"batch {d.batch_size} x {world.size} rank(s) x {accumulation}; training to step {last_step}")
+        f"batch {d.batch_size} x {world.size} rank(s) x {accumulation}; training to step {last_step}"
+        + (f"; dynamic loss scale {scaler.value:g} (skips agreed by all ranks)" if scaler is not None else ""))
     if step == 0 and validator.sets:
         metrics, images = validate()
         log("before training: " + ", ".join(f"{k} {v * 100:.2f}%" for k, v in metrics.items()))
@@ -338,11 +359,9 @@ def _train(spec: JobSpec, run_dir: Path, on_finish, closing: contextlib.ExitStac
             with autograd.record():  # the loss in float32 whatever the network computed in
                 loss, stack_losses = stacked_loss(net(data), target, settings=loss_settings,
                                                   stack_weights=spec.loss.stack_weights)
-            if spec.optim.amp == "float16":
-                with amp.scale_loss(loss, trainer) as scaled:
-                    autograd.backward(scaled)
-            else:
-                loss.backward()
+                if scaler is not None:
+                    loss = loss * scaler.value
+            autograd.backward(loss)
             window["wait"] += batch.wait_s
             window["images"] += len(batch.indices)
             for file, index, why in batch.skips:  # this rank's, as they happen
@@ -353,16 +372,21 @@ def _train(spec: JobSpec, run_dir: Path, on_finish, closing: contextlib.ExitStac
                 continue
             # The vote, before the update: every rank learns at the same step whether any rank was
             # signalled, saw a non-finite loss or gradient, or skipped records (one rank raising alone
-            # would leave the others waiting in an allreduce).
+            # would leave the others waiting in an allreduce). Under loss scaling a non-finite loss or
+            # gradient on any rank is an overflow: every rank skips this update and scales down.
             values = np.array([l.asscalar() for l in stack_losses])
-            bad_grads = count_nonfinite(p.grad(ctx) for p in trainable) if spec.optim.amp != "float16" else 0
+            bad_grads = count_nonfinite(p.grad(ctx) for p in trainable)
             signalled, nonfinite, nonfinite_grads, skips_now = dist.allreduce(
                 [1.0 if stop.signal else 0.0, 0.0 if np.isfinite(values).all() else 1.0, float(bad_grads),
                  float(pending_skips)])
             pending_skips = 0
-            if nonfinite:
+            overflow = scaler is not None and bool(nonfinite or nonfinite_grads)
+            if overflow and scaler.at_minimum:
+                raise diverged("non-finite loss or gradients at the smallest loss scale",
+                               f"scale {scaler.value:g}, {int(nonfinite_grads)} gradient arrays over the ranks")
+            if nonfinite and not overflow:
                 raise diverged("non-finite loss", f"rank 0's stack losses {values.tolist()}")
-            if nonfinite_grads:
+            if nonfinite_grads and not overflow:
                 raise diverged("non-finite gradients", f"{int(nonfinite_grads)} arrays over the ranks")
             skipped_total += int(skips_now)
             drawn = (step + 1) * d.batch_size * world.size * accumulation
@@ -376,18 +400,28 @@ def _train(spec: JobSpec, run_dir: Path, on_finish, closing: contextlib.ExitStac
                 raise DataError(message)
             stopping = signalled > 0
             trainer.set_learning_rate(lr_at(step, spec, steps_per_epoch, world.size))
-            trainer.step(accumulation)  # the loss is a mean already: average over the micro-batches only
-            if accumulation > 1:
+            if overflow:  # on every rank alike: no allreduce, no update, the batch counts as seen
                 net.collect_params().zero_grad()
+                log(f"overflow at step {step + 1} ({int(nonfinite_grads)} non-finite gradient arrays over the "
+                    f"ranks): update skipped on every rank; loss scale {scaler.value:g} -> "
+                    f"{max(scaler.value / scaler.factor, scaler.min_value):g}")
+            else:
+                # the loss is a mean already: average over the micro-batches only (and divide the scale out)
+                trainer.step(accumulation * (scaler.value if scaler is not None else 1))
+                if accumulation > 1:
+                    net.collect_params().zero_grad()
+            if scaler is not None:
+                scaler.update(overflow)
             step += 1
             batch_in_epoch += 1
-            window["loss"] = values if window["loss"] is None else window["loss"] + values
-            window["n"] += 1
+            if not overflow:
+                window["loss"] = values if window["loss"] is None else window["loss"] + values
+                window["n"] += 1
             end_of_epoch = batch_in_epoch == steps_per_epoch
             if step % spec.logging.every_steps == 0 or step == last_step or stopping:
                 elapsed = time.perf_counter() - window["t"]
                 ips = window["images"] * world.size / max(elapsed, 1e-9)
-                mean_loss = window["loss"] / window["n"]
+                mean_loss = window["loss"] / window["n"] if window["n"] else np.full(len(values), np.nan)
                 lr = lr_at(step - 1, spec, steps_per_epoch, world.size)
                 eta = (time.perf_counter() - start_time) / max(step - start_step, 1) * (last_step - step)
                 log(f"step {step}/{last_step} epoch {epoch} [{batch_in_epoch}/{steps_per_epoch}] loss "
@@ -401,6 +435,8 @@ def _train(spec: JobSpec, run_dir: Path, on_finish, closing: contextlib.ExitStac
                     writer.add_scalar("perf/images_per_s", ips, step)
                     writer.add_scalar("perf/data_wait", window["wait"] / max(elapsed, 1e-9), step)
                     writer.add_scalar("data/skipped", skipped_total, step)
+                    if scaler is not None:
+                        writer.add_scalar("train/loss_scale", scaler.value, step)
                 window = {"t": time.perf_counter(), "wait": 0.0, "images": 0, "loss": None, "n": 0}
             metrics = None
             if validator.sets and (step % eval_every == 0 or step == last_step):

@@ -87,3 +87,18 @@ def test_ced_auc_and_failure_rate_by_hand():
     assert auc == pytest.approx((0.03 / 3 + 0.05 * 2 / 3) / 0.1, abs=1e-3)
     assert failure == pytest.approx(1 / 3)
     assert auc_and_failure([0.0, 0.0], 0.1) == pytest.approx((1.0, 0.0), abs=1e-3)
+
+
+def test_dynamic_loss_scale_halves_on_overflow_and_grows_after_a_clean_window():
+    from facealign.loss_scaling import DynamicLossScale
+
+    s = DynamicLossScale(value=8.0, window=3, min_value=2.0, max_value=16.0)
+    seen = []
+    for overflow in [False, False, True, False, False, False, False, False, False, True, True, True]:
+        s.update(overflow)
+        seen.append((s.value, s.clean))
+    assert seen == [(8, 1), (8, 2), (4, 0), (4, 1), (4, 2), (8, 0), (8, 1), (8, 2), (16, 0), (8, 0), (4, 0), (2, 0)]
+    assert s.at_minimum and s.skipped == 4
+    again = DynamicLossScale()
+    again.load(s.state())
+    assert (again.value, again.clean, again.skipped) == (2.0, 0, 4)

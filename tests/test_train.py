@@ -246,3 +246,55 @@ def test_the_loader_writer_and_log_are_closed_on_an_error(tiny_job, tmp_path):
     assert (tmp_path / "run" / "log.txt").resolve() not in open_files
     assert not [f for f in open_files if str(f).startswith(str((tmp_path / "run" / "tb").resolve()))]
     assert "step 1/50" in (tmp_path / "run" / "log.txt").read_text()  # it did train before stopping
+
+
+# --- dynamic loss scaling: the skip decision is collective ----------------------------------------------
+
+def _trainable(params):
+    return {k: v for k, v in params.items() if not k.endswith(("running_mean", "running_var"))}
+
+
+def _state(run_dir):
+    ckpt = CheckpointManager(run_dir / "checkpoints", writer=False)
+    return json.loads((ckpt.latest_valid() / "state.json").read_text())
+
+
+def _run_env(job, run_dir, probe_dir, env, *sets, timeout=300):
+    proc = subprocess.Popen(_cmd(job, run_dir, probe_dir, *sets), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, **ENV, **env}, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        _stop(proc)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@pytest.mark.parametrize("accumulation, call, extra", [(1, 3, []), (2, 5, ["optim.amp=bfloat16"])],
+                         ids=["plain", "accumulation-amp"])
+def test_an_overflow_on_one_rank_skips_that_update_on_every_rank(tiny_job, tmp_path, accumulation, call, extra):
+    """+inf in one gradient of rank 1 alone at step 3 (as a float16 overflow there would leave it): both
+    ranks skip the same update and halve the scale, stay bitwise identical, and the weights after step 3
+    are those after step 2 of the same run without the overflow. The scale resumes from the checkpoint."""
+    sets = ["optim.loss_scaling=dynamic", f"optim.grad_accumulation={accumulation}", *extra]
+    run_dir = tmp_path / "run"
+    proc = _run_env(tiny_job, run_dir, tmp_path / "p", {"FACEALIGN_PROBE_INF_GRAD": f"1:{call}"}, *sets,
+                    "schedule.max_steps=3")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "+inf gradient after backward call" in proc.stderr
+    final0, final1 = _params(tmp_path / "p" / "rank0.params"), _params(tmp_path / "p" / "rank1.params")
+    _assert_same(_trainable(final0), _trainable(final1))
+    log = (run_dir / "log.txt").read_text()
+    assert "dynamic loss scale 65536 (skips agreed by all ranks)" in log
+    assert "overflow at step 3 (1 non-finite gradient arrays over the ranks): update skipped on every rank; " \
+           "loss scale 65536 -> 32768" in log
+    assert log.count("overflow at step") == 1
+    assert _state(run_dir)["loss_scale"] == {"value": 32768.0, "clean": 0, "skipped": 1}
+    assert [v for _, v in scalars(run_dir / "tb")["train/loss_scale"]] == [65536.0, 65536.0, 32768.0]
+
+    clean = _run(tiny_job, tmp_path / "clean", tmp_path / "pc", *sets, "schedule.max_steps=2")
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    _assert_same(_trainable(final0), _trainable(_params(tmp_path / "pc" / "rank0.params")))
+
+    resumed = _run(tiny_job, run_dir, tmp_path / "p2", *sets, "schedule.max_steps=5")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _state(run_dir)["loss_scale"] == {"value": 32768.0, "clean": 2, "skipped": 1}

@@ -6,6 +6,9 @@ Every write-mode open, mkdir, rename/replace, remove and rmtree under the run
 directory is recorded by an audit hook (all of the checkpoint manager's writes
 pass through these), and each rank's final parameters are saved to
 PROBE_DIR/rank<r>.params with a JSON report of its writes and exit code.
+
+``FACEALIGN_PROBE_INF_GRAD=RANK:CALL``: after backward call number CALL (1-based) on rank RANK, one
+gradient array of the network is set to +inf, as a float16 overflow on that rank alone would leave it.
 """
 import json
 import os
@@ -14,6 +17,35 @@ from pathlib import Path
 
 from facealign.config import load_job
 from facealign.train import NonFiniteLoss, parse_args, train
+
+
+def inject_inf_gradient(rank: int) -> None:
+    spec = os.environ.get("FACEALIGN_PROBE_INF_GRAD")
+    if not spec:
+        return
+    target_rank, call = (int(x) for x in spec.split(":"))
+    if rank != target_rank:
+        return
+    import mxnet as mx
+
+    import facealign.models as models
+
+    nets, calls = [], [0]
+    initialize, backward = models.initialize, mx.autograd.backward
+
+    def capture(net, *a, **kw):
+        nets.append(net)
+        return initialize(net, *a, **kw)
+
+    def backward_then_poison(*a, **kw):
+        backward(*a, **kw)
+        calls[0] += 1
+        if calls[0] == call:
+            grad = next(p for p in nets[0].collect_params().values() if p.grad_req != "null").list_grad()[0]
+            grad[:] = float("inf")
+            print(f"train_probe: rank {rank}: +inf gradient after backward call {call}", file=sys.stderr, flush=True)
+
+    models.initialize, mx.autograd.backward = capture, backward_then_poison
 
 
 def main() -> int:
@@ -37,6 +69,7 @@ def main() -> int:
             writes.append(f"{event} {hook_args[0]}")
 
     sys.addaudithook(audit)
+    inject_inf_gradient(rank)
 
     def on_finish(net, world):
         net.save_parameters(str(probe_dir / f"rank{world.rank}.params"))
