@@ -4,7 +4,9 @@
 #
 #   FACEALIGN_VENV    where the virtualenv goes (default: .venv beside this file;
 #                     set to "system" to install into the current interpreter, as docker/ does)
-#   FACEALIGN_MXNET   the MXNet wheel: mxnet (CPU, default) or mxnet-cu112 (GPU)
+#   FACEALIGN_MXNET   the MXNet wheel: mxnet (CPU, default) or mxnet-cu112 (GPU); or "preinstalled":
+#                     use the interpreter's own MXNet 1.9.1 and Horovod 0.28 (NVIDIA's MXNet container,
+#                     docker/Dockerfile.ngc), checked, never pip-installed over, and install only the rest
 #   FACEALIGN_PYTHON  the interpreter that creates the venv (default: python3)
 #   FACEALIGN_SETUP_PLAN=1  print the build decisions (wheel, Horovod's MPI / NCCL / Gloo) and exit:
 #                     how tests check the GPU branch on machines without CUDA
@@ -23,8 +25,8 @@ PYTHON="${FACEALIGN_PYTHON:-python3}"
 VENV="${FACEALIGN_VENV:-$here/.venv}"
 
 case "$MXNET_DIST" in
-  mxnet|mxnet-cu112|mxnet-cu110|mxnet-cu102|mxnet-cu117) ;;
-  *) echo "install.sh: FACEALIGN_MXNET=$MXNET_DIST is not one of mxnet, mxnet-cu112 (or cu102/cu110/cu117)" >&2; exit 2 ;;
+  mxnet|mxnet-cu112|mxnet-cu110|mxnet-cu102|mxnet-cu117|preinstalled) ;;
+  *) echo "install.sh: FACEALIGN_MXNET=$MXNET_DIST is not one of mxnet, mxnet-cu112 (or cu102/cu110/cu117), preinstalled" >&2; exit 2 ;;
 esac
 
 say() { printf '[setup] %s\n' "$*"; }
@@ -47,8 +49,15 @@ horovod_flags() {
 }
 
 if [ "${FACEALIGN_SETUP_PLAN:-0}" = 1 ]; then
-  echo "mxnet wheel: $MXNET_DIST==$MXNET_VERSION"
-  echo "horovod $HOROVOD_VERSION build flags: $(horovod_flags | tr '\n' ' ')"
+  if [ "$MXNET_DIST" = preinstalled ]; then
+    echo "mxnet: preinstalled, must be $MXNET_VERSION (never pip-installed over)"
+    echo "horovod: preinstalled, must be 0.28 with MXNet, and NCCL when MXNet has CUDA (horovodrun --check-build); not built"
+    echo "numpy: kept at the preinstalled version (a pip constraint)"
+  else
+    echo "mxnet wheel: $MXNET_DIST==$MXNET_VERSION"
+    echo "horovod $HOROVOD_VERSION build flags: $(horovod_flags | tr '\n' ' ')"
+  fi
+  echo "python: $VENV ($PYTHON)"
   exit 0
 fi
 
@@ -83,11 +92,37 @@ fi
 
 pip() { "$py" -m pip --disable-pip-version-check "$@"; }
 
+# --- a preinstalled MXNet and Horovod (NVIDIA's container): check them, pin them ---
+mxnet_req=("$MXNET_DIST==$MXNET_VERSION" "numpy<1.24")
+if [ "$MXNET_DIST" = preinstalled ]; then
+  found="$("$py" -c 'import mxnet, numpy; print(mxnet.__version__, numpy.__version__, int(mxnet.runtime.Features().is_enabled("CUDA")))' 2>&1)" || {
+    echo "install.sh: FACEALIGN_MXNET=preinstalled, but $py cannot import mxnet: $(echo "$found" | tail -1)" >&2; exit 2; }
+  read -r have_mxnet have_numpy have_cuda <<<"$(echo "$found" | tail -1)"
+  [ "$have_mxnet" = "$MXNET_VERSION" ] || {
+    echo "install.sh: FACEALIGN_MXNET=preinstalled, but $py has mxnet $have_mxnet; facealign needs $MXNET_VERSION" >&2; exit 2; }
+  have_horovod="$("$py" -c 'import horovod, horovod.mxnet; print(horovod.__version__)' 2>/dev/null)" || {
+    echo "install.sh: FACEALIGN_MXNET=preinstalled, but $py has no Horovod with MXNet support (import horovod.mxnet failed)" >&2; exit 2; }
+  case "$have_horovod" in 0.28.*) ;; *)
+    echo "install.sh: FACEALIGN_MXNET=preinstalled, but $py has horovod $have_horovod; facealign needs 0.28" >&2; exit 2 ;; esac
+  build="$("$py" -m horovod.runner.launch --check-build 2>&1 || true)"
+  echo "$build" | grep -q '\[X\] MXNet' || {
+    echo "install.sh: the preinstalled Horovod was built without MXNet (horovodrun --check-build)" >&2; exit 2; }
+  if [ "$have_cuda" = 1 ] && ! echo "$build" | grep -q '\[X\] NCCL'; then
+    echo "install.sh: the preinstalled MXNet has CUDA but its Horovod lacks NCCL (horovodrun --check-build)" >&2; exit 2
+  fi
+  say "using the preinstalled mxnet $have_mxnet (CUDA: $have_cuda) and horovod $have_horovod; numpy stays $have_numpy"
+  # nothing below may replace them: numpy is pinned, MXNet and Horovod are never named
+  constraints="$stamp_dir/.facealign-constraints.txt"
+  printf 'numpy==%s\n' "$have_numpy" > "$constraints"
+  export PIP_CONSTRAINT="$constraints"
+  mxnet_req=()
+fi
+
 # --- Python packages ---------------------------------------------------------
 # numpy<1.24: mxnet 1.9.1 uses np.bool, removed in 1.24 (apache/mxnet#21165).
-say "installing $MXNET_DIST==$MXNET_VERSION and the Python dependencies"
+say "installing ${mxnet_req[0]:-the Python dependencies beside the preinstalled MXNet}${mxnet_req[0]:+ and the Python dependencies}"
 pip install -q --upgrade "pip>=23" wheel "setuptools<70"
-pip install -q "$MXNET_DIST==$MXNET_VERSION" "numpy<1.24" \
+pip install -q ${mxnet_req[@]+"${mxnet_req[@]}"} \
   "opencv-python-headless<4.11" pyyaml tensorboardX tensorboard "scipy<1.12" "cython>=3" pytest psutil \
   tqdm "matplotlib<3.11" pillow \
   "onnx==1.14.1" dlib-bin coloredlogs flatbuffers sympy \
@@ -107,7 +142,9 @@ import horovod, horovod.mxnet as hvd  # the import itself fails without the MXNe
 assert horovod.__version__ == "0.28.1" and hvd.gloo_built()
 EOF
 }
-if horovod_ok; then
+if [ "$MXNET_DIST" = preinstalled ]; then
+  say "horovod: the preinstalled one (checked above)"
+elif horovod_ok; then
   say "horovod $HOROVOD_VERSION already built with MXNet and Gloo"
 else
   say "building horovod $HOROVOD_VERSION against $MXNET_DIST (about 3 minutes on 2 cores)"

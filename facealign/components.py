@@ -75,6 +75,30 @@ def loss_settings(spec: JobSpec) -> LossSettings:
                         **{name: getattr(spec.loss, name) for name in fields})
 
 
+RUNTIME_ENV = {"fusion_threshold_mb": "HOROVOD_FUSION_THRESHOLD", "cycle_time_ms": "HOROVOD_CYCLE_TIME",
+               "hierarchical_allreduce": "HOROVOD_HIERARCHICAL_ALLREDUCE", "cudnn_autotune": "MXNET_CUDNN_AUTOTUNE_DEFAULT"}
+
+
+def runtime_env(spec: JobSpec) -> dict:
+    """The environment the spec's ``resources`` knobs set (only those it sets): what facealign-launch and
+    launcher.slurm export before the ranks start, and what the trainer applies before Horovod starts."""
+    r, env = spec.resources, {}
+    if r.fusion_threshold_mb is not None:
+        env["HOROVOD_FUSION_THRESHOLD"] = str(r.fusion_threshold_mb * 1024 * 1024)
+    if r.cycle_time_ms is not None:
+        env["HOROVOD_CYCLE_TIME"] = f"{r.cycle_time_ms:g}"
+    if r.hierarchical_allreduce is not None:
+        env["HOROVOD_HIERARCHICAL_ALLREDUCE"] = "1" if r.hierarchical_allreduce else "0"
+    if r.cudnn_autotune is not None:
+        env["MXNET_CUDNN_AUTOTUNE_DEFAULT"] = str(r.cudnn_autotune)
+    return env
+
+
+def describe_runtime_env(environ) -> str:
+    """The knobs as this process has them, for the rank-0 start-up line."""
+    return ", ".join(f"{var}={environ.get(var, 'default')}" for var in RUNTIME_ENV.values())
+
+
 def loss_scale(spec: JobSpec) -> DynamicLossScale | None:
     """``optim.loss_scaling``: a dynamic loss scale (auto: with float16 AMP), or None."""
     o = spec.optim

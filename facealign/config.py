@@ -195,6 +195,17 @@ class ResourcesSpec:
     cpus_per_task: int = _f(1, "cores per rank (threads for MXNet and loader workers)", ge=1)
     time: str = _f("02:00:00", "Slurm time limit")
     partition: typing.Optional[str] = _f(None, "Slurm partition")
+    # what a GPU cluster tunes: set as environment variables by the launchers before any rank starts
+    # (facealign.components.runtime_env); None leaves Horovod's and MXNet's own default
+    fusion_threshold_mb: typing.Optional[int] = _f(
+        None, "Horovod tensor fusion buffer in MB (HOROVOD_FUSION_THRESHOLD; Horovod's default 128, 0 disables)", ge=0)
+    cycle_time_ms: typing.Optional[float] = _f(
+        None, "Horovod's wait between fusion cycles in ms (HOROVOD_CYCLE_TIME; default 1)", gt=0)
+    hierarchical_allreduce: typing.Optional[bool] = _f(
+        None, "Horovod hierarchical allreduce: within nodes, then across (HOROVOD_HIERARCHICAL_ALLREDUCE; default off)")
+    cudnn_autotune: typing.Optional[int] = _f(
+        None, "cuDNN convolution autotuning (MXNET_CUDNN_AUTOTUNE_DEFAULT): 0 off, 1 within a workspace limit "
+              "(MXNet's default), 2 fastest", ge=0, le=2)
 
 
 @dataclass(frozen=True)

@@ -161,6 +161,7 @@ def _train(spec: JobSpec, run_dir: Path, on_finish, closing: contextlib.ExitStac
     from facealign import cpu_isa, dist
 
     isa = cpu_isa.enable()  # before MXNet is imported (dist.init imports it)
+    os.environ.update(components.runtime_env(spec))  # the launchers set them too; Horovod reads them at init
     world = dist.init(cpu=not spec.resources.gpus_per_node)
     holder["rank0"] = world.is_primary
     if world.size != spec.world_size:
@@ -197,14 +198,15 @@ def _train(spec: JobSpec, run_dir: Path, on_finish, closing: contextlib.ExitStac
     log = Log(run_dir, world.is_primary)
     closing.callback(log.close)
     ctx = dist.device(world, spec.resources.gpus_per_node)
+    threads = os.environ.get("OMP_NUM_THREADS", "default")
+    log(f"rank 0 of {world.size} on {ctx}; run directory {run_dir}; OMP_NUM_THREADS={threads}; "
+        f"SLURM_RESTART_COUNT={os.environ.get('SLURM_RESTART_COUNT', '0')}; {cpu_isa.cpu_model()}, {isa.describe()}; "
+        f"{components.describe_runtime_env(os.environ)}")
     # every rank probes its GPU before anything is built; all stop together if any cannot run MXNet
     failures = [f for f in dist.allgather_object(_probe(ctx), "facealign.gpu_probe") if f]
     if failures:
         log(f"the GPU probe failed on {len(failures)} of {world.size} rank(s): {failures[0]}")
         raise GPUProbeFailed(failures[0])
-    threads = os.environ.get("OMP_NUM_THREADS", "default")
-    log(f"rank 0 of {world.size} on {ctx}; run directory {run_dir}; OMP_NUM_THREADS={threads}; "
-        f"SLURM_RESTART_COUNT={os.environ.get('SLURM_RESTART_COUNT', '0')}; {cpu_isa.cpu_model()}, {isa.describe()}")
 
     d = spec.data
     codec = components.codec(spec)

@@ -3,6 +3,7 @@
     facealign-launch validate jobs/sat2-d3-cab.yaml [--set k=v ...]    # the spec, its files, its world size
     facealign-launch render   jobs/sat2-d3-cab.yaml                     # the sbatch script submit would use
     facealign-launch submit   jobs/sat2-d3-cab.yaml [--set k=v] [--sbatch=--dependency=afterok:123]
+    facealign-launch submit   jobs/sat2-d3-cab.yaml --container nvcr.io#nvidia/mxnet:24.06-py3 ...  # Hopper: docker/
     facealign-launch local    jobs/demo.yaml -np 2                      # the same run through horovodrun here
 
 ``submit`` creates the run directory, writes the resolved spec there
@@ -49,6 +50,14 @@ def parse_args(argv=None):
         if name in ("render", "submit"):
             s.add_argument("--sbatch", action="append", default=[], metavar="OPTION",
                            help="extra sbatch option, e.g. --sbatch=--dependency=afterok:123 (repeatable)")
+            s.add_argument("--container", metavar="IMAGE",
+                           help="run the ranks in this image: Pyxis (--container-image) or, for .sif files and "
+                                "docker:// URIs, Apptainer (see docker/README.md)")
+            s.add_argument("--container-mount", action="append", default=[], metavar="SRC[:DST]",
+                           help="another directory to mount in the container (repeatable; the repository and "
+                                "the working directory always are)")
+            s.add_argument("--container-runtime", choices=("pyxis", "apptainer"),
+                           help="default: apptainer for .sif and docker://... images, else pyxis")
         if name == "local":
             s.add_argument("-np", type=int, required=True, help="number of ranks")
     return p.parse_args(argv)
@@ -58,7 +67,7 @@ def run_dir_of(spec, given) -> Path:
     return Path(given or Path(spec.run.out_root) / spec.run.name).resolve()
 
 
-def render(spec, job: Path, overrides, run_dir: Path, extra=()) -> str:
+def render(spec, job: Path, overrides, run_dir: Path, extra=(), container=None, mounts=(), runtime=None) -> str:
     r = spec.resources
     lines = ["#!/bin/bash",
              f"# Written by facealign-launch for {job} (run directory {run_dir}).",
@@ -74,6 +83,12 @@ def render(spec, job: Path, overrides, run_dir: Path, extra=()) -> str:
     lines += ["#SBATCH --signal=USR2@120", "#SBATCH --requeue", "#SBATCH --open-mode=append",
               f"#SBATCH --output={run_dir}/slurm-%j.out", f"#SBATCH --chdir={Path.cwd()}"]
     lines += [f"#SBATCH {opt}" for opt in extra]
+    if container:
+        lines.append(f"export FACEALIGN_CONTAINER={shlex.quote(container)}")
+        if mounts:
+            lines.append(f"export FACEALIGN_CONTAINER_MOUNTS={shlex.quote(','.join(mounts))}")
+        if runtime:
+            lines.append(f"export FACEALIGN_CONTAINER_RUNTIME={runtime}")
     args = " ".join(shlex.quote(a) for o in overrides for a in ("--set", o))
     lines += [f"export FACEALIGN_LAUNCH_PYTHON={shlex.quote(sys.executable)}",
               f"export FACEALIGN_RUN_DIR={shlex.quote(str(run_dir))}",
@@ -98,7 +113,8 @@ def main(argv=None) -> int:
         return 0
     run_dir = run_dir_of(spec, args.run_dir)
     if args.command == "render":
-        sys.stdout.write(render(spec, job.resolve(), args.set, run_dir, args.sbatch))
+        sys.stdout.write(render(spec, job.resolve(), args.set, run_dir, args.sbatch, args.container,
+                                args.container_mount, args.container_runtime))
         return 0
     if args.command == "local":
         if args.np != spec.world_size:
@@ -111,7 +127,9 @@ def main(argv=None) -> int:
                "facealign.train", "--job", str(job), "--run-dir", str(run_dir)]
         cmd += [a for s in args.set for a in ("--set", s)]
         threads = str(r.cpus_per_task)
-        env = {**os.environ, "OMP_NUM_THREADS": threads, "MXNET_CPU_WORKER_NTHREADS": threads}
+        # the spec's Horovod and MXNet knobs, before any rank starts (components.runtime_env)
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "MXNET_CPU_WORKER_NTHREADS": threads,
+               **components.runtime_env(spec)}
         print("facealign-launch: " + shlex.join(cmd), flush=True)
         # horovodrun turns any rank's failure into its own exit 1: rank 0 writes the ranks' own status here
         with tempfile.TemporaryDirectory(prefix="facealign-launch-") as tmp:
@@ -137,7 +155,8 @@ def main(argv=None) -> int:
     if resolved.resolve() != job.resolve():
         dump_job(spec, resolved)
     script = run_dir / "sbatch.sh"
-    script.write_text(render(spec, resolved, [], run_dir, args.sbatch))
+    script.write_text(render(spec, resolved, [], run_dir, args.sbatch, args.container, args.container_mount,
+                             args.container_runtime))
     try:
         out = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True)
     except FileNotFoundError:

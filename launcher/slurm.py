@@ -21,7 +21,16 @@ every rank gets the signal; the trainer checkpoints and exits 75. On 75 this
 process calls ``scontrol requeue $SLURM_JOB_ID``: Slurm restarts the batch
 script with the same job id and the trainer resumes from its checkpoint.
 
-Exit status: the trainer's (0, 1, 2), or 0 after a requeue was requested.
+Containers: with ``FACEALIGN_CONTAINER=IMAGE`` every task runs inside the image, through Pyxis
+(``srun --container-image``, the default) or Apptainer (``apptainer exec --nv``, for ``.sif``
+files and ``docker://``-style URIs, or ``FACEALIGN_CONTAINER_RUNTIME=apptainer``); the repository
+and the submit directory are mounted at their own paths, ``FACEALIGN_CONTAINER_MOUNTS`` adds more
+(comma-separated, ``src[:dst]``). The tasks' interpreter is ``FACEALIGN_TASK_PYTHON``, by default
+the images' ``/usr/local/bin/facealign-python`` (docker/). ``exec -- CMD`` runs one task the same
+way (slurm/eval.sh); ``--dry-run`` prints the srun command instead of running it.
+
+Exit status: the trainer's (0, 1, 2), or 0 after a requeue was requested; 2 for a bad container
+setting.
 """
 from __future__ import annotations
 
@@ -34,6 +43,8 @@ import time
 from pathlib import Path
 
 EXIT_REQUEUE = 75
+IMAGE_PYTHON = "/usr/local/bin/facealign-python"  # both images of docker/ link their interpreter here
+APPTAINER_SCHEMES = ("docker://", "docker-daemon://", "oras://", "library://", "shub://")
 
 
 def say(msg: str) -> None:
@@ -86,6 +97,44 @@ def default_iface(num_nodes: int) -> str:
     raise SystemExit("launcher: cannot tell which network interface the nodes share; set FACEALIGN_GLOO_IFACE")
 
 
+def container_runtime(image: str, given: str | None = None) -> str:
+    """pyxis or apptainer: ``given`` (FACEALIGN_CONTAINER_RUNTIME), else from the image's form."""
+    if given:
+        if given not in ("pyxis", "apptainer"):
+            raise SystemExit(f"launcher: FACEALIGN_CONTAINER_RUNTIME must be pyxis or apptainer, got {given!r}")
+        return given
+    return "apptainer" if image.endswith((".sif", ".simg")) or image.startswith(APPTAINER_SCHEMES) else "pyxis"
+
+
+def container_plan(image: str | None, *, runtime: str | None = None, mounts: str = "", repo: Path,
+                   workdir: Path) -> tuple[list[str], list[str]]:
+    """(srun options, command prefix) that run a task inside ``image`` (none without one): the repository
+    and the working directory mounted at their own paths, plus ``mounts`` ("src[:dst],...")."""
+    if not image:
+        return [], []
+    binds = [f"{repo}:{repo}"]
+    if workdir != repo and repo not in workdir.parents:
+        binds.append(f"{workdir}:{workdir}")
+    for m in filter(None, (x.strip() for x in mounts.split(","))):
+        binds.append(m if ":" in m else f"{m}:{m}")
+    if container_runtime(image, runtime) == "pyxis":
+        return [f"--container-image={image}", f"--container-mounts={','.join(binds)}",
+                f"--container-workdir={workdir}"], []
+    return [], ["apptainer", "exec", "--nv", "--bind", ",".join(binds), "--pwd", str(workdir), image]
+
+
+def task_setup(env=None) -> tuple[list[str], list[str], str]:
+    """(srun options, command prefix, the tasks' interpreter) from FACEALIGN_CONTAINER* and
+    FACEALIGN_SRUN_ARGS / FACEALIGN_TASK_PYTHON."""
+    env = os.environ if env is None else env
+    image = env.get("FACEALIGN_CONTAINER") or None
+    options, prefix = container_plan(image, runtime=env.get("FACEALIGN_CONTAINER_RUNTIME") or None,
+                                     mounts=env.get("FACEALIGN_CONTAINER_MOUNTS", ""),
+                                     repo=Path(__file__).resolve().parents[1], workdir=Path.cwd().resolve())
+    python = env.get("FACEALIGN_TASK_PYTHON") or (IMAGE_PYTHON if image else sys.executable)
+    return options + shlex.split(env.get("FACEALIGN_SRUN_ARGS", "")), prefix, python
+
+
 def horovod_has_mpi() -> bool:
     try:
         import horovod.mxnet as hvd
@@ -125,26 +174,33 @@ def train(args) -> int:
     spec = check_world(Path(args.job), args.set, ntasks, len(nodes))
     run_dir = args.run_dir or str(Path(spec.run.out_root) / spec.run.name)
     say(f"run directory {run_dir}; TensorBoard: tensorboard --logdir {Path(run_dir) / 'tb'}")
-    # Containers (docker/README.md): FACEALIGN_SRUN_ARGS adds srun options such as Pyxis's
-    # --container-image, FACEALIGN_TASK_PYTHON is the interpreter on the tasks (the image's).
-    task_python = os.environ.get("FACEALIGN_TASK_PYTHON", sys.executable)
+    # Containers (docker/README.md): srun options (Pyxis) or a command prefix (Apptainer), and the
+    # interpreter on the tasks (the image's)
+    options, prefix, task_python = task_setup()
+    if os.environ.get("FACEALIGN_CONTAINER"):
+        say(f"tasks run in {os.environ['FACEALIGN_CONTAINER']} "
+            f"({container_runtime(os.environ['FACEALIGN_CONTAINER'], os.environ.get('FACEALIGN_CONTAINER_RUNTIME'))})")
     train_cmd = [task_python, "-m", "facealign.train", "--job", args.job, "--run-dir", run_dir]
     for s in args.set:
         train_cmd += ["--set", s]
-    srun = ["srun", "--kill-on-bad-exit=1", "--export=ALL", f"--ntasks={ntasks}",
-            *shlex.split(os.environ.get("FACEALIGN_SRUN_ARGS", ""))]
+    srun = ["srun", "--kill-on-bad-exit=1", "--export=ALL", f"--ntasks={ntasks}", *options]
     mode = os.environ.get("FACEALIGN_LAUNCH", "auto")
     if mode == "auto":
         mode = "mpi" if horovod_has_mpi() and "pmix" in _srun_mpi_types() else "gloo"
-    child_env = dict(env)
+    from facealign import components
+
+    child_env = {**env, **components.runtime_env(spec)}  # the spec's Horovod/MXNet knobs, before any rank
     server = None
     if mode == "mpi":
-        cmd = srun + ["--mpi=pmix"] + train_cmd
+        cmd = srun + ["--mpi=pmix"] + prefix + train_cmd
     elif mode == "gloo":
         from horovod.runner.common.util import hosts
         from horovod.runner.http.http_server import RendezvousServer
 
         per_node = tasks_per_node(env)
+        if args.dry_run:
+            print(shlex.join(srun + prefix + [task_python, "-m", "launcher.slurm", "worker", "--"] + train_cmd))
+            return 0
         iface = default_iface(len(nodes))
         addr = interface_address(iface)
         plan = hosts.get_host_assignments(hosts.parse_hosts(",".join(f"{n}:{c}" for n, c in zip(nodes, per_node))),
@@ -157,10 +213,13 @@ def train(args) -> int:
                           "HOROVOD_GLOO_IFACE": iface, "NCCL_SOCKET_IFNAME": iface,
                           "FACEALIGN_NODES": ",".join(nodes), "FACEALIGN_TASKS_PER_NODE": ",".join(map(str, per_node))})
         say(f"Gloo rendezvous at {addr}:{port} on {iface}")
-        cmd = srun + [task_python, "-m", "launcher.slurm", "worker", "--"] + train_cmd
+        cmd = srun + prefix + [task_python, "-m", "launcher.slurm", "worker", "--"] + train_cmd
     else:
         raise SystemExit(f"launcher: FACEALIGN_LAUNCH must be auto, gloo or mpi, got {mode!r}")
     child_env.setdefault("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
+    if args.dry_run:
+        print(shlex.join(cmd))
+        return 0
     say(f"{mode}: {shlex.join(cmd)}")
     proc = subprocess.Popen(cmd, env=child_env)
     code = proc.wait()
@@ -205,19 +264,38 @@ def worker(argv) -> int:
     return 1  # not reached
 
 
+def exec_task(argv, dry_run: bool = False) -> int:
+    """One task of ``argv`` (``python`` as its first word means the tasks' interpreter), in the container
+    when FACEALIGN_CONTAINER names one (srun), else here as it is."""
+    options, prefix, python = task_setup()
+    argv = [python if a == "python" and i == 0 else a for i, a in enumerate(argv)]
+    cmd = (["srun", "--ntasks=1", "--export=ALL", *options] + prefix + argv) if os.environ.get("FACEALIGN_CONTAINER") \
+        else argv
+    if dry_run:
+        print(shlex.join(cmd))
+        return 0
+    env = dict(os.environ)
+    env.setdefault("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
+    os.execvpe(cmd[0], cmd, env)
+    return 1  # not reached
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "worker":
-        rest = argv[1:]
+    if argv and argv[0] in ("worker", "exec"):
+        rest, dry_run = argv[1:], False
+        if argv[0] == "exec" and rest and rest[0] == "--dry-run":
+            rest, dry_run = rest[1:], True
         if rest and rest[0] == "--":
             rest = rest[1:]
-        return worker(rest)
+        return worker(rest) if argv[0] == "worker" else exec_task(rest, dry_run)
     p = argparse.ArgumentParser(prog="python -m launcher.slurm", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="start the ranks of a training job with srun (in the batch script)")
     t.add_argument("--job", required=True)
     t.add_argument("--run-dir", help="default: <run.out_root>/<run.name> of the spec")
     t.add_argument("--set", action="append", default=[])
+    t.add_argument("--dry-run", action="store_true", help="print the srun command instead of running it")
     args = p.parse_args(argv)
     return train(args)
 

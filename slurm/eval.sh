@@ -7,6 +7,7 @@
 #
 # Arguments: RUN_DIR then test sets ([name=]prefix); FACEALIGN_EVAL_ARGS adds facealign-eval options
 # (e.g. "--protocol reference --flip"). The report goes to RUN_DIR/eval/<checkpoint>/ and TensorBoard.
+# FACEALIGN_CONTAINER=IMAGE runs it inside that image, as the training templates do (docker/README.md).
 #SBATCH --job-name=facealign-eval
 #SBATCH --nodes=1
 #SBATCH --ntasks=1
@@ -23,5 +24,6 @@ GPU=()
 if [ -n "${CUDA_VISIBLE_DEVICES:-}" ] && [ "${CUDA_VISIBLE_DEVICES}" != "NoDevFiles" ]; then GPU=(--gpu 0); fi
 export OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}" MXNET_CPU_WORKER_NTHREADS="${SLURM_CPUS_PER_TASK:-1}"
 # shellcheck disable=SC2086
-exec "${FACEALIGN_LAUNCH_PYTHON:-.venv/bin/python}" -m facealign.evaluate "$RUN" --data "$@" "${GPU[@]}" --quiet \
-  ${FACEALIGN_EVAL_ARGS:-}
+# launcher.slurm exec: in FACEALIGN_CONTAINER's image when one is set (srun), else right here
+exec "${FACEALIGN_LAUNCH_PYTHON:-.venv/bin/python}" -m launcher.slurm exec -- python -m facealign.evaluate "$RUN" \
+  --data "$@" "${GPU[@]}" --quiet ${FACEALIGN_EVAL_ARGS:-}

@@ -10,6 +10,8 @@
 # SPEC`, which writes this script with the spec's own. The world size is checked before training.
 # Logs: logs/<job name>-<job id>.out, appended across requeues. Run directory: runs/<run.name>
 # (or FACEALIGN_RUN_DIR).
+# In a container: FACEALIGN_CONTAINER=IMAGE sbatch ... (Pyxis, or Apptainer for .sif / docker:// images;
+# Hopper needs NVIDIA's MXNet image: docker/README.md).
 #SBATCH --job-name=facealign-sat
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=1

@@ -75,7 +75,8 @@ def test_every_rank_stops_before_training_when_its_gpu_fails_the_probe(synth_set
            "data": {"train": [str(synth_sets / "train")], "batch_size": 4, "input_size": 32, "heatmap_size": 16,
                     "workers": 1},
            "model": {"name": "hg2-d3-cab", "width": 32, "depth": 1},
-           "resources": {"nodes": 1, "tasks_per_node": 2, "gpus_per_node": 2}}
+           "resources": {"nodes": 1, "tasks_per_node": 2, "gpus_per_node": 2, "fusion_threshold_mb": 32,
+                         "cycle_time_ms": 2.5, "hierarchical_allreduce": True, "cudnn_autotune": 0}}
     path = tmp_path / "gpu.yaml"
     path.write_text(yaml.safe_dump(job))
     proc = subprocess.run([str(BIN / "facealign-launch"), "local", str(path), "-np", "2", "--run-dir",
@@ -87,4 +88,7 @@ def test_every_rank_stops_before_training_when_its_gpu_fails_the_probe(synth_set
     assert "rank 0 exited 2: GPU 0 (" in text and "cannot use GPUs" in text
     log = (tmp_path / "run" / "log.txt").read_text()
     assert "the GPU probe failed on 2 of 2 rank(s)" in log and "step 1/" not in log
+    # the spec's Horovod and MXNet knobs, as the ranks had them (the start-up line comes before the probe)
+    assert ("HOROVOD_FUSION_THRESHOLD=33554432, HOROVOD_CYCLE_TIME=2.5, HOROVOD_HIERARCHICAL_ALLREDUCE=1, "
+            "MXNET_CUDNN_AUTOTUNE_DEFAULT=0") in log.splitlines()[0]
     assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())

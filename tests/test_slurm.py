@@ -197,3 +197,78 @@ def test_two_node_job_allreduces_across_hosts(cluster, data, tmp_path):
     assert info["NodeList"] == "n[1-2]"
     assert "on 2 node(s) n1,n2" in log and "Gloo rendezvous at 10.77.0.11" in log and "on fa0" in log
     assert "rank 0 of 2" in log and "finished at step 8" in log
+
+
+# --- containers: Pyxis options or an Apptainer prefix, from FACEALIGN_CONTAINER ------------------------
+
+def test_container_plans_mount_the_repository_and_pick_the_runtime(tmp_path):
+    sys.path.insert(0, str(REPO))
+    from launcher.slurm import container_plan, task_setup
+
+    options, prefix = container_plan("nvcr.io#nvidia/mxnet:24.06-py3", repo=REPO, workdir=REPO, mounts="/data,/s:/x")
+    assert options == ["--container-image=nvcr.io#nvidia/mxnet:24.06-py3",
+                       f"--container-mounts={REPO}:{REPO},/data:/data,/s:/x", f"--container-workdir={REPO}"]
+    assert prefix == []
+    for image in ("docker://nvcr.io/nvidia/mxnet:24.06-py3", "/images/facealign-ngc.sif"):
+        options, prefix = container_plan(image, repo=REPO, workdir=tmp_path)
+        assert options == [] and prefix == ["apptainer", "exec", "--nv", "--bind", f"{REPO}:{REPO},{tmp_path}:{tmp_path}",
+                                            "--pwd", str(tmp_path), image]
+    assert container_plan("facealign.sqsh", runtime="apptainer", repo=REPO, workdir=REPO)[1][0] == "apptainer"
+    assert container_plan(None, repo=REPO, workdir=REPO) == ([], [])
+    assert task_setup({"FACEALIGN_CONTAINER": "img.sqsh"})[2] == "/usr/local/bin/facealign-python"
+    assert task_setup({"FACEALIGN_CONTAINER": "img.sqsh", "FACEALIGN_TASK_PYTHON": "/opt/venv/bin/python"})[2] \
+        == "/opt/venv/bin/python"
+    assert task_setup({})[:2] == ([], []) and task_setup({})[2] == sys.executable
+    with pytest.raises(SystemExit, match="FACEALIGN_CONTAINER_RUNTIME must be pyxis or apptainer"):
+        container_plan("img", runtime="docker", repo=REPO, workdir=REPO)
+
+
+def test_submit_writes_the_container_into_the_script(data, tmp_path):
+    job = tiny_job(data, tmp_path / "tiny.yaml", gpus_per_node=0)
+    script = subprocess.run([str(BIN / "facealign-launch"), "render", job, "--container", "nvcr.io#nvidia/mxnet:24.06-py3",
+                             "--container-mount", "/datasets", "--container-mount", "/scratch:/s"],
+                            capture_output=True, text=True)
+    assert script.returncode == 0, script.stderr
+    assert "export FACEALIGN_CONTAINER='nvcr.io#nvidia/mxnet:24.06-py3'" in script.stdout
+    assert "export FACEALIGN_CONTAINER_MOUNTS=/datasets,/scratch:/s" in script.stdout
+    plain = subprocess.run([str(BIN / "facealign-launch"), "render", job], capture_output=True, text=True).stdout
+    assert "FACEALIGN_CONTAINER" not in plain
+    apptainer = subprocess.run([str(BIN / "facealign-launch"), "render", job, "--container", "x.sqsh",
+                                "--container-runtime", "apptainer"], capture_output=True, text=True).stdout
+    assert "export FACEALIGN_CONTAINER_RUNTIME=apptainer" in apptainer
+
+
+def test_inside_an_allocation_the_ranks_and_eval_are_started_in_the_container(cluster, data, tmp_path):
+    """A real allocation: the launcher's srun command (--dry-run) for the training ranks and for eval.sh's task,
+    with a Pyxis image and with an Apptainer one."""
+    job = tiny_job(data, tmp_path / "tiny.yaml")
+    py = sys.executable
+    wrap = (f"{py} -m launcher.slurm train --job {job} --dry-run && "
+            f"{py} -m launcher.slurm exec --dry-run -- python -m facealign.evaluate {tmp_path / 'run'} --data x")
+    outputs = {}
+    for image in ("nvcr.io#nvidia/mxnet:24.06-py3", "docker://nvcr.io/nvidia/mxnet:24.06-py3"):
+        out = tmp_path / f"{len(outputs)}.out"
+        job_id = sbatch(*_cpu(), f"--output={out}", "--wrap", wrap,
+                        env={"FACEALIGN_CONTAINER": image, "FACEALIGN_CONTAINER_MOUNTS": "/datasets"})
+        info = wait_for(job_id, timeout=120)
+        outputs[image] = out.read_text()
+        assert info["JobState"] == "COMPLETED", outputs[image][-3000:]
+    import shlex
+
+    lines = outputs["nvcr.io#nvidia/mxnet:24.06-py3"].splitlines()
+    train = shlex.split(next(line for line in lines if line.startswith("srun --kill-on-bad-exit=1")))
+    assert train[:7] == ["srun", "--kill-on-bad-exit=1", "--export=ALL", "--ntasks=2",
+                         "--container-image=nvcr.io#nvidia/mxnet:24.06-py3",
+                         f"--container-mounts={REPO}:{REPO},/datasets:/datasets", f"--container-workdir={REPO}"]
+    assert train[7:12] == ["/usr/local/bin/facealign-python", "-m", "launcher.slurm", "worker", "--"]
+    assert train[12:15] == ["/usr/local/bin/facealign-python", "-m", "facealign.train"]
+    evaluate = shlex.split(next(line for line in lines if line.startswith("srun --ntasks=1")))
+    assert "--container-image=nvcr.io#nvidia/mxnet:24.06-py3" in evaluate
+    assert evaluate[-6:-3] == ["/usr/local/bin/facealign-python", "-m", "facealign.evaluate"]
+    assert any("tasks run in nvcr.io#nvidia/mxnet:24.06-py3 (pyxis)" in line for line in lines)
+    apptainer = outputs["docker://nvcr.io/nvidia/mxnet:24.06-py3"]
+    train = shlex.split(next(line for line in apptainer.splitlines() if line.startswith("srun --kill-on-bad-exit=1")))
+    assert train[4:14] == ["apptainer", "exec", "--nv", "--bind", f"{REPO}:{REPO},/datasets:/datasets", "--pwd",
+                           str(REPO), "docker://nvcr.io/nvidia/mxnet:24.06-py3", "/usr/local/bin/facealign-python",
+                           "-m"]
+    assert "--container-image" not in apptainer

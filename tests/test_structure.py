@@ -102,3 +102,16 @@ def test_no_module_uses_another_modules_private_names():
 def test_mxnets_private_parameter_walk_is_wrapped_once():
     users = [name for name, path in _modules().items() if "_collect_params_with_prefix" in path.read_text()]
     assert users == ["facealign.models.zoo"], users
+
+
+# NVIDIA's MXNet containers (the route on Hopper: docker/Dockerfile.ngc) run Python 3.10
+PY311_ONLY = ("tomllib", "datetime.UTC", "StrEnum", "TaskGroup", "file_digest", "contextlib.chdir",
+              "ExceptionGroup", "typing.Self", "assert_never", "reveal_type", "LiteralString")
+
+
+def test_the_code_runs_on_python_3_10():
+    for path in sorted(p for d in ("facealign", "launcher", "bench") for p in (REPO / d).rglob("*.py")):
+        source = path.read_text()
+        ast.parse(source, filename=str(path), feature_version=(3, 10))  # no 3.11 syntax (except*, ...)
+        for name in PY311_ONLY:
+            assert name not in source, f"{path}: {name} is Python 3.11+"
