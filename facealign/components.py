@@ -99,6 +99,31 @@ def describe_runtime_env(environ) -> str:
     return ", ".join(f"{var}={environ.get(var, 'default')}" for var in RUNTIME_ENV.values())
 
 
+HPARAM_KEYS = ("model.name", "model.width", "model.depth", "loss.kind", "optim.name", "optim.lr", "optim.amp",
+               "data.batch_size", "data.input_size", "data.sigma", "data.target", "eval.decode", "schedule.kind",
+               "schedule.length", "run.seed")
+
+
+def hyperparameters(spec: JobSpec, world_size: int, overrides=()) -> dict:
+    """What TensorBoard's HParams dashboard lists for a run: the main keys of the spec, the world size, and
+    every ``--set``/sweep override (``key=value``) as the spec resolved it. Values are bool, int, float or str."""
+    def value(dotted):
+        v = spec
+        for part in dotted.split("."):
+            v = getattr(v, part)
+        return v if isinstance(v, (bool, int, float, str)) else str(v)
+
+    keys = list(HPARAM_KEYS) + [o.partition("=")[0] for o in overrides if o.partition("=")[0] not in HPARAM_KEYS]
+    out = {}
+    for key in keys:
+        try:
+            out[key] = value(key)
+        except AttributeError:
+            continue
+    out["world_size"] = world_size
+    return out
+
+
 def loss_scale(spec: JobSpec) -> DynamicLossScale | None:
     """``optim.loss_scaling``: a dynamic loss scale (auto: with float16 AMP), or None."""
     o = spec.optim

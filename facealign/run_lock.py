@@ -74,6 +74,21 @@ class RunLock:
         except (OSError, ValueError, KeyError, TypeError):
             return "holder unknown"
 
+    def is_held(self) -> bool:
+        """Whether a trainer holds the lock now (for `facealign-launch status`; never call it in a trainer:
+        closing this probe's descriptor would drop that process's own lock)."""
+        try:
+            fd = os.open(self.path, os.O_RDWR)
+        except OSError:
+            return False
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return False  # nobody held it (closing drops the probe's lock again)
+        except OSError as e:
+            return e.errno in (errno.EAGAIN, errno.EACCES)
+        finally:
+            os.close(fd)
+
     def release(self) -> None:
         # Closing the descriptor drops the lock (and any other descriptor of this file closed in this
         # process would too: POSIX locks are per process, so this module is the only one opening it).

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facealign import components, gpu_probe
+from facealign import components, gpu_probe, runs
 from facealign.artifact import ArtifactError
 from facealign.checkpoint import CHECKPOINTS_DIR, CheckpointError, CheckpointManager, CheckpointWriteError
 from facealign.config import EXIT_FILE, JOB_FILE, JobSpec, SpecError, dump_job, spec_hash
@@ -127,7 +127,7 @@ def train(spec: JobSpec, run_dir: Path, on_finish=None) -> int:
 
     The loader, the TensorBoard writer and the log are closed on every way out. Rank 0 records how
     the run ended (code, reason) for the launchers, since horovodrun reports any rank's failure as
-    exit 1: in ``$FACEALIGN_EXIT_FILE`` when a launcher set it, else in ``<run>/exit.json`` once it
+    exit 1: in ``$FACEALIGN_EXIT_FILE`` when a launcher set it, and in ``<run>/exit.json`` once it
     holds the run directory (a trainer turned away by the lock writes nothing there).
     """
     holder = {}  # _train sets "rank0", and "locked" once rank 0 holds the run directory
@@ -145,9 +145,15 @@ def train(spec: JobSpec, run_dir: Path, on_finish=None) -> int:
 
 
 def _record_exit(holder: dict, run_dir: Path, code: int, reason: str) -> None:
+    """Rank 0: the launcher's file if it set one, and the run's own exit.json (facealign-launch status reads
+    it) once this trainer holds the run directory."""
+    if not holder.get("rank0"):
+        return
     target = os.environ.get("FACEALIGN_EXIT_FILE")
-    if holder.get("rank0") and (target or holder.get("locked")):
-        write_exit(Path(target) if target else run_dir / EXIT_FILE, code, reason)
+    if target:
+        write_exit(Path(target), code, reason)
+    if holder.get("locked"):
+        write_exit(run_dir / EXIT_FILE, code, reason)
 
 
 def write_exit(path: Path, code: int, reason: str) -> None:
@@ -334,6 +340,23 @@ def _train(spec: JobSpec, run_dir: Path, on_finish, closing: contextlib.ExitStac
         log(message, all_ranks=True)
         return NonFiniteLoss(message)
 
+    # where the run stands, for `facealign-launch status` (facealign.runs); the best survives restarts
+    progress = runs.read_json(run_dir / runs.PROGRESS_FILE) or {} if world.is_primary else {}
+    best = {"metric": metric, "best": progress.get("best") if found else None,
+            "best_step": progress.get("best_step") if found else None}
+
+    def record_progress(**fields):
+        if world.is_primary:
+            runs.record_progress(run_dir, last_step=last_step, epoch=epoch, restarts=restarts, **best, **fields)
+
+    def note_validation(metrics, at_step):
+        value = metrics.get(metric) if metric else None
+        if value is not None and (best["best"] is None or (value < best["best"] if spec.checkpoint.mode == "min"
+                                                           else value > best["best"])):
+            best.update(best=float(value), best_step=at_step)
+
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+    record_progress(step=step)
     eval_every = spec.eval.every_steps or steps_per_epoch
     ckpt_every = spec.checkpoint.every_steps or steps_per_epoch
     dropped = loader.sampler.dropped_per_epoch
@@ -344,6 +367,7 @@ def _train(spec: JobSpec, run_dir: Path, on_finish, closing: contextlib.ExitStac
         + (f"; dynamic loss scale {scaler.value:g} (skips agreed by all ranks)" if scaler is not None else ""))
     if step == 0 and validator.sets:
         metrics, images = validate()
+        note_validation(metrics, 0)
         log("before training: " + ", ".join(f"{k} {v * 100:.2f}%" for k, v in metrics.items()))
         if writer:
             for k, v in metrics.items():
@@ -439,10 +463,13 @@ def _train(spec: JobSpec, run_dir: Path, on_finish, closing: contextlib.ExitStac
                     writer.add_scalar("data/skipped", skipped_total, step)
                     if scaler is not None:
                         writer.add_scalar("train/loss_scale", scaler.value, step)
+                record_progress(step=step, images_per_s=ips, eta_s=eta)
                 window = {"t": time.perf_counter(), "wait": 0.0, "images": 0, "loss": None, "n": 0}
             metrics = None
             if validator.sets and (step % eval_every == 0 or step == last_step):
                 metrics, images = validate()
+                note_validation(metrics, step)
+                record_progress(step=step)
                 log(f"validation at step {step}: " + ", ".join(f"{k} {v * 100:.2f}%" for k, v in metrics.items()))
                 if writer:
                     for k, v in metrics.items():
@@ -491,9 +518,15 @@ def _train(spec: JobSpec, run_dir: Path, on_finish, closing: contextlib.ExitStac
             break
     if on_finish is not None:
         on_finish(net, world)
+    record_progress(step=step)
     if exit_code == EXIT_OK:
         reason = f"finished at step {step}: " + json.dumps({k: round(v, 6) for k, v in last_metrics.items()})
         log(reason)
+        if writer:  # TensorBoard's HParams dashboard: a sweep's runs side by side
+            writer.add_hparams(components.hyperparameters(spec, world.size, runs.sweep_overrides(run_dir)),
+                               {**{f"hparam/{k}": float(v) for k, v in last_metrics.items()},
+                                **({f"hparam/best_{metric}": best["best"]} if best["best"] is not None else {})},
+                               name="hparams", global_step=step)
     else:
         reason = f"stopped at step {step} on a signal ({stop.signal or 'another rank'}); checkpoint saved; requeue"
     return exit_code, reason

@@ -5,6 +5,8 @@
     facealign-launch submit   jobs/sat2-d3-cab.yaml [--set k=v] [--sbatch=--dependency=afterok:123]
     facealign-launch submit   jobs/sat2-d3-cab.yaml --container nvcr.io#nvidia/mxnet:24.06-py3 ...  # Hopper: docker/
     facealign-launch local    jobs/demo.yaml -np 2                      # the same run through horovodrun here
+    facealign-launch sweep    jobs/demo.yaml --grid optim.lr=1e-3,2e-3 --grid loss.kind=mse,awing [--local]
+    facealign-launch status   [runs/ | RUN | SWEEP ...] [--json] [--watch 10]   # how every run stands
 
 ``submit`` creates the run directory, writes the resolved spec there
 (``job.yaml``, every ``--set`` applied) and the script (``sbatch.sh``, its
@@ -12,9 +14,14 @@
 where the log and TensorBoard events go. Inside the allocation the script runs
 ``slurm/run-training.sh``: ranks start with srun (launcher/slurm.py), never ssh.
 
-Exit status: validate, render and submit 0 or 2 (a bad spec; sbatch's failure is 1); ``local`` the
-trainer's own status as its rank 0 recorded it (0, 1, 2, 75: see facealign.train), printed last with
-its reason, where horovodrun alone would say 1.
+``sweep`` validates every member of a grid first, writes them and submits one job array
+(launcher/sweep.py); ``status`` prints a row per run from its directory and Slurm
+(facealign/runs.py).
+
+Exit status: validate, render, submit and sweep 0 or 2 (a bad spec or member; sbatch's failure is
+1); ``local`` the trainer's own status as its rank 0 recorded it (0, 1, 2, 75: see facealign.train),
+printed last with its reason, where horovodrun alone would say 1 (``sweep --local``: the first
+member's failure, after running the rest); status 0, or 2 for a path that is no run or sweep.
 """
 from __future__ import annotations
 
@@ -41,13 +48,23 @@ def parse_args(argv=None):
     for name, help_ in (("validate", "check a job spec and its record files"),
                         ("render", "print the sbatch script for a job spec"),
                         ("submit", "create the run directory and submit the job to Slurm"),
-                        ("local", "run the job with horovodrun on this machine")):
+                        ("local", "run the job with horovodrun on this machine"),
+                        ("sweep", "a grid of variants of a job spec, validated, as one Slurm job array")):
         s = sub.add_parser(name, help=help_)
-        s.add_argument("job", help="job spec (YAML)")
+        s.add_argument("job", help="job spec (YAML)" if name != "sweep" else "job spec, or a sweep file (sweeps/)")
         s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override (repeatable)")
-        if name != "validate":
+        if name == "sweep":
+            s.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                           help="vary KEY over the values: the members are the cartesian product (repeatable)")
+            s.add_argument("--zip", action="append", default=[], metavar="KEY=V1,V2",
+                           help="vary these keys together, value by value (lists of one length; repeatable)")
+            s.add_argument("--name", help="the sweep's name (default: <run.name>-sweep): runs/<name>/")
+            s.add_argument("--max-parallel", type=int, metavar="K", help="at most K array tasks at once")
+            s.add_argument("--out-root", help="where the sweep directory goes (default: the spec's run.out_root)")
+            s.add_argument("--local", action="store_true", help="run the members one after another here")
+        elif name != "validate":
             s.add_argument("--run-dir", help="run directory (default: <run.out_root>/<run.name>)")
-        if name in ("render", "submit"):
+        if name in ("render", "submit", "sweep"):
             s.add_argument("--sbatch", action="append", default=[], metavar="OPTION",
                            help="extra sbatch option, e.g. --sbatch=--dependency=afterok:123 (repeatable)")
             s.add_argument("--container", metavar="IMAGE",
@@ -60,6 +77,12 @@ def parse_args(argv=None):
                            help="default: apptainer for .sif and docker://... images, else pyxis")
         if name == "local":
             s.add_argument("-np", type=int, required=True, help="number of ranks")
+    st = sub.add_parser("status", help="one row per run: state, step, best metric, images/s, ETA, restarts")
+    st.add_argument("paths", nargs="*", default=["runs"], help="run or sweep directories, or directories of them "
+                                                              "(default: runs)")
+    st.add_argument("--json", action="store_true", help="the rows as JSON")
+    st.add_argument("--watch", type=float, metavar="SECONDS", help="redraw every SECONDS until interrupted")
+    st.add_argument("--no-slurm", action="store_true", help="do not ask squeue/sacct (the run directories only)")
     return p.parse_args(argv)
 
 
@@ -97,8 +120,126 @@ def render(spec, job: Path, overrides, run_dir: Path, extra=(), container=None, 
     return "\n".join(lines) + "\n"
 
 
+def run_local(spec, job: Path, overrides, run_dir: Path, np_: int) -> int:
+    """The job through horovodrun here; the trainer's own exit status as rank 0 recorded it."""
+    r = spec.resources
+    horovodrun = Path(sys.executable).parent / "horovodrun"
+    cmd = [str(horovodrun), "-np", str(np_), "-H", f"localhost:{np_}", "--gloo", sys.executable, "-m",
+           "facealign.train", "--job", str(job), "--run-dir", str(run_dir)]
+    cmd += [a for s in overrides for a in ("--set", s)]
+    threads = str(r.cpus_per_task)
+    # the spec's Horovod and MXNet knobs, before any rank starts (components.runtime_env)
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MXNET_CPU_WORKER_NTHREADS": threads,
+           **components.runtime_env(spec)}
+    print("facealign-launch: " + shlex.join(cmd), flush=True)
+    # horovodrun turns any rank's failure into its own exit 1: rank 0 writes the ranks' own status here
+    with tempfile.TemporaryDirectory(prefix="facealign-launch-") as tmp:
+        exit_file = Path(tmp) / EXIT_FILE
+        code = subprocess.run(cmd, env={**env, "FACEALIGN_EXIT_FILE": str(exit_file)}).returncode
+        try:
+            ended = json.loads(exit_file.read_text())
+        except (OSError, ValueError):
+            print(f"facealign-launch: horovodrun exited {code}; rank 0 recorded no exit status (killed before "
+                  f"it could)", file=sys.stderr)
+            return code
+    print(f"facealign-launch: rank 0 exited {ended['code']}: {ended['reason']}", file=sys.stderr, flush=True)
+    return int(ended["code"])
+
+
+def sbatch(script: Path) -> tuple[int, str]:
+    """(0, job id) or (exit status, message) of submitting ``script``."""
+    try:
+        out = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True)
+    except FileNotFoundError:
+        return 2, "sbatch not found: is this a Slurm login node? (facealign-launch local runs here)"
+    if out.returncode != 0:
+        return 1, f"sbatch failed: {out.stderr.strip()}"
+    return 0, out.stdout.strip().split(";")[0]
+
+
+def sweep_command(args) -> int:
+    from launcher import sweep as sweeps
+
+    from facealign import runs
+
+    try:
+        if sweeps.is_sweep_file(Path(args.job)):
+            sw = sweeps.load_sweep_file(Path(args.job))
+            sw.fixed += args.set
+            sw.grid.update(sweeps.parse_axis(args.grid, "--grid"))
+            sw.zipped.update(sweeps.parse_axis(args.zip, "--zip"))
+        else:
+            sw = sweeps.Sweep(base=Path(args.job).resolve(), fixed=list(args.set),
+                              grid=sweeps.parse_axis(args.grid, "--grid"), zipped=sweeps.parse_axis(args.zip, "--zip"))
+        sw.name = args.name or sw.name
+        sw.max_parallel = args.max_parallel or sw.max_parallel
+        name, root, members = sweeps.plan(sw, args.out_root)
+        sweeps.write(sw, name, root, members)
+    except SpecError as e:
+        print(f"facealign-launch: {e}", file=sys.stderr)
+        return 2
+    print(f"sweep {name}: {len(members)} members in {root}")
+    for m in members:
+        print(f"  {m.index:>3}  {m.dir.name}")
+    if args.local:
+        first_failure = 0
+        for m in members:
+            print(f"facealign-launch: member {m.index} of {len(members)}: {' '.join(m.overrides)}", flush=True)
+            code = run_local(m.spec, m.dir / JOB_FILE, [], m.dir, m.spec.world_size)
+            first_failure = first_failure or code
+        print(f"  status:      facealign-launch status {root}")
+        print(f"  hparams:     tensorboard --logdir {root}  (HParams tab)")
+        return first_failure
+    script = root / "sbatch.sh"
+    script.write_text(sweeps.render_array(members[0].spec, name, root, members, REPO, sys.executable, sw.max_parallel,
+                                          args.sbatch, args.container, args.container_mount, args.container_runtime))
+    code, said = sbatch(script)
+    if code:
+        print(f"facealign-launch: {said}", file=sys.stderr)
+        return code
+    sweeps.write(sw, name, root, members, array_job_id=said)
+    for m in members:
+        runs.record_submitted(m.dir, f"{said}_{m.index}")
+    print(f"submitted job array {said} (tasks 0-{len(members) - 1}"
+          f"{f', at most {sw.max_parallel} at once' if sw.max_parallel else ''})")
+    print(f"  logs:        {root}/slurm-{said}_<task>.out (and each member's log.txt)")
+    print(f"  status:      facealign-launch status {root}")
+    print(f"  hparams:     tensorboard --logdir {root}  (HParams tab)")
+    return 0
+
+
+def status_command(args) -> int:
+    import time
+
+    from facealign import runs
+
+    while True:
+        try:
+            found = runs.expand(args.paths)
+        except FileNotFoundError as e:
+            print(f"facealign-launch: {e}", file=sys.stderr)
+            return 2
+        rows = [runs.run_status(path, overrides, query_slurm=not args.no_slurm) for path, overrides in found]
+        if args.json:
+            print(json.dumps([r.to_dict() for r in rows], indent=1))
+        else:
+            if args.watch:
+                print("\033[2J\033[H", end="")
+            print(runs.format_table(rows) if rows else f"no runs under {' '.join(args.paths)}")
+            if rows:
+                print(f"\ncompare: tensorboard --logdir {' --logdir '.join(args.paths)}  (HParams tab: a sweep's runs "
+                      f"side by side)")
+        if not args.watch:
+            return 0
+        time.sleep(args.watch)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.command == "status":
+        return status_command(args)
+    if args.command == "sweep":
+        return sweep_command(args)
     job = Path(args.job)
     try:
         spec = components.load(job, args.set, check_files=args.command in ("validate", "submit", "local"))
@@ -122,27 +263,7 @@ def main(argv=None) -> int:
                   f"{spec.world_size} rank(s); use -np {spec.world_size} or --set resources.tasks_per_node={args.np}",
                   file=sys.stderr)
             return 2
-        horovodrun = Path(sys.executable).parent / "horovodrun"
-        cmd = [str(horovodrun), "-np", str(args.np), "-H", f"localhost:{args.np}", "--gloo", sys.executable, "-m",
-               "facealign.train", "--job", str(job), "--run-dir", str(run_dir)]
-        cmd += [a for s in args.set for a in ("--set", s)]
-        threads = str(r.cpus_per_task)
-        # the spec's Horovod and MXNet knobs, before any rank starts (components.runtime_env)
-        env = {**os.environ, "OMP_NUM_THREADS": threads, "MXNET_CPU_WORKER_NTHREADS": threads,
-               **components.runtime_env(spec)}
-        print("facealign-launch: " + shlex.join(cmd), flush=True)
-        # horovodrun turns any rank's failure into its own exit 1: rank 0 writes the ranks' own status here
-        with tempfile.TemporaryDirectory(prefix="facealign-launch-") as tmp:
-            exit_file = Path(tmp) / EXIT_FILE
-            code = subprocess.run(cmd, env={**env, "FACEALIGN_EXIT_FILE": str(exit_file)}).returncode
-            try:
-                ended = json.loads(exit_file.read_text())
-            except (OSError, ValueError):
-                print(f"facealign-launch: horovodrun exited {code}; rank 0 recorded no exit status (killed before "
-                      f"it could)", file=sys.stderr)
-                return code
-        print(f"facealign-launch: rank 0 exited {ended['code']}: {ended['reason']}", file=sys.stderr, flush=True)
-        return int(ended["code"])
+        return run_local(spec, job, args.set, run_dir, args.np)
     # submit
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = run_dir / JOB_FILE
@@ -157,20 +278,18 @@ def main(argv=None) -> int:
     script = run_dir / "sbatch.sh"
     script.write_text(render(spec, resolved, [], run_dir, args.sbatch, args.container, args.container_mount,
                              args.container_runtime))
-    try:
-        out = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True)
-    except FileNotFoundError:
-        print("facealign-launch: sbatch not found: is this a Slurm login node? (facealign-launch local runs here)",
-              file=sys.stderr)
-        return 2
-    if out.returncode != 0:
-        print(f"facealign-launch: sbatch failed: {out.stderr.strip()}", file=sys.stderr)
-        return 1
-    job_id = out.stdout.strip().split(";")[0]
+    code, job_id = sbatch(script)
+    if code:
+        print(f"facealign-launch: {job_id}", file=sys.stderr)
+        return code
+    from facealign import runs
+
+    runs.record_submitted(run_dir, job_id)
     print(f"submitted job {job_id}")
     print(f"  spec:        {resolved}")
     print(f"  log:         {run_dir}/slurm-{job_id}.out (and {run_dir}/log.txt)")
     print(f"  tensorboard: tensorboard --logdir {run_dir / 'tb'}")
+    print(f"  status:      facealign-launch status {run_dir}")
     print(f"  evaluate:    sbatch --dependency=afterok:{job_id} slurm/eval.sh {run_dir} <test sets>")
     return 0
 

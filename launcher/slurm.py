@@ -174,6 +174,11 @@ def train(args) -> int:
     spec = check_world(Path(args.job), args.set, ntasks, len(nodes))
     run_dir = args.run_dir or str(Path(spec.run.out_root) / spec.run.name)
     say(f"run directory {run_dir}; TensorBoard: tensorboard --logdir {Path(run_dir) / 'tb'}")
+    if not args.dry_run:  # which Slurm job this start of the run is, for facealign-launch status
+        from facealign import runs
+
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        runs.record_slurm(Path(run_dir))
     # Containers (docker/README.md): srun options (Pyxis) or a command prefix (Apptainer), and the
     # interpreter on the tasks (the image's)
     options, prefix, task_python = task_setup()

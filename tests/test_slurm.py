@@ -272,3 +272,92 @@ def test_inside_an_allocation_the_ranks_and_eval_are_started_in_the_container(cl
                            str(REPO), "docker://nvcr.io/nvidia/mxnet:24.06-py3", "/usr/local/bin/facealign-python",
                            "-m"]
     assert "--container-image" not in apptainer
+
+
+# --- sweeps: one job array, a status table, HParams ---------------------------------------------------
+
+def _launch(*args, cwd=None):
+    return subprocess.run([str(BIN / "facealign-launch"), *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=ENV)
+
+
+def test_a_sweep_with_a_bad_member_submits_nothing(data, tmp_path):
+    job = tiny_job(data, tmp_path / "tiny.yaml")
+    proc = _launch("sweep", job, "--grid", "optim.lr=1e-3,fast", "--grid", "loss.kind=mse,awing", "--name", "bad",
+                   "--out-root", tmp_path / "runs")
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"facealign-launch: sweep member 2 (optim.lr=fast loss.kind=mse): {job}: optim.lr: "
+                                   f"expected a number, got 'fast' (str)")
+    assert not (tmp_path / "runs").exists()
+    unknown = _launch("sweep", job, "--grid", "optim.lrr=1e-3,2e-3", "--out-root", tmp_path / "runs")
+    assert unknown.returncode == 2 and "unknown key 'optim.lrr'" in unknown.stderr and "sweep member 0" in unknown.stderr
+    (tmp_path / "s.yaml").write_text(f"base: {job.name}\ngrid: {{optim.lr: [1.0e-3]}}\nzap: 1\n")
+    bad_file = _launch("sweep", tmp_path / "s.yaml")
+    assert bad_file.returncode == 2 and "s.yaml: unknown key 'zap'" in bad_file.stderr
+    zipped = _launch("sweep", job, "--zip", "optim.lr=1e-3,2e-3", "--zip", "loss.kind=mse", "--out-root",
+                     tmp_path / "runs")
+    assert zipped.returncode == 2 and "--zip lists must be of one length" in zipped.stderr
+
+
+def test_a_sweep_runs_as_one_array_and_status_and_hparams_report_every_member(cluster, data, tmp_path):
+    """2 x 2 tiny jobs as ONE job array; member 1 (the long one) is preempted with USR2, requeues itself and
+    resumes while the others are untouched; status --json reports all four finished with their best metric;
+    TensorBoard's HParams events are read back for all four."""
+    job = tiny_job(data, tmp_path / "tiny.yaml")
+    (tmp_path / "sweep.yaml").write_text(
+        f"base: {job.name}\nname: grid\nmax_parallel: 2\ngrid:\n  optim.lr: [1.0e-3, 2.0e-3]\n"
+        f"  schedule.length: [2, 6]\n")
+    proc = _launch("sweep", tmp_path / "sweep.yaml", "--out-root", tmp_path / "runs", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    array = re.search(r"submitted job array (\d+) \(tasks 0-3, at most 2 at once\)", proc.stdout).group(1)
+    root = tmp_path / "runs" / "grid"
+    script = (root / "sbatch.sh").read_text()
+    assert "#SBATCH --array=0-3%2" in script and script.count("#SBATCH --array") == 1
+    members = sorted(p.name for p in root.iterdir() if p.is_dir())
+    assert members == ["00-lr0.001-length2", "01-lr0.001-length6", "02-lr0.002-length2", "03-lr0.002-length6"]
+    assert yaml.safe_load((root / members[1] / "job.yaml").read_text())["schedule"]["length"] == 6
+
+    # preempt member 1 once it is past step 10 of 48
+    log1 = root / members[1] / "log.txt"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (log1.exists() and re.search(r"step 1\d/48", log1.read_text())):
+        time.sleep(0.5)
+    subprocess.run(["scancel", "--signal=USR2", f"{array}_1"], check=True)
+    for task in range(4):
+        info = wait_for(f"{array}_{task}", timeout=600)
+        assert info["JobState"] == "COMPLETED", (root / f"slurm-{array}_{task}.out").read_text()[-3000:]
+    text = log1.read_text()
+    assert "stopping at step" in text and "resumed from" in text and "finished at step 48" in text
+    for task, name in enumerate(members):
+        out = (root / f"slurm-{array}_{task}.out").read_text()
+        assert f"SLURM_RESTART_COUNT={1 if task == 1 else 0}" in out
+        if task != 1:
+            assert "requeueing" not in out and "stopping at step" not in (root / name / "log.txt").read_text()
+
+    status = _launch("status", root, "--json")
+    assert status.returncode == 0, status.stderr
+    rows = json.loads(status.stdout)
+    assert [r["name"] for r in rows] == members
+    assert [r["state"] for r in rows] == ["finished"] * 4
+    assert [r["step"] for r in rows] == [16, 48, 16, 48] and [r["last_step"] for r in rows] == [16, 48, 16, 48]
+    assert [r["restarts"] for r in rows] == [0, 1, 0, 0]
+    assert [r["job"] for r in rows] == [f"{array}_{t}" for t in range(4)]
+    assert rows[1]["overrides"] == ["optim.lr=0.001", "schedule.length=6"]
+    for r in rows:
+        assert r["metric"] == "nme/synth" and 0 < r["best"] < 10 and r["best_step"] is not None
+    table = _launch("status", tmp_path / "runs").stdout
+    assert "finished" in table and "01-lr0.001-length6" in table and "tensorboard --logdir" in table
+
+    from tensorboardX.proto import plugin_hparams_pb2
+    from tb_events import read_events
+
+    for name, length in zip(members, (2, 6, 2, 6)):
+        events = read_events(root / name / "tb" / "hparams")
+        session = [v for ev in events for v in ev.summary.value if v.tag == "_hparams_/session_start_info"]
+        assert session, name
+        data = plugin_hparams_pb2.HParamsPluginData.FromString(session[0].metadata.plugin_data.content)
+        hp = {k: (v.number_value if v.HasField("number_value") else v.string_value)
+              for k, v in data.session_start_info.hparams.items()}
+        assert hp["schedule.length"] == length and hp["optim.lr"] in (1e-3, 2e-3) and hp["model.name"] == "hg2-d3-cab"
+        assert hp["world_size"] == 2
+        assert "hparam/nme/synth" in scalars(root / name / "tb" / "hparams")

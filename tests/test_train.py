@@ -105,7 +105,10 @@ def test_two_ranks_train_identically_and_only_rank_0_writes(tiny_job, tmp_path):
     _assert_same(trainable(final0), trainable(final1))  # identical trainable parameters on both ranks
     assert any(not np.array_equal(final0[k], final1[k]) for k in stat_keys)  # BN statistics follow each rank's data
     assert sorted(p.name for p in run_dir.iterdir()) == [".lock", "checkpoints", "exit.json", "job.yaml", "log.txt",
-                                                          "tb"]
+                                                          "progress.json", "tb"]
+    progress = json.loads((run_dir / "progress.json").read_text())
+    assert progress["step"] == progress["last_step"] == 10 and progress["metric"] == "nme/synth"
+    assert progress["best"] == pytest.approx(min(v for _, v in scalars(run_dir / "tb")["val/nme/synth"]), rel=1e-6)
     ckpt = CheckpointManager(run_dir / "checkpoints", writer=False)
     assert [p.name for p in ckpt.checkpoints()] == ["ckpt-000000008", "ckpt-000000010"]  # keep_last 2
     saved = _params(ckpt.latest_valid() / "model.params")
