@@ -6,10 +6,12 @@
     facealign-eval exported/demo --data synthetic=data/synth_val --protocol standard --flip --gpu 0
     facealign-eval exported/demo/model.onnx --data data/synth_val --backend onnxruntime
     facealign-eval runs/a runs/b exported/c --data data/2d/ibug --out eval/compare   # one comparison
+    facealign-eval runs/demo-recipes --data synthetic=data/synth_val --protocol standard  # a sweep's members
 
 MODEL is a run directory (its best checkpoint, or --which latest), a checkpoint
-directory, an export package or .onnx file (facealign-export), or a reference
-release (model-symbol.json + model-0000.params). Test sets are packed RecordIO
+directory, an export package or .onnx file (facealign-export), a reference
+release (model-symbol.json + model-0000.params), or a sweep directory
+(facealign-launch sweep: its members, compared). Test sets are packed RecordIO
 prefixes (facealign-pack), named by their file name or ``name=path``.
 
 Protocols (facealign.scoring):
@@ -364,7 +366,11 @@ def main(argv=None) -> int:
     try:
         sets = parse_sets(args.data)
         margins = parse_margins(args.margin)
-        sources = [artifact.resolve(m, which=args.which, model_name=args.model_name, log=log) for m in args.models]
+        from facealign.runs import SWEEP_FILE, sweep_members
+
+        models = [str(p) for m in args.models  # a sweep directory stands for its members
+                  for p in ([path for path, _ in sweep_members(Path(m))] if (Path(m) / SWEEP_FILE).exists() else [m])]
+        sources = [artifact.resolve(m, which=args.which, model_name=args.model_name, log=log) for m in models]
         several = len(sources) > 1
         reports = []
         for source in sources:

@@ -361,3 +361,10 @@ def test_a_sweep_runs_as_one_array_and_status_and_hparams_report_every_member(cl
         assert hp["schedule.length"] == length and hp["optim.lr"] in (1e-3, 2e-3) and hp["model.name"] == "hg2-d3-cab"
         assert hp["world_size"] == 2
         assert "hparam/nme/synth" in scalars(root / name / "tb" / "hparams")
+
+    compare = subprocess.run([str(BIN / "facealign-eval"), root, "--data", f"synth={data / 'val'}", "--protocol",
+                              "standard", "--out", tmp_path / "compare", "--quiet", "--no-tensorboard"],
+                             capture_output=True, text=True, timeout=600)
+    assert compare.returncode == 0, compare.stderr[-3000:]
+    table = (tmp_path / "compare" / "compare.md").read_text()
+    assert all(name in table for name in members) and (tmp_path / "compare" / "ced_synth_standard.png").exists()
