@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from facealign import components  # noqa: E402  (no MXNet)
+from launcher import scripts  # noqa: E402
 from facealign.config import EXIT_FILE, JOB_FILE, SpecError, dump_job, load_job  # noqa: E402
 
 
@@ -91,32 +92,14 @@ def run_dir_of(spec, given) -> Path:
 
 
 def render(spec, job: Path, overrides, run_dir: Path, extra=(), container=None, mounts=(), runtime=None) -> str:
-    r = spec.resources
-    lines = ["#!/bin/bash",
-             f"# Written by facealign-launch for {job} (run directory {run_dir}).",
-             f"#SBATCH --job-name=facealign-{spec.run.name}",
-             f"#SBATCH --nodes={r.nodes}",
-             f"#SBATCH --ntasks-per-node={r.tasks_per_node}",
-             f"#SBATCH --cpus-per-task={r.cpus_per_task}",
-             f"#SBATCH --time={r.time}"]
-    if r.gpus_per_node:
-        lines.append(f"#SBATCH --gres=gpu:{r.gpus_per_node}")
-    if r.partition:
-        lines.append(f"#SBATCH --partition={r.partition}")
-    lines += ["#SBATCH --signal=USR2@120", "#SBATCH --requeue", "#SBATCH --open-mode=append",
-              f"#SBATCH --output={run_dir}/slurm-%j.out", f"#SBATCH --chdir={Path.cwd()}"]
-    lines += [f"#SBATCH {opt}" for opt in extra]
-    if container:
-        lines.append(f"export FACEALIGN_CONTAINER={shlex.quote(container)}")
-        if mounts:
-            lines.append(f"export FACEALIGN_CONTAINER_MOUNTS={shlex.quote(','.join(mounts))}")
-        if runtime:
-            lines.append(f"export FACEALIGN_CONTAINER_RUNTIME={runtime}")
+    lines = ["#!/bin/bash", f"# Written by facealign-launch for {job} (run directory {run_dir})."]
+    lines += scripts.sbatch_lines(spec, f"facealign-{spec.run.name}", f"{run_dir}/slurm-%j.out", extra)
     args = " ".join(shlex.quote(a) for o in overrides for a in ("--set", o))
     lines += [f"export FACEALIGN_LAUNCH_PYTHON={shlex.quote(sys.executable)}",
               f"export FACEALIGN_RUN_DIR={shlex.quote(str(run_dir))}",
-              f"export PYTHONPATH={shlex.quote(str(REPO))}${{PYTHONPATH:+:$PYTHONPATH}}",
-              f"exec bash {shlex.quote(str(REPO / 'slurm' / 'run-training.sh'))} {shlex.quote(str(job))} {args}".rstrip()]
+              f"export PYTHONPATH={shlex.quote(str(REPO))}${{PYTHONPATH:+:$PYTHONPATH}}"]
+    lines += scripts.container_exports(container, mounts, runtime)
+    lines.append(f"exec bash {shlex.quote(str(REPO / 'slurm' / 'run-training.sh'))} {shlex.quote(str(job))} {args}".rstrip())
     return "\n".join(lines) + "\n"
 
 

@@ -31,6 +31,7 @@ import yaml
 from facealign import components
 from facealign.config import JOB_FILE, SpecError, dump_job
 from facealign.runs import SWEEP_FILE, write_json
+from launcher import scripts
 
 SWEEP_KEYS = ("base", "name", "set", "grid", "zip", "max_parallel")
 
@@ -189,29 +190,15 @@ def write(sweep: Sweep, name: str, root: Path, members: list[Member], array_job_
 def render_array(spec, name: str, root: Path, members: list[Member], repo: Path, python: str, max_parallel=None,
                  extra=(), container=None, mounts=(), runtime=None) -> str:
     """The sbatch script of the array: task i runs member i (its own run directory and log)."""
-    r = spec.resources
     parallel = f"%{max_parallel}" if max_parallel else ""
-    lines = ["#!/bin/bash", f"# Written by facealign-launch sweep: {len(members)} members of {name} ({root}).",
-             f"#SBATCH --job-name=facealign-{name}", f"#SBATCH --array=0-{len(members) - 1}{parallel}",
-             f"#SBATCH --nodes={r.nodes}", f"#SBATCH --ntasks-per-node={r.tasks_per_node}",
-             f"#SBATCH --cpus-per-task={r.cpus_per_task}", f"#SBATCH --time={r.time}"]
-    if r.gpus_per_node:
-        lines.append(f"#SBATCH --gres=gpu:{r.gpus_per_node}")
-    if r.partition:
-        lines.append(f"#SBATCH --partition={r.partition}")
-    lines += ["#SBATCH --signal=USR2@120", "#SBATCH --requeue", "#SBATCH --open-mode=append",
-              f"#SBATCH --output={root}/slurm-%A_%a.out", f"#SBATCH --chdir={Path.cwd()}"]
-    lines += [f"#SBATCH {opt}" for opt in extra]
+    lines = ["#!/bin/bash", f"# Written by facealign-launch sweep: {len(members)} members of {name} ({root})."]
+    lines += scripts.sbatch_lines(spec, f"facealign-{name}", f"{root}/slurm-%A_%a.out", extra,
+                                  array=f"0-{len(members) - 1}{parallel}")
     lines += ["MEMBERS=(" + " ".join(shlex.quote(m.dir.name) for m in members) + ")",
               f'RUN={shlex.quote(str(root))}/"${{MEMBERS[$SLURM_ARRAY_TASK_ID]}}"',
               f"export FACEALIGN_LAUNCH_PYTHON={shlex.quote(python)}",
               'export FACEALIGN_RUN_DIR="$RUN"',
               f"export PYTHONPATH={shlex.quote(str(repo))}${{PYTHONPATH:+:$PYTHONPATH}}"]
-    if container:
-        lines.append(f"export FACEALIGN_CONTAINER={shlex.quote(container)}")
-        if mounts:
-            lines.append(f"export FACEALIGN_CONTAINER_MOUNTS={shlex.quote(','.join(mounts))}")
-        if runtime:
-            lines.append(f"export FACEALIGN_CONTAINER_RUNTIME={runtime}")
+    lines += scripts.container_exports(container, mounts, runtime)
     lines.append(f'exec bash {shlex.quote(str(repo / "slurm" / "run-training.sh"))} "$RUN/{JOB_FILE}"')
     return "\n".join(lines) + "\n"

@@ -63,39 +63,26 @@ cdef inline double _refine(double lo, double mid, double hi) nogil:
     return 0.0
 
 
+cdef inline float _argmax(const float[:, :, :, ::1] hm, Py_ssize_t b, Py_ssize_t c, Py_ssize_t* px,
+                         Py_ssize_t* py) nogil:
+    """The first maximum of channel (b, c), as numpy's argmax; its position in px, py."""
+    cdef Py_ssize_t yy, xx
+    cdef float best = hm[b, c, 0, 0], v
+    px[0] = 0
+    py[0] = 0
+    for yy in range(hm.shape[2]):
+        for xx in range(hm.shape[3]):
+            v = hm[b, c, yy, xx]
+            if v > best:
+                best = v
+                px[0] = xx
+                py[0] = yy
+    return best
+
+
 def decode_subpixel(const float[:, :, :, ::1] hm, int stride):
     """Argmax + log-domain Newton refinement per channel; see codec.decode_subpixel_numpy."""
-    cdef Py_ssize_t n = hm.shape[0], k = hm.shape[1], h = hm.shape[2], w = hm.shape[3]
-    pts_arr = np.zeros((n, k, 2), np.float32)
-    scores_arr = np.zeros((n, k), np.float32)
-    cdef float[:, :, ::1] pts = pts_arr
-    cdef float[:, ::1] scores = scores_arr
-    cdef Py_ssize_t b, c, yy, xx, px, py
-    cdef float best, v
-    cdef double dx, dy
-    with nogil:
-        for b in range(n):
-            for c in range(k):
-                best = hm[b, c, 0, 0]
-                px = 0
-                py = 0
-                for yy in range(h):
-                    for xx in range(w):
-                        v = hm[b, c, yy, xx]
-                        if v > best:  # first maximum wins, as numpy's argmax
-                            best = v
-                            px = xx
-                            py = yy
-                dx = 0.0
-                dy = 0.0
-                if 0 < px < w - 1:
-                    dx = _refine(hm[b, c, py, px - 1], hm[b, c, py, px], hm[b, c, py, px + 1])
-                if 0 < py < h - 1:
-                    dy = _refine(hm[b, c, py - 1, px], hm[b, c, py, px], hm[b, c, py + 1, px])
-                pts[b, c, 0] = <float>((px + dx) * stride + (stride - 1) / 2.0)
-                pts[b, c, 1] = <float>((py + dy) * stride + (stride - 1) / 2.0)
-                scores[b, c] = best
-    return pts_arr, scores_arr
+    return _decode(hm, None, stride, False)
 
 
 cdef inline void _taylor(const double[:, ::1] lg, Py_ssize_t px, Py_ssize_t py, double* ox, double* oy) nogil:
@@ -123,29 +110,34 @@ cdef inline void _taylor(const double[:, ::1] lg, Py_ssize_t px, Py_ssize_t py, 
 
 def decode_dark(const float[:, :, :, ::1] hm, const double[:, :, :, ::1] lg, int stride):
     """Argmax of ``hm``, then DARK's Taylor step on its log-smoothed copy ``lg``; see codec.decode_dark_numpy."""
+    return _decode(hm, lg, stride, True)
+
+
+cdef _decode(const float[:, :, :, ::1] hm, const double[:, :, :, ::1] lg, int stride, bint dark):
+    """Per channel: the first maximum, the step from there (DARK's on ``lg``, or the sub-pixel one on ``hm``),
+    the point in input pixels; the scores are the maxima."""
     cdef Py_ssize_t n = hm.shape[0], k = hm.shape[1], h = hm.shape[2], w = hm.shape[3]
     pts_arr = np.zeros((n, k, 2), np.float32)
     scores_arr = np.zeros((n, k), np.float32)
     cdef float[:, :, ::1] pts = pts_arr
     cdef float[:, ::1] scores = scores_arr
-    cdef Py_ssize_t b, c, yy, xx, px, py
-    cdef float best, v
-    cdef double ox, oy
+    cdef Py_ssize_t b, c, px, py
+    cdef float best
+    cdef double dx, dy
     with nogil:
         for b in range(n):
             for c in range(k):
-                best = hm[b, c, 0, 0]
-                px = 0
-                py = 0
-                for yy in range(h):
-                    for xx in range(w):
-                        v = hm[b, c, yy, xx]
-                        if v > best:
-                            best = v
-                            px = xx
-                            py = yy
-                _taylor(lg[b, c], px, py, &ox, &oy)
-                pts[b, c, 0] = <float>((px + ox) * stride + (stride - 1) / 2.0)
-                pts[b, c, 1] = <float>((py + oy) * stride + (stride - 1) / 2.0)
+                best = _argmax(hm, b, c, &px, &py)
+                dx = 0.0
+                dy = 0.0
+                if dark:
+                    _taylor(lg[b, c], px, py, &dx, &dy)
+                else:
+                    if 0 < px < w - 1:
+                        dx = _refine(hm[b, c, py, px - 1], hm[b, c, py, px], hm[b, c, py, px + 1])
+                    if 0 < py < h - 1:
+                        dy = _refine(hm[b, c, py - 1, px], hm[b, c, py, px], hm[b, c, py + 1, px])
+                pts[b, c, 0] = <float>((px + dx) * stride + (stride - 1) / 2.0)
+                pts[b, c, 1] = <float>((py + dy) * stride + (stride - 1) / 2.0)
                 scores[b, c] = best
     return pts_arr, scores_arr

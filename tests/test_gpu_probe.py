@@ -1,6 +1,5 @@
 """The start-up GPU probe: its decision and message from recorded facts, and the CPU build refusing --gpu."""
 import subprocess
-import sys
 
 import pytest
 import yaml

@@ -156,7 +156,9 @@ def _refine_1d(lo: float, mid: float, hi: float) -> float:
     return 0.25 * np.sign(hi - lo)
 
 
-def decode_subpixel_numpy(hm: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray]:
+def _decode_with_step(hm: np.ndarray, stride: int, step) -> tuple[np.ndarray, np.ndarray]:
+    """Per channel: the first maximum, ``step(b, c, px, py) -> (dx, dy)`` in heatmap pixels from there, then
+    the point in input pixels; the scores are the maxima."""
     n, k, h, w = hm.shape
     flat = hm.reshape(n, k, -1)
     idx = flat.argmax(-1)
@@ -165,12 +167,21 @@ def decode_subpixel_numpy(hm: np.ndarray, stride: int) -> tuple[np.ndarray, np.n
     for b in range(n):
         for c in range(k):
             py, px = divmod(int(idx[b, c]), w)
-            m = hm[b, c]
-            dx = _refine_1d(m[py, px - 1], m[py, px], m[py, px + 1]) if 0 < px < w - 1 else 0.0
-            dy = _refine_1d(m[py - 1, px], m[py, px], m[py + 1, px]) if 0 < py < h - 1 else 0.0
+            dx, dy = step(b, c, px, py)
             pts[b, c, 0] = (px + dx) * stride + (stride - 1) / 2
             pts[b, c, 1] = (py + dy) * stride + (stride - 1) / 2
     return pts, scores.astype(np.float32)
+
+
+def decode_subpixel_numpy(hm: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    h, w = hm.shape[2:]
+
+    def step(b, c, px, py):
+        m = hm[b, c]
+        return (_refine_1d(m[py, px - 1], m[py, px], m[py, px + 1]) if 0 < px < w - 1 else 0.0,
+                _refine_1d(m[py - 1, px], m[py, px], m[py + 1, px]) if 0 < py < h - 1 else 0.0)
+
+    return _decode_with_step(hm, stride, step)
 
 
 def dark_log_heatmaps(hm: np.ndarray, sigma: float) -> np.ndarray:
@@ -217,19 +228,8 @@ def _taylor(lg: np.ndarray, px: int, py: int) -> tuple[float, float]:
 
 
 def decode_dark_numpy(hm: np.ndarray, stride: int, sigma: float) -> tuple[np.ndarray, np.ndarray]:
-    n, k, h, w = hm.shape
     lg = dark_log_heatmaps(hm, sigma)
-    flat = hm.reshape(n, k, -1)
-    idx = flat.argmax(-1)
-    scores = np.take_along_axis(flat, idx[..., None], -1)[..., 0]
-    pts = np.zeros((n, k, 2), np.float32)
-    for b in range(n):
-        for c in range(k):
-            py, px = divmod(int(idx[b, c]), w)
-            ox, oy = _taylor(lg[b, c], px, py)
-            pts[b, c, 0] = (px + ox) * stride + (stride - 1) / 2
-            pts[b, c, 1] = (py + oy) * stride + (stride - 1) / 2
-    return pts, scores.astype(np.float32)
+    return _decode_with_step(hm, stride, lambda b, c, px, py: _taylor(lg[b, c], px, py))
 
 
 def decode_reference_numpy(hm: np.ndarray, input_size: int) -> tuple[np.ndarray, np.ndarray]:

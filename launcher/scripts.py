@@ -1,0 +1,35 @@
+"""The lines every sbatch script facealign-launch writes shares: #SBATCH from the spec's resources, and
+the container's exports (launcher.slurm reads them inside the allocation)."""
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+
+def sbatch_lines(spec, job_name: str, output: str, extra=(), array: str | None = None) -> list[str]:
+    """#SBATCH lines: the spec's resources, preemption (USR2 120 s before the limit, requeue, appended log)."""
+    r = spec.resources
+    lines = [f"#SBATCH --job-name={job_name}"]
+    if array:
+        lines.append(f"#SBATCH --array={array}")
+    lines += [f"#SBATCH --nodes={r.nodes}", f"#SBATCH --ntasks-per-node={r.tasks_per_node}",
+              f"#SBATCH --cpus-per-task={r.cpus_per_task}", f"#SBATCH --time={r.time}"]
+    if r.gpus_per_node:
+        lines.append(f"#SBATCH --gres=gpu:{r.gpus_per_node}")
+    if r.partition:
+        lines.append(f"#SBATCH --partition={r.partition}")
+    lines += ["#SBATCH --signal=USR2@120", "#SBATCH --requeue", "#SBATCH --open-mode=append",
+              f"#SBATCH --output={output}", f"#SBATCH --chdir={Path.cwd()}"]
+    return lines + [f"#SBATCH {opt}" for opt in extra]
+
+
+def container_exports(container=None, mounts=(), runtime=None) -> list[str]:
+    """FACEALIGN_CONTAINER* for launcher.slurm (docker/README.md), or nothing."""
+    if not container:
+        return []
+    lines = [f"export FACEALIGN_CONTAINER={shlex.quote(container)}"]
+    if mounts:
+        lines.append(f"export FACEALIGN_CONTAINER_MOUNTS={shlex.quote(','.join(mounts))}")
+    if runtime:
+        lines.append(f"export FACEALIGN_CONTAINER_RUNTIME={runtime}")
+    return lines
