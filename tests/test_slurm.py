@@ -297,6 +297,9 @@ def test_a_sweep_with_a_bad_member_submits_nothing(data, tmp_path):
     zipped = _launch("sweep", job, "--zip", "optim.lr=1e-3,2e-3", "--zip", "loss.kind=mse", "--out-root",
                      tmp_path / "runs")
     assert zipped.returncode == 2 and "--zip lists must be of one length" in zipped.stderr
+    missing = _launch("status", tmp_path / "nowhere")
+    assert missing.returncode == 2 and missing.stderr.strip() == f"facealign-launch: {tmp_path / 'nowhere'}: no run or " \
+                                                                 f"sweep directory"
 
 
 def test_a_sweep_runs_as_one_array_and_status_and_hparams_report_every_member(cluster, data, tmp_path):
@@ -368,3 +371,18 @@ def test_a_sweep_runs_as_one_array_and_status_and_hparams_report_every_member(cl
     assert compare.returncode == 0, compare.stderr[-3000:]
     table = (tmp_path / "compare" / "compare.md").read_text()
     assert all(name in table for name in members) and (tmp_path / "compare" / "ced_synth_standard.png").exists()
+
+
+def test_a_local_sweep_runs_each_member_here_and_status_reads_the_directories(data, tmp_path):
+    job = tiny_job(data, tmp_path / "tiny.yaml")
+    proc = _launch("sweep", job, "--zip", "loss.kind=mse,awing", "--zip", "eval.decode=subpixel,dark", "--set",
+                   "schedule.max_steps=4", "--name", "pair", "--out-root", tmp_path / "runs", "--local")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("rank 0 exited 0: finished at step 4") == 0  # that line goes to stderr
+    assert proc.stderr.count("rank 0 exited 0: finished at step 4") == 2
+    rows = json.loads(_launch("status", tmp_path / "runs", "--json", "--no-slurm").stdout)
+    assert [(r["name"], r["state"], r["step"], r["job"]) for r in rows] == [
+        ("00-kindmse-decodesubpixel", "finished", 4, None), ("01-kindawing-decodedark", "finished", 4, None)]
+    assert rows[1]["overrides"] == ["loss.kind=awing", "eval.decode=dark"]
+    job1 = yaml.safe_load((tmp_path / "runs" / "pair" / "01-kindawing-decodedark" / "job.yaml").read_text())
+    assert job1["loss"]["kind"] == "awing" and job1["eval"]["decode"] == "dark" and job1["schedule"]["max_steps"] == 4
