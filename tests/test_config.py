@@ -238,3 +238,16 @@ def test_a_bare_off_means_off(tmp_path):
     # YAML 1.1 reads `amp: off` as false; the choice it names is "off"
     assert load_job(_write(tmp_path, BASE + "optim: {amp: off}\n")).optim.amp == "off"
     assert load_job(_write(tmp_path, BASE), ["optim.amp=off"]).optim.amp == "off"
+
+
+def test_the_launchers_sweep_and_status_import_no_mxnet(tmp_path):
+    """facealign-launch runs on login nodes: planning a sweep and reading run status load no MXNet."""
+    for suffix in (".rec", ".idx"):
+        (tmp_path / f"train{suffix}").write_bytes(b"")
+    (tmp_path / "job.yaml").write_text(f"data: {{train: [{tmp_path / 'train'}]}}\nmodel: {{name: hg2-d3-cab}}\n")
+    code = ("import sys; sys.path.insert(0, %r); from launcher import cli, sweep; from facealign import runs; "
+            "s = sweep.Sweep(base=%r, grid={'optim.lr': ['1e-3', '2e-3']}); name, root, members = sweep.plan(s, %r); "
+            "cli.main(['status', %r, '--no-slurm']); print('mxnet' in sys.modules, 'horovod' in sys.modules, "
+            "len(members))") % (str(REPO), str(tmp_path / "job.yaml"), str(tmp_path), str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "False False 2"
