@@ -121,7 +121,8 @@ class LossSpec:
     awing_epsilon: float = _f(1.0, "awing: epsilon", gt=0)
     awing_theta: float = _f(0.5, "awing: theta, where the loss turns linear", gt=0)
     awing_weight: float = _f(10.0, "awing: W of the loss map (foreground pixels weigh W + 1)", ge=0)
-    star_weight: float = _f(1.0, "star: weight of the STAR term added to the heatmap term", ge=0)
+    star_weight: float = _f(0.1, "star: weight of the STAR term added to the heatmap term (whose weight is 1; "
+                                 "STAR's code weighs them 1 : 10)", ge=0)
     star_omega: float = _f(1.0, "star: weight of the eigenvalue regulariser", ge=0)
     star_heatmap: str = _f("awing", "star: the heatmap term, awing (as the paper) or mse", choices=("awing", "mse"))
 

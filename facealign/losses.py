@@ -35,7 +35,7 @@ class LossSettings:
     awing_epsilon: float = 1.0
     awing_theta: float = 0.5
     awing_weight: float = 10.0  # W of the weighted loss map
-    star_weight: float = 1.0  # of the STAR term, added to the heatmap term
+    star_weight: float = 0.1  # of the STAR term against the heatmap term's 1: the paper's code weighs 1 : 10
     star_omega: float = 1.0  # of the eigenvalue regulariser
     star_heatmap: str = "awing"  # the heatmap term of star: awing or mse
     heatmap_size: int = 64  # the heatmaps' side (star builds its coordinate grid from it)
