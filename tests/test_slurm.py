@@ -325,7 +325,10 @@ def test_a_sweep_runs_as_one_array_and_status_and_hparams_report_every_member(cl
     deadline = time.time() + 300
     while time.time() < deadline and not (log1.exists() and re.search(r"step 1\d/48", log1.read_text())):
         time.sleep(0.5)
-    subprocess.run(["scancel", "--signal=USR2", f"{array}_1"], check=True)
+    # USR2 to the task's training step (what --signal=USR2@120 does): scancel of the whole array task was
+    # answered "Job can not be altered now" after delivering it, and its retries preempted the requeued task again
+    own_id = json.loads((root / members[1] / "slurm.json").read_text())["job_id"]
+    subprocess.run(["scancel", "--signal=USR2", f"{own_id}.0"], check=True)  # its srun step: the ranks
     for task in range(4):
         info = wait_for(f"{array}_{task}", timeout=600)
         assert info["JobState"] == "COMPLETED", (root / f"slurm-{array}_{task}.out").read_text()[-3000:]
@@ -358,9 +361,9 @@ def test_a_sweep_runs_as_one_array_and_status_and_hparams_report_every_member(cl
         events = read_events(root / name / "tb" / "hparams")
         session = [v for ev in events for v in ev.summary.value if v.tag == "_hparams_/session_start_info"]
         assert session, name
-        data = plugin_hparams_pb2.HParamsPluginData.FromString(session[0].metadata.plugin_data.content)
+        plugin = plugin_hparams_pb2.HParamsPluginData.FromString(session[0].metadata.plugin_data.content)
         hp = {k: (v.number_value if v.HasField("number_value") else v.string_value)
-              for k, v in data.session_start_info.hparams.items()}
+              for k, v in plugin.session_start_info.hparams.items()}
         assert hp["schedule.length"] == length and hp["optim.lr"] in (1e-3, 2e-3) and hp["model.name"] == "hg2-d3-cab"
         assert hp["world_size"] == 2
         assert "hparam/nme/synth" in scalars(root / name / "tb" / "hparams")
