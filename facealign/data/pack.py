@@ -151,7 +151,6 @@ def _work_synthetic(payload):
     box = np.concatenate([lm[:, :2].min(0), lm[:, :2].max(0)]).astype(np.float32)
     meta = {"source": f"synthetic:{opt.seed}:{index}", "dataset": "synthetic", "scheme": "ibug68",
             "pose": [round(v, 3) for v in face.pose], "orig_size": [opt.canvas, opt.canvas],
-            "pose_deg": {"yaw": round(face.pose[0], 3), "pitch": round(face.pose[1], 3), "roll": round(face.pose[2], 3)},
             "crop": [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]}
     sample = Sample(image=face.image, landmarks=lm, box=box, meta=meta)
     return sample, encode_image(face.image, opt.encoding, opt.quality)

@@ -64,13 +64,11 @@ class Sample:
 
 
 def pose_degrees(meta: dict) -> dict | None:
-    """A record's head pose in degrees, {"yaw", "pitch", "roll"}, where it carries one: ``pose_deg``
-    (written by facealign-pack), or older records' ``pose_para`` (AFLW2000's radians: pitch, yaw,
-    roll, ...) and ``pose`` (procedural faces: yaw, pitch, roll in degrees)."""
+    """A record's head pose in degrees, {"yaw", "pitch", "roll"}, where it carries one: ``pose_para``
+    (AFLW2000's Pose_Para, radians: pitch, yaw, roll, ...) or ``pose`` (procedural faces: yaw, pitch,
+    roll in degrees), as facealign-pack writes them."""
     import math
 
-    if isinstance(meta.get("pose_deg"), dict):
-        return {k: float(meta["pose_deg"][k]) for k in ("yaw", "pitch", "roll")}
     para = meta.get("pose_para")
     if isinstance(para, list) and len(para) >= 3:
         return {"pitch": math.degrees(para[0]), "yaw": math.degrees(para[1]), "roll": math.degrees(para[2])}

@@ -116,12 +116,10 @@ def read_aflw2000(root: str | os.PathLike) -> Iterator[Item | Skip]:
         if pts.shape != (3, 68):
             yield Skip(rel, f"pt3d_68 has shape {pts.shape}, expected (3, 68)")
             continue
+        # Pose_Para: pitch, yaw, roll in radians, then translation and scale (records.pose_degrees reads it)
         para = np.asarray(data.get("Pose_Para", np.zeros((1, 0))), np.float64).ravel().tolist()
-        meta = {"pose_para": para}
-        if len(para) >= 3:  # Pose_Para: pitch, yaw, roll in radians (then translation and scale)
-            meta["pose_deg"] = {"pitch": float(np.degrees(para[0])), "yaw": float(np.degrees(para[1])),
-                                "roll": float(np.degrees(para[2]))}
-        yield Item(source=str(image.relative_to(root)), landmarks=pts.T.copy(), image_path=str(image), meta=meta)
+        yield Item(source=str(image.relative_to(root)), landmarks=pts.T.copy(), image_path=str(image),
+                   meta={"pose_para": para})
 
 
 def read_csv(path: str | os.PathLike) -> Iterator[Item | Skip]:
