@@ -267,7 +267,7 @@ def evaluate_model(source, backend, args, sets, margins, out: Path, device: str)
     from tqdm import tqdm
 
     from facealign.data.loader import RecordSet
-    from facealign.scoring import YAW_BINS, check_records, score
+    from facealign.scoring import check_records, score, yaw_bin_masks
 
     info = source.info
     dims = {"2d": 2, "3d": 3}.get(args.landmark_type, info.landmark_dims)
@@ -311,12 +311,8 @@ def evaluate_model(source, backend, args, sets, margins, out: Path, device: str)
                   f"{summary['images_per_s']:.1f} images/s", flush=True)
             yaw_pixels = None
             if summary["by_yaw"]:
-                yaws = np.minimum(np.abs(np.asarray(result.yaws, np.float64)), 90.0)
-                curves = {}
-                for lo, hi in YAW_BINS:
-                    inside = (yaws >= lo) & ((yaws < hi) if hi < 90 else (yaws <= hi))
-                    if inside.any():
-                        curves[f"yaw {lo:.0f}-{hi:.0f} ({int(inside.sum())} faces)"] = result.nme[primary][inside]
+                curves = {f"yaw {label} ({int(inside.sum())} faces)": result.nme[primary][inside]
+                          for label, inside in yaw_bin_masks(result.yaws) if inside.any()}
                 yaw_pixels = save_figure(ced_figure(curves, f"{info.name}: {label}, {primary} NME by yaw"),
                                          out / f"ced_{tag}_yaw")
             if tb is not None:

@@ -222,18 +222,22 @@ def check_records(records, info, set_name: str) -> None:
 YAW_BINS = ((0.0, 30.0), (30.0, 60.0), (60.0, 90.0))
 
 
+def yaw_bin_masks(yaws) -> list[tuple[str, np.ndarray]]:
+    """[("0-30", mask), ("30-60", mask), ("60-90", mask)] over ``yaws`` (degrees; |yaw| beyond 90 counts as 90)."""
+    yaws = np.minimum(np.abs(np.asarray(yaws, np.float64)), 90.0)
+    return [(f"{lo:.0f}-{hi:.0f}", (yaws >= lo) & ((yaws < hi) if hi < 90 else (yaws <= hi))) for lo, hi in YAW_BINS]
+
+
 def yaw_bins(nmes, yaws) -> dict | None:
     """NME by |yaw| in [0, 30), [30, 60), [60, 90] degrees (beyond 90 counts as the last) and the balanced
     mean of the bins that hold faces, as AFLW2000-3D results are reported; None unless every face has
     a yaw."""
     if not len(yaws) or any(y is None for y in yaws):
         return None
-    nmes, yaws = np.asarray(nmes, np.float64), np.minimum(np.abs(np.asarray(yaws, np.float64)), 90.0)
+    nmes = np.asarray(nmes, np.float64)
     out = {}
-    for lo, hi in YAW_BINS:
-        inside = (yaws >= lo) & ((yaws < hi) if hi < 90 else (yaws <= hi))
-        out[f"{lo:.0f}-{hi:.0f}"] = {"nme": float(nmes[inside].mean()) if inside.any() else None,
-                                     "images": int(inside.sum())}
+    for label, inside in yaw_bin_masks(yaws):
+        out[label] = {"nme": float(nmes[inside].mean()) if inside.any() else None, "images": int(inside.sum())}
     held = [b["nme"] for b in out.values() if b["nme"] is not None]
     out["balanced"] = {"nme": float(np.mean(held)), "images": int(len(nmes))}
     return out
