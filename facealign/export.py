@@ -139,16 +139,24 @@ def parse_args(argv=None):
 
 # --- reduced precision ---------------------------------------------------------------------------------
 
-def check_crops(prefix, info: ModelInfo, limit: int):
-    """(RecordSet, its first ``limit`` faces as N x 3 x S x S float32 standard-protocol crops)."""
+def open_records(prefix, info: ModelInfo):
+    """The packed records at ``prefix``, checked against the model (landmark count, dimensions)."""
     from facealign.data.loader import RecordSet
-    from facealign.scoring import Protocol, check_records, prepare
+    from facealign.scoring import check_records
 
     records = RecordSet([prefix])
     check_records(records, info, str(prefix))
+    return records
+
+
+def calibration_crops(prefix, info: ModelInfo, limit: int) -> np.ndarray:
+    """The first ``limit`` faces of ``prefix`` as N x 3 x S x S float32 standard-protocol crops."""
+    from facealign.scoring import Protocol, prepare
+
+    records = open_records(prefix, info)
     n = min(len(records), limit)
     crops = np.stack([prepare(records, i, Protocol("standard"), info, str(prefix))[0] for i in range(n)])
-    return records, np.ascontiguousarray(crops.transpose(0, 3, 1, 2), np.float32)
+    return np.ascontiguousarray(crops.transpose(0, 3, 1, 2), np.float32)
 
 
 def to_int8(net, info: ModelInfo, calibration: np.ndarray, mode: str):
@@ -176,11 +184,6 @@ def _quiet_logger():
     return logger
 
 
-def to_bfloat16(net, probe: np.ndarray):
-    """AMP's bfloat16 network (``artifact.bfloat16_network``)."""
-    return artifact.bfloat16_network(net, probe)
-
-
 def onnx_int8(fp32_onnx: Path, out: Path, calibration: np.ndarray) -> None:
     """A statically quantised QDQ copy of a float32 model.onnx (onnxruntime's quantiser, per channel)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -200,15 +203,23 @@ def onnx_int8(fp32_onnx: Path, out: Path, calibration: np.ndarray) -> None:
     pre.unlink()
 
 
-def drift_check(reference, reduced, info: ModelInfo, records, limit: int, label: str, max_drift: float, log) -> dict:
-    """NME of float32 (``reference``) and of the reduced backend on the same faces; refuses above ``max_drift``."""
+def check_nme(backend, info: ModelInfo, records, limit: int) -> float:
+    """Mean NME (the primary normalisation) of ``backend`` on the first ``limit`` faces, standard protocol."""
     from facealign.metrics import primary_norm
     from facealign.scoring import Protocol, score
 
+    n = min(len(records), limit)
+    return float(score(backend, info, records, Protocol("standard"), set_name="check",
+                       indices=range(n)).nme[primary_norm(info.landmark_dims)].mean())
+
+
+def drift_check(a: float, reduced, info: ModelInfo, records, limit: int, label: str, max_drift: float, log) -> dict:
+    """The reduced backend's NME against float32's ``a`` on the same faces; refuses above ``max_drift``."""
+    from facealign.metrics import primary_norm
+
     norm = primary_norm(info.landmark_dims)
     n = min(len(records), limit)
-    a = score(reference, info, records, Protocol("standard"), set_name="check", indices=range(n)).nme[norm].mean()
-    b = score(reduced, info, records, Protocol("standard"), set_name="check", indices=range(n)).nme[norm].mean()
+    b = check_nme(reduced, info, records, limit)
     drift = (b - a) / max(a, 1e-12)
     log(f"{label}: NME {100 * b:.3f}% against float32's {100 * a:.3f}% on {n} faces ({norm}): "
         f"{100 * drift:+.2f}% relative (allowed {100 * max_drift:.1f}%)")
@@ -238,20 +249,21 @@ def export_reduced(net, info: ModelInfo, out_dir, args, log=print) -> dict:
         raise ArtifactError("--onnx with --precision bfloat16: onnxruntime has no bfloat16 convolutions on the CPU; "
                             "export --precision int8 --onnx, or float32 --onnx")
     out = Path(out_dir)
-    records, check = check_crops(args.check, info, args.check_samples)
-    reference = MXNetBackend(net, mx.cpu())
+    records = open_records(args.check, info)
+    float32_nme = check_nme(MXNetBackend(net, mx.cpu()), info, records, args.check_samples)
     reduced_info = dataclasses.replace(info, precision=precision)
+    probe = _probe_batch(info, 1)
     if precision == "int8":
-        _, calibration = check_crops(args.calibration, info, args.calibration_samples)
+        calibration = calibration_crops(args.calibration, info, args.calibration_samples)
         reduced = to_int8(net, info, calibration, args.calib_mode)
     else:
-        reduced = to_bfloat16(net, check[:1])
-    reduced(mx.nd.array(check[:1]))  # Gluon exports the graph of its last forward
+        reduced = artifact.bfloat16_network(net, probe)
+    reduced(mx.nd.array(probe))  # Gluon exports the graph of its last forward
     result = {"precision": precision, "check": {}}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        result["check"]["mxnet"] = drift_check(reference, MXNetBackend(reduced, mx.cpu()), info, records,
+        result["check"]["mxnet"] = drift_check(float32_nme, MXNetBackend(reduced, mx.cpu()), info, records,
                                                args.check_samples, f"{precision} (MXNet)", args.max_drift, log)
         # bfloat16: MXNet 1.9.1 loses AMP's casts when it exports the converted graph, so the package holds
         # the float32 graph and loaders convert it (artifact.load_network); int8 exports as it is
@@ -266,7 +278,7 @@ def export_reduced(net, info: ModelInfo, out_dir, args, log=print) -> dict:
             onnx_int8(fp32, tmp / ONNX_FILE, calibration)
             for f in ("fp32-symbol.json", "fp32-0000.params", "fp32.onnx"):
                 (tmp / f).unlink()
-            result["check"]["onnxruntime"] = drift_check(reference, OnnxBackend(tmp / ONNX_FILE), info, records,
+            result["check"]["onnxruntime"] = drift_check(float32_nme, OnnxBackend(tmp / ONNX_FILE), info, records,
                                                          args.check_samples, "int8 (onnxruntime)", args.max_drift,
                                                          log)
             files.append(ONNX_FILE)
