@@ -1,7 +1,7 @@
 """How a run stands, from its directory and Slurm: the small files rank 0 and the launchers keep there,
 and the status `facealign-launch status` prints. Imports no MXNet (login nodes).
 
-    record_progress(run_dir, step=10, last_step=372, ...)     # the trainer's rank 0, at each progress line
+    record_progress(run_dir, {"step": 10, "last_step": 372, ...})   # the trainer's rank 0, at each progress line
     status = run_status(Path("runs/demo"))                     # RunStatus: state, step / total, best, ETA, ...
     members = sweep_members(Path("runs/lr-sweep"))             # [(run dir, overrides)] of a sweep
 
@@ -44,10 +44,13 @@ def read_json(path: Path):
         return None
 
 
-def record_progress(run_dir: Path, **fields) -> None:
-    """The trainer's rank 0: where the run is (merged into what was there: best survives restarts)."""
-    path = Path(run_dir) / PROGRESS_FILE
-    write_json(path, {**(read_json(path) or {}), **fields, "time": time.time()})
+def read_progress(run_dir: Path) -> dict:
+    return read_json(Path(run_dir) / PROGRESS_FILE) or {}
+
+
+def record_progress(run_dir: Path, progress: dict) -> None:
+    """The trainer's rank 0: where the run is (it keeps ``progress`` and writes it whole)."""
+    write_json(Path(run_dir) / PROGRESS_FILE, {**progress, "time": time.time()})
 
 
 def record_slurm(run_dir: Path, environ=None) -> None:
@@ -136,7 +139,7 @@ def last_error(run_dir: Path) -> str | None:
 
 def run_status(run_dir: Path, overrides=None, query_slurm: bool = True) -> RunStatus:
     run_dir = Path(run_dir)
-    progress = read_json(run_dir / PROGRESS_FILE) or {}
+    progress = read_progress(run_dir)
     slurm = read_json(run_dir / SLURM_FILE) or {}
     job = slurm.get("query_id")
     state = None

@@ -341,13 +341,13 @@ def _train(spec: JobSpec, run_dir: Path, on_finish, closing: contextlib.ExitStac
         return NonFiniteLoss(message)
 
     # where the run stands, for `facealign-launch status` (facealign.runs); the best survives restarts
-    progress = runs.read_json(run_dir / runs.PROGRESS_FILE) or {} if world.is_primary else {}
-    best = {"metric": metric, "best": progress.get("best") if found else None,
-            "best_step": progress.get("best_step") if found else None}
+    progress = runs.read_progress(run_dir) if world.is_primary and found else {}
+    best = {"metric": metric, "best": progress.get("best"), "best_step": progress.get("best_step")}
 
     def record_progress(**fields):
-        if world.is_primary:
-            runs.record_progress(run_dir, last_step=last_step, epoch=epoch, restarts=restarts, **best, **fields)
+        if world.is_primary:  # kept here and written whole: no read-back per progress line
+            progress.update(last_step=last_step, epoch=epoch, restarts=restarts, **best, **fields)
+            runs.record_progress(run_dir, progress)
 
     def note_validation(metrics, at_step):
         value = metrics.get(metric) if metric else None
