@@ -29,8 +29,9 @@ and the submit directory are mounted at their own paths, ``FACEALIGN_CONTAINER_M
 the images' ``/usr/local/bin/facealign-python`` (docker/). ``exec -- CMD`` runs one task the same
 way (slurm/eval.sh); ``--dry-run`` prints the srun command instead of running it.
 
-Exit status: the trainer's (0, 1, 2), or 0 after a requeue was requested; 2 for a bad container
-setting.
+Exit status: the trainer's (0, 1, 2), or 0 after a requeue was requested; 1 with one line for what
+the launcher itself refuses (an allocation that does not match the spec, a bad container setting, a
+task interpreter that cannot run).
 """
 from __future__ import annotations
 
@@ -203,8 +204,9 @@ def train(args) -> int:
         from horovod.runner.http.http_server import RendezvousServer
 
         per_node = tasks_per_node(env)
-        if args.dry_run:
-            print(shlex.join(srun + prefix + [task_python, "-m", "launcher.slurm", "worker", "--"] + train_cmd))
+        cmd = srun + prefix + [task_python, "-m", "launcher.slurm", "worker", "--"] + train_cmd
+        if args.dry_run:  # before the rendezvous server starts
+            print(shlex.join(cmd))
             return 0
         iface = default_iface(len(nodes))
         addr = interface_address(iface)
@@ -218,7 +220,6 @@ def train(args) -> int:
                           "HOROVOD_GLOO_IFACE": iface, "NCCL_SOCKET_IFNAME": iface,
                           "FACEALIGN_NODES": ",".join(nodes), "FACEALIGN_TASKS_PER_NODE": ",".join(map(str, per_node))})
         say(f"Gloo rendezvous at {addr}:{port} on {iface}")
-        cmd = srun + prefix + [task_python, "-m", "launcher.slurm", "worker", "--"] + train_cmd
     else:
         raise SystemExit(f"launcher: FACEALIGN_LAUNCH must be auto, gloo or mpi, got {mode!r}")
     child_env.setdefault("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
@@ -281,7 +282,11 @@ def exec_task(argv, dry_run: bool = False) -> int:
         return 0
     env = dict(os.environ)
     env.setdefault("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
-    os.execvpe(cmd[0], cmd, env)
+    try:
+        os.execvpe(cmd[0], cmd, env)
+    except OSError as e:
+        raise SystemExit(f"launcher: cannot run {cmd[0]}: {e.strerror} (FACEALIGN_TASK_PYTHON, FACEALIGN_CONTAINER "
+                         f"and the PATH decide it)")
     return 1  # not reached
 
 

@@ -221,6 +221,11 @@ def test_container_plans_mount_the_repository_and_pick_the_runtime(tmp_path):
     assert task_setup({})[:2] == ([], []) and task_setup({})[2] == sys.executable
     with pytest.raises(SystemExit, match="FACEALIGN_CONTAINER_RUNTIME must be pyxis or apptainer"):
         container_plan("img", runtime="docker", repo=REPO, workdir=REPO)
+    missing = subprocess.run([sys.executable, "-m", "launcher.slurm", "exec", "--", "python", "-c", "1"], cwd=REPO,
+                             capture_output=True, text=True, env={**ENV, "FACEALIGN_TASK_PYTHON": "/nowhere/python"})
+    assert missing.returncode == 1 and missing.stderr.strip() == (
+        "launcher: cannot run /nowhere/python: No such file or directory (FACEALIGN_TASK_PYTHON, FACEALIGN_CONTAINER "
+        "and the PATH decide it)")
 
 
 def test_submit_writes_the_container_into_the_script(data, tmp_path):
