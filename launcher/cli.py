@@ -60,7 +60,7 @@ def parse_args(argv=None):
             s.add_argument("--zip", action="append", default=[], metavar="KEY=V1,V2",
                            help="vary these keys together, value by value (lists of one length; repeatable)")
             s.add_argument("--name", help="the sweep's name (default: <run.name>-sweep): runs/<name>/")
-            s.add_argument("--max-parallel", type=int, metavar="K", help="at most K array tasks at once")
+            s.add_argument("--max-parallel", type=int, metavar="K", help="at most K array tasks at once (K >= 1)")
             s.add_argument("--out-root", help="where the sweep directory goes (default: the spec's run.out_root)")
             s.add_argument("--local", action="store_true", help="run the members one after another here")
         elif name != "validate":
@@ -155,6 +155,8 @@ def sweep_command(args) -> int:
             sw = sweeps.Sweep(base=Path(args.job).resolve(), fixed=list(args.set),
                               grid=sweeps.parse_axis(args.grid, "--grid"), zipped=sweeps.parse_axis(args.zip, "--zip"))
         sw.name = args.name or sw.name
+        if args.max_parallel is not None and args.max_parallel < 1:
+            raise SpecError(f"--max-parallel {args.max_parallel}: at least 1 array task at once")
         sw.max_parallel = args.max_parallel or sw.max_parallel
         name, root, members = sweeps.plan(sw, args.out_root)
         sweeps.write(sw, name, root, members)
@@ -180,7 +182,7 @@ def sweep_command(args) -> int:
     if code:
         print(f"facealign-launch: {said}", file=sys.stderr)
         return code
-    sweeps.write(sw, name, root, members, array_job_id=said)
+    sweeps.record_array(root, said)
     for m in members:
         runs.record_submitted(m.dir, f"{said}_{m.index}")
     print(f"submitted job array {said} (tasks 0-{len(members) - 1}"

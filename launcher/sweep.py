@@ -30,7 +30,7 @@ import yaml
 
 from facealign import components
 from facealign.config import JOB_FILE, SpecError, dump_job
-from facealign.runs import SWEEP_FILE, write_json
+from facealign.runs import SWEEP_FILE, read_json, write_json
 from launcher import scripts
 
 SWEEP_KEYS = ("base", "name", "set", "grid", "zip", "max_parallel")
@@ -119,6 +119,9 @@ def load_sweep_file(path: Path) -> Sweep:
     fixed = raw.get("set") or []
     if not isinstance(fixed, list):
         raise SpecError(f"{path}: 'set' must be a list of dotted.key=value")
+    parallel = raw.get("max_parallel")
+    if parallel is not None and (isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1):
+        raise SpecError(f"{path}: 'max_parallel' must be a whole number of tasks >= 1, got {parallel!r}")
     return Sweep(base=(path.parent / raw["base"]).resolve(), name=raw.get("name"), fixed=[str(x) for x in fixed],
                  grid=axis("grid"), zipped=axis("zip"), max_parallel=raw.get("max_parallel"))
 
@@ -166,16 +169,14 @@ def plan(sweep: Sweep, out_root: Path | None = None) -> tuple[str, Path, list[Me
     return name, root, members
 
 
-def write(sweep: Sweep, name: str, root: Path, members: list[Member], array_job_id: str | None = None) -> None:
+def write(sweep: Sweep, name: str, root: Path, members: list[Member]) -> None:
     """Each member's job.yaml and the sweep's record (refusing a directory that holds another sweep)."""
     record_path = root / SWEEP_FILE
     record = {"name": name, "base": str(sweep.base), "set": sweep.fixed, "grid": sweep.grid, "zip": sweep.zipped,
               "max_parallel": sweep.max_parallel,
               "members": [{"index": m.index, "dir": m.dir.name, "overrides": m.overrides} for m in members],
-              "array_job_id": array_job_id}
+              "array_job_id": None}
     if record_path.exists():
-        from facealign.runs import read_json
-
         old = read_json(record_path) or {}
         if [m["overrides"] for m in old.get("members", [])] != [m.overrides for m in members] \
                 or old.get("set") != sweep.fixed or old.get("base") != str(sweep.base):
@@ -185,6 +186,11 @@ def write(sweep: Sweep, name: str, root: Path, members: list[Member], array_job_
         m.dir.mkdir(parents=True, exist_ok=True)
         dump_job(m.spec, m.dir / JOB_FILE)
     write_json(record_path, record)
+
+
+def record_array(root: Path, array_job_id: str) -> None:
+    """The job array that runs the sweep, once submitted."""
+    write_json(root / SWEEP_FILE, {**(read_json(root / SWEEP_FILE) or {}), "array_job_id": array_job_id})
 
 
 def render_array(spec, name: str, root: Path, members: list[Member], repo: Path, python: str, max_parallel=None,

@@ -299,6 +299,12 @@ def test_a_sweep_with_a_bad_member_submits_nothing(data, tmp_path):
     (tmp_path / "s.yaml").write_text(f"base: {job.name}\ngrid: {{optim.lr: [1.0e-3]}}\nzap: 1\n")
     bad_file = _launch("sweep", tmp_path / "s.yaml")
     assert bad_file.returncode == 2 and "s.yaml: unknown key 'zap'" in bad_file.stderr
+    (tmp_path / "p.yaml").write_text(f"base: {job.name}\ngrid: {{optim.lr: [1.0e-3]}}\nmax_parallel: two\n")
+    parallel = _launch("sweep", tmp_path / "p.yaml")
+    assert parallel.returncode == 2 and "p.yaml: 'max_parallel' must be a whole number of tasks >= 1, got 'two'" \
+        in parallel.stderr
+    zero = _launch("sweep", job, "--grid", "optim.lr=1e-3", "--max-parallel", "0", "--out-root", tmp_path / "runs")
+    assert zero.returncode == 2 and "--max-parallel 0: at least 1 array task at once" in zero.stderr
     zipped = _launch("sweep", job, "--zip", "optim.lr=1e-3,2e-3", "--zip", "loss.kind=mse", "--out-root",
                      tmp_path / "runs")
     assert zipped.returncode == 2 and "--zip lists must be of one length" in zipped.stderr
