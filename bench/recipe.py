@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -84,8 +83,10 @@ def pack_data(args, work: Path) -> dict:
 
 def train_run(args, loss: str, seed: int, data: dict, run_dir: Path) -> float:
     """Train one loss with one seed (skipped if the run finished before); its wall time in seconds."""
-    done = run_dir / "exit.json"
-    if done.exists() and json.loads(done.read_text()).get("code") == 0:
+    from facealign import components, runs
+    from launcher.cli import run_local
+
+    if runs.run_status(run_dir, query_slurm=False).state == "finished":
         print(f"[recipe] {run_dir.name}: finished before, scoring it again", flush=True)
         return float(json.loads((run_dir / "recipe-time.json").read_text())["seconds"]) \
             if (run_dir / "recipe-time.json").exists() else float("nan")
@@ -93,19 +94,14 @@ def train_run(args, loss: str, seed: int, data: dict, run_dir: Path) -> float:
             f"run.seed={seed}", f"resources.tasks_per_node={args.np}"]
     if args.steps:
         sets.append(f"schedule.max_steps={args.steps}")
-    bin_dir = Path(sys.executable).parent
-    cmd = [str(bin_dir / "horovodrun"), "-np", str(args.np), "-H", f"localhost:{args.np}", "--gloo",
-           sys.executable, "-m", "facealign.train", "--job", args.job, "--run-dir", str(run_dir)]
-    cmd += [a for s in sets for a in ("--set", s)]
-    print(f"[recipe] training {run_dir.name}: " + " ".join(cmd), flush=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MXNET_CPU_WORKER_NTHREADS": "1"}
+    print(f"[recipe] training {run_dir.name}", flush=True)
     started = time.time()
-    with open(run_dir.parent / f"{run_dir.name}.out", "w") as out:
-        proc = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    log = run_dir.parent / f"{run_dir.name}.out"
+    with open(log, "w") as out:  # facealign-launch local's path: horovodrun, one core per rank
+        code = run_local(components.load(args.job, sets), Path(args.job), sets, run_dir, args.np, output=out)
     seconds = time.time() - started
-    if proc.returncode != 0:
-        raise SystemExit(f"[recipe] training {run_dir.name} failed (exit {proc.returncode}); "
-                         f"see {run_dir.parent / (run_dir.name + '.out')}")
+    if code != 0:
+        raise SystemExit(f"[recipe] training {run_dir.name} failed (exit {code}); see {log}")
     (run_dir / "recipe-time.json").write_text(json.dumps({"seconds": seconds}) + "\n")
     return seconds
 

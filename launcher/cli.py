@@ -103,8 +103,9 @@ def render(spec, job: Path, overrides, run_dir: Path, extra=(), container=None, 
     return "\n".join(lines) + "\n"
 
 
-def run_local(spec, job: Path, overrides, run_dir: Path, np_: int) -> int:
-    """The job through horovodrun here; the trainer's own exit status as rank 0 recorded it."""
+def run_local(spec, job: Path, overrides, run_dir: Path, np_: int, output=None) -> int:
+    """The job through horovodrun here; the trainer's own exit status as rank 0 recorded it. ``output``: a file
+    for the ranks' output (default: this process's)."""
     r = spec.resources
     horovodrun = Path(sys.executable).parent / "horovodrun"
     cmd = [str(horovodrun), "-np", str(np_), "-H", f"localhost:{np_}", "--gloo", sys.executable, "-m",
@@ -118,7 +119,8 @@ def run_local(spec, job: Path, overrides, run_dir: Path, np_: int) -> int:
     # horovodrun turns any rank's failure into its own exit 1: rank 0 writes the ranks' own status here
     with tempfile.TemporaryDirectory(prefix="facealign-launch-") as tmp:
         exit_file = Path(tmp) / EXIT_FILE
-        code = subprocess.run(cmd, env={**env, "FACEALIGN_EXIT_FILE": str(exit_file)}).returncode
+        code = subprocess.run(cmd, env={**env, "FACEALIGN_EXIT_FILE": str(exit_file)}, stdout=output,
+                              stderr=subprocess.STDOUT if output else None).returncode
         try:
             ended = json.loads(exit_file.read_text())
         except (OSError, ValueError):
