@@ -130,6 +130,7 @@ def measure_detectors(reps: int) -> list[dict]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    engine = cpu_isa.serve_synchronously()  # as facealign-infer and facealign-eval serve
     cpu_isa.enable()  # before MXNet: the CPU's matrix engines where it has them (FACEALIGN_CPU_ISA)
     for var in ("OMP_NUM_THREADS", "MXNET_CPU_WORKER_NTHREADS"):
         os.environ[var] = str(args.threads)
@@ -160,6 +161,7 @@ def main(argv=None) -> int:
     import onnxruntime
 
     write_report("infer", args.out, {"reps": args.reps, "batches": args.batches, "backends": args.backends,
+                                     "mxnet_engine": engine,
                                      "what": "Predictor.predict with given boxes, refine=0; detectors separate"},
                  {"models": results, "detectors": detectors}, mxnet=mx.__version__,
                  onnxruntime=onnxruntime.__version__, threads=args.threads)

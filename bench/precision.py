@@ -72,6 +72,7 @@ def timed(predictor, image, boxes, reps):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    engine = cpu_isa.serve_synchronously()  # as facealign-infer and facealign-eval serve
     isa = cpu_isa.enable()  # before MXNet: the CPU's matrix engines where it has them (FACEALIGN_CPU_ISA)
     for var in ("OMP_NUM_THREADS", "MXNET_CPU_WORKER_NTHREADS"):
         os.environ[var] = str(args.threads)
@@ -86,7 +87,7 @@ def main(argv=None) -> int:
     from facealign.inference import Predictor
     from facealign.models import get_model, initialize
 
-    print(f"{cpu_isa.cpu_model()}; {isa.describe()}; {args.threads} threads", flush=True)
+    print(f"{cpu_isa.cpu_model()}; {isa.describe()}; {args.threads} threads; MXNet {engine}", flush=True)
     quiet = lambda m: None  # noqa: E731
     speed, accuracy = [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -142,6 +143,7 @@ def main(argv=None) -> int:
                     print(f"  {precision:<9} {backend:<12} NME {r['nme']:.3f}% vs float32 {r['float32_nme']:.3f}% "
                           f"({r['relative_drift_pct']:+.2f}%)", flush=True)
     write_report("precision", args.out, {"model": args.model, "reps": args.reps, "threads": args.threads,
+                                         "mxnet_engine": engine,
                                          "what": "Predictor.predict with given boxes, refine=0, flip off"},
                  {"speed": speed, "accuracy": accuracy}, mxnet=mx.__version__, onnxruntime=onnxruntime.__version__)
     return 0

@@ -41,9 +41,9 @@ def worker(model: str, dtype: str, batch: int, steps: int) -> None:
     import mxnet as mx
 
     if dtype == "bfloat16":
-        from mxnet.contrib import amp
+        from facealign import mixed_precision
 
-        amp.init(target_dtype="bfloat16")
+        mixed_precision.init("bfloat16")  # as the trainer
     from mxnet import autograd
 
     from facealign.models import get_model, initialize
@@ -65,6 +65,7 @@ def worker(model: str, dtype: str, batch: int, steps: int) -> None:
         loss.backward()
         trainer.step(1)
         loss.asscalar()
+    mx.nd.waitall()  # the last step's backward and update run asynchronously
     ips = batch * steps / (time.perf_counter() - start)
     if hvd.rank() == 0:
         print("RESULT " + json.dumps({"images_per_s_per_rank": ips}), flush=True)

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import yaml
 
-from facealign import checkpoint
+from facealign import checkpoint, mixed_precision
 from facealign.config import JOB_FILE
 from facealign.data.schemes import scheme_for
 from facealign.data.transforms import BOX_CROP_FRAMING, crop_framing
@@ -269,20 +269,8 @@ def load_network(source: ModelSource, ctx):
         import numpy as np
 
         s = source.info.input_size
-        net = bfloat16_network(net, np.zeros((1, 3, s, s), np.float32))
+        net = mixed_precision.bfloat16_inference_network(net, np.zeros((1, 3, s, s), np.float32))
     return net
-
-
-def bfloat16_network(net, probe):
-    """AMP's bfloat16 conversion of a hybridised float32 network: convolutions, BatchNorm and element-wise
-    work in bfloat16 where oneDNN has the kernels (AVX512-BF16, AMX); float32 pixels in, float32 out."""
-    import mxnet as mx
-    from mxnet.contrib import amp
-
-    net(mx.nd.array(probe, ctx=mx.cpu()))  # AMP converts the graph of the last forward
-    converted = amp.convert_hybrid_block(net, target_dtype="bfloat16", ctx=mx.cpu())
-    converted.hybridize(static_alloc=True)
-    return converted
 
 
 def load_backend(source: ModelSource, backend: str = "mxnet", gpu: int | None = None):

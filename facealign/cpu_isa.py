@@ -128,3 +128,26 @@ def enable() -> IsaChoice:
             del os.environ["DNNL_MAX_CPU_ISA"]  # an AMX cap without the permission would crash the process
         _CHOICE = choice
     return _CHOICE
+
+
+SERVING_ENGINE = "NaiveEngine"
+
+
+def serve_synchronously(gpu: int | None = None) -> str:
+    """Run MXNet's operators synchronously in the calling thread (``MXNET_ENGINE_TYPE=NaiveEngine``) in a
+    process that serves a network on the CPU: facealign-eval, facealign-infer, facealign-export and the
+    inference benchmarks. Call before MXNet is imported; returns the engine the process will have.
+
+    At batch 1 a forward pass is some 1,500 small operators, and the threaded engine's hand-offs between
+    its worker threads and OpenMP's took half of it: hg2-d3-cab at 128 px, 2 threads, bfloat16 72 -> 36 ms,
+    float32 175 -> 112 ms (bench/precision.py, README). Training keeps the threaded engine (Horovod's
+    operators need it). A GPU, an ``MXNET_ENGINE_TYPE`` already set, or MXNet already imported: unchanged.
+    """
+    import sys
+
+    if "MXNET_ENGINE_TYPE" in os.environ:
+        return os.environ["MXNET_ENGINE_TYPE"]
+    if (gpu is not None and gpu >= 0) or "mxnet" in sys.modules:
+        return "ThreadedEnginePerDevice"  # MXNet's default
+    os.environ["MXNET_ENGINE_TYPE"] = SERVING_ENGINE
+    return SERVING_ENGINE

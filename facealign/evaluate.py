@@ -355,9 +355,10 @@ def main(argv=None) -> int:
 
     from facealign import cpu_isa
 
+    engine = cpu_isa.serve_synchronously(args.gpu)  # before MXNet is imported
     isa = cpu_isa.enable()
     device = "cpu" if args.gpu is None or args.gpu < 0 else f"gpu({args.gpu})"
-    print(f"[eval] {cpu_isa.cpu_model()}; {isa.describe()}", file=sys.stderr, flush=True)
+    print(f"[eval] {cpu_isa.cpu_model()}; {isa.describe()}; MXNet {engine}", file=sys.stderr, flush=True)
     log = lambda m: print(f"[eval] {m}", file=sys.stderr, flush=True)  # noqa: E731
     try:
         sets = parse_sets(args.data)

@@ -24,8 +24,8 @@ default: KL-optimal) or ``naive`` (min/max) thresholds from ``--calibration-samp
 ops without an int8 kernel, UpSampling among them, stay float32 between a dequantise
 and a quantise) and, with ``--onnx``, writes a statically quantised QDQ model.onnx
 through onnxruntime's quantiser (per channel, uint8 activations, int8 weights).
-``bfloat16`` converts the network with AMP (``convert_hybrid_block``), for CPUs with
-AVX512-BF16 or AMX. Both take float32 pixels in and give float32 heatmaps out; the
+``bfloat16`` converts the network with AMP and fuses it with oneDNN (``mixed_precision``), for
+CPUs with AVX512-BF16 or AMX. Both take float32 pixels in and give float32 heatmaps out; the
 package records its precision, and every loader takes it as it is. A reduced export
 scores float32 and itself on the held-out faces of ``--check`` (the standard protocol)
 and is refused, with nothing written, when its NME rises more than ``--max-drift``
@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facealign import artifact
+from facealign import artifact, mixed_precision
 from facealign.artifact import ONNX_FILE, PARAMS_FILE, PRECISIONS, SYMBOL_FILE, ArtifactError, ModelInfo
 
 
@@ -161,16 +161,19 @@ def calibration_crops(prefix, info: ModelInfo, limit: int) -> np.ndarray:
 
 def to_int8(net, info: ModelInfo, calibration: np.ndarray, mode: str):
     """MXNet's int8 network (a SymbolBlock), calibrated on ``calibration`` crops."""
+    import warnings
+
     import mxnet as mx
-    from mxnet import gluon
     from mxnet.contrib import quantization
 
-    calib = gluon.data.DataLoader(gluon.data.ArrayDataset(mx.nd.array(calibration), mx.nd.zeros(len(calibration))),
-                                  batch_size=min(16, len(calibration)))
-    q = quantization.quantize_net_v2(net, quantized_dtype="auto", quantize_mode="full",
-                                     quantize_granularity="channel-wise", calib_data=calib, calib_mode=mode,
-                                     num_calib_examples=len(calibration), ctx=mx.cpu(),
-                                     exclude_operators=["UpSampling"], logger=_quiet_logger())
+    calib = mx.io.NDArrayIter(mx.nd.array(calibration), batch_size=min(16, len(calibration)))  # data alone
+    net = mixed_precision.symbol_block(*mixed_precision.inference_graph(net, calibration[:1]))
+    with warnings.catch_warnings():  # its SymbolBlocks' undecided input dtype (float32)
+        warnings.simplefilter("ignore", UserWarning)
+        q = quantization.quantize_net_v2(net, quantized_dtype="auto", quantize_mode="full",
+                                         quantize_granularity="channel-wise", calib_data=calib, calib_mode=mode,
+                                         num_calib_examples=len(calibration), ctx=mx.cpu(),
+                                         exclude_operators=["UpSampling"], logger=_quiet_logger())
     q.hybridize(static_alloc=True)
     return q
 
@@ -257,7 +260,7 @@ def export_reduced(net, info: ModelInfo, out_dir, args, log=print) -> dict:
         calibration = calibration_crops(args.calibration, info, args.calibration_samples)
         reduced = to_int8(net, info, calibration, args.calib_mode)
     else:
-        reduced = artifact.bfloat16_network(net, probe)
+        reduced = mixed_precision.bfloat16_inference_network(net, probe)
     reduced(mx.nd.array(probe))  # Gluon exports the graph of its last forward
     result = {"precision": precision, "check": {}}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -296,6 +299,9 @@ def export_reduced(net, info: ModelInfo, out_dir, args, log=print) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from facealign import cpu_isa
+
+    cpu_isa.serve_synchronously()  # before MXNet is imported: export computes on the CPU
     from facealign.backends import mx_context
     from facealign.data.records import DataError
     from facealign.scoring import ScoringError

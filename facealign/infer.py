@@ -253,6 +253,9 @@ def run_video(predictor, path: Path, args, boxes, out: Path) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from facealign import cpu_isa
+
+    cpu_isa.serve_synchronously(args.gpu)  # before MXNet is imported
     from facealign.artifact import ArtifactError
     from facealign.gpu_probe import GPUProbeFailed
     from facealign.detect import load_boxes, make_detector

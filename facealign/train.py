@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facealign import components, gpu_probe, runs
+from facealign import components, gpu_probe, mixed_precision, runs
 from facealign.artifact import ArtifactError
 from facealign.checkpoint import CHECKPOINTS_DIR, CheckpointError, CheckpointManager, CheckpointWriteError
 from facealign.config import EXIT_FILE, JOB_FILE, JobSpec, SpecError, dump_job, spec_hash
@@ -228,11 +228,8 @@ def _train(spec: JobSpec, run_dir: Path, on_finish, closing: contextlib.ExitStac
                         f"{accumulation} accumulated batches")
     last_step = total_steps(spec, steps_per_epoch)
 
-    amp = None
     if spec.optim.amp != "off":  # must patch MXNet's operators before the network is built
-        from mxnet.contrib import amp
-
-        amp.init(target_dtype=spec.optim.amp)
+        mixed_precision.init(spec.optim.amp)
     model_spec = components.model_spec(spec)
     info = components.model_info(spec)
     net = initialize(build_model(model_spec), ctx=ctx, seed=spec.run.seed)

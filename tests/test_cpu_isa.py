@@ -84,3 +84,37 @@ def test_on_an_amx_cpu_bfloat16_convolutions_run_on_the_tiles():
     raw = _run(CONV.replace('print("CHOICE", cpu_isa.enable().describe(), flush=True)', ""),
                DNNL_MAX_CPU_ISA="AVX512_CORE_AMX")
     assert raw.returncode != 0
+
+
+_ENGINE_PROBE = """
+import os, sys
+from facealign import cpu_isa
+if sys.argv[1] == "imported":
+    import mxnet
+print(cpu_isa.serve_synchronously(None if sys.argv[2] == "cpu" else 0), os.environ.get("MXNET_ENGINE_TYPE"))
+"""
+
+
+@pytest.mark.parametrize("when, device, preset, expected", [
+    ("first", "cpu", None, "NaiveEngine NaiveEngine"),
+    ("first", "gpu", None, "ThreadedEnginePerDevice None"),
+    ("imported", "cpu", None, "ThreadedEnginePerDevice None"),  # too late: MXNet chose its engine at import
+    ("first", "cpu", "ThreadedEngine", "ThreadedEngine ThreadedEngine"),  # the user's choice stands
+])
+def test_serving_processes_run_mxnet_synchronously_on_the_cpu(when, device, preset, expected):
+    env = {k: v for k, v in os.environ.items() if k != "MXNET_ENGINE_TYPE"}
+    if preset:
+        env["MXNET_ENGINE_TYPE"] = preset
+    proc = subprocess.run([sys.executable, "-c", _ENGINE_PROBE, when, device], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[-2] == expected
+
+
+def test_facealign_eval_says_which_engine_it_serves_with(trained_run, synth_sets, tmp_path):
+    from conftest import run_cli
+
+    proc = run_cli("facealign-eval", trained_run, "--data", synth_sets / "val", "--out", tmp_path / "eval",
+                   "--quiet", "--no-tensorboard")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "MXNet NaiveEngine" in proc.stderr

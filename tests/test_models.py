@@ -326,8 +326,8 @@ def test_bfloat16_amp_training_step_runs_in_a_fresh_process(tmp_path):
 
     code = """
 import mxnet as mx, numpy as np
-from mxnet.contrib import amp
-amp.init(target_dtype="bfloat16")
+from facealign import mixed_precision
+mixed_precision.init("bfloat16")  # as the trainer
 from mxnet import autograd, gluon
 from facealign.models import get_model, initialize
 net = initialize(get_model("hg2-d3-cab", width=64), seed=1)
@@ -345,6 +345,13 @@ for _ in range(3):
     losses.append(loss.asscalar())
 print("DTYPE", out[-1].dtype.names if out[-1].dtype.names else out[-1].dtype, "LOSSES", losses)
 assert np.isfinite(losses).all() and losses[-1] < losses[0], losses
+# float32 islands: only UpSampling (no bfloat16 kernel); CAB's scale slices its input in bfloat16
+import json
+nodes = json.loads(net(mx.sym.var("data")).tojson(remove_amp_cast=False))["nodes"]
+to_f32 = {i for i, n in enumerate(nodes) if n["op"] == "amp_cast" and n["attrs"]["dtype"] == "float32"}
+fed = sorted({n["op"] for n in nodes if any(e[0] in to_f32 for e in n["inputs"])})
+print("FLOAT32_CONSUMERS", fed)
+assert fed == ["UpSampling"], fed
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -68,6 +68,14 @@ def test_bfloat16_exports_compute_in_bfloat16_and_keep_their_accuracy(trained_ru
     bf16 = artifact.load_backend(source)(x)
     diff = np.abs(bf16 - fp32).max() / np.abs(fp32).max()
     assert bf16.dtype == np.float32 and 0 < diff < 0.05  # bfloat16 arithmetic: close, not equal
+    # the loaded graph is fused by oneDNN (convolution + BatchNorm + ReLU + sum) and holds bfloat16 weights
+    import mxnet as mx
+
+    net = artifact.load_network(source, mx.cpu())
+    ops = {n["op"] for n in json.loads(mx.sym.Group(net(mx.sym.var("data"))).tojson(remove_amp_cast=False))["nodes"]}
+    assert "_sg_mkldnn_conv" in ops and "Convolution" not in ops, sorted(ops)
+    dtypes = {p.name: p.data().dtype for p in net.collect_params().values()}
+    assert all(dt.names == ("bfloat16",) for name, dt in dtypes.items() if name.endswith("_weight")), dtypes
     # the package re-loaded by facealign-eval (a process that, like the export's, chose its ISA before
     # MXNet's first kernel) scores what the export checked
     proc = run_cli("facealign-eval", out, "--data", synth_sets / "val", "--protocol", "standard", "--out",
