@@ -1,15 +1,19 @@
-"""MXNet AMP for our networks: which operators stay float32, for training (``init``) and for bfloat16
-inference graphs (``bfloat16_inference_network``).
+"""MXNet AMP for our networks, and the graphs of reduced-precision exports.
 
-AMP's default bfloat16 lists keep every operator they do not know in float32, among them pure copies
-(``slice``, ``Reshape``, ``BlockGrad``, ``ones_like``) and multiplication by a scalar. ``layers.scale``
-(CAB's 1/8) builds its constant weight from a 1 x C x 1 x 1 slice of its input, so each CAB block cast
-its whole input to float32 only to slice one pixel of it: 23 full-size casts per forward pass of
-hg2-d3-cab (profiled with DNNL_VERBOSE). Those operators are exact in bfloat16 (copies, and a scalar that
-is a power of two), so here they run in it. ``UpSampling`` has no bfloat16 kernel in MXNet 1.9.1 and
-stays float32.
+Training (``init``): AMP's default bfloat16 lists keep every operator they do not know in float32, among
+them pure copies (``slice``, ``Reshape``, ``BlockGrad``, ``ones_like``) and multiplication by a scalar.
+``layers.scale`` (CAB's 1/8) builds its constant weight from a 1 x C x 1 x 1 slice of its input, so each
+CAB block cast its whole input to float32 only to slice one pixel of it: 23 full-size casts per forward
+pass of hg2-d3-cab (profiled with DNNL_VERBOSE). Those operators are exact in bfloat16 (copies, and a
+scalar that is a power of two), so here they run in it. ``UpSampling`` has no bfloat16 kernel in MXNet
+1.9.1: it stays float32, and its output goes back to bfloat16.
 
-Imports MXNet only inside the functions (the job-spec checks import this module's names on login nodes).
+Serving: ``inference_graph`` (float32, for int8 and bfloat16 exports), ``nearest_upsampling_as_repeats``
+and ``batchnorm_folded`` rewrite the exported graph's JSON; ``bfloat16_inference_network`` puts them
+together with AMP and oneDNN's fusion.
+
+MXNet is imported inside the functions: processes choose the CPU's ISA and MXNet's engine before it is
+imported (facealign.cpu_isa).
 """
 from __future__ import annotations
 
@@ -94,8 +98,7 @@ def inference_graph(net, probe):
             name = node["name"].rsplit("_fwd", 1)[0] + "_constant_weight"
             params[name] = mx.nd.full(shape, float(nodes[chain[2]]["attrs"]["scalar"]))
             nodes[chain[0]] = {"op": "null", "name": name, "inputs": []}  # the chain before it is left unused
-    graph["arg_nodes"] = [i for i, n in enumerate(nodes) if n["op"] == "null"]
-    return mx.sym.load_json(json.dumps(graph)), params
+    return _symbol_of(graph, nodes, {i: i for i in range(len(nodes))}), params
 
 
 def nearest_upsampling_as_repeats(sym):
@@ -104,8 +107,6 @@ def nearest_upsampling_as_repeats(sym):
     every hourglass merge, which spread through the next block's sums: 45 casts per forward pass). For
     int8 graphs UpSampling stays: both stay float32 there, and it is the faster of the two."""
     import json
-
-    import mxnet as mx
 
     graph = json.loads(sym.tojson())
     nodes, new_index, out = graph["nodes"], {}, []
@@ -120,10 +121,7 @@ def nearest_upsampling_as_repeats(sym):
                     "inputs": [[len(out) - 1, 0, 0]]}
         new_index[i] = len(out)
         out.append(node)
-    graph = dict(graph, nodes=out, heads=[[new_index[h[0]], *h[1:]] for h in graph["heads"]],
-                 arg_nodes=[i for i, n in enumerate(out) if n["op"] == "null"])
-    graph.pop("node_row_ptr", None)
-    return mx.sym.load_json(json.dumps(graph))
+    return _symbol_of(graph, out, new_index)
 
 
 def batchnorm_folded(sym, params):
@@ -187,10 +185,20 @@ def batchnorm_folded(sym, params):
             node["inputs"] = node["inputs"][:2] + [[len(out) - 1, 0, 0]]
         new_index[i] = len(out)
         out.append(node)
-    graph = dict(graph, nodes=out, heads=[[new_index[h[0]], *h[1:]] for h in graph["heads"]],
-                 arg_nodes=[i for i, n in enumerate(out) if n["op"] == "null"])
+    return _symbol_of(graph, out, new_index), params
+
+
+def _symbol_of(graph: dict, nodes: list, new_index: dict):
+    """The symbol of a rewritten graph JSON: ``nodes`` in topological order, old node ids -> new in ``new_index``
+    (the heads follow it); nodes left unread by the heads drop out when MXNet loads it."""
+    import json
+
+    import mxnet as mx
+
+    graph = dict(graph, nodes=nodes, heads=[[new_index[h[0]], *h[1:]] for h in graph["heads"]],
+                 arg_nodes=[i for i, n in enumerate(nodes) if n["op"] == "null"])
     graph.pop("node_row_ptr", None)
-    return mx.sym.load_json(json.dumps(graph)), params
+    return mx.sym.load_json(json.dumps(graph))
 
 
 def symbol_block(sym, params):

@@ -139,13 +139,22 @@ def test_world_size_must_match_the_job(tiny_job, tmp_path):
     assert "= 2 rank(s), but 1 were started" in proc.stderr
 
 
-def test_exact_resume_is_bitwise(tiny_job, tmp_path):
-    straight = _run(tiny_job, tmp_path / "a", tmp_path / "pa", "schedule.max_steps=12")
+@pytest.mark.parametrize("amp", ["off", "bfloat16"])
+def test_exact_resume_is_bitwise(tiny_job, tmp_path, amp):
+    sets = [f"optim.amp={amp}"]
+    straight = _run(tiny_job, tmp_path / "a", tmp_path / "pa", "schedule.max_steps=12", *sets)
     assert straight.returncode == 0, straight.stderr[-3000:]
-    first = _run(tiny_job, tmp_path / "b", tmp_path / "pb1", "schedule.max_steps=5")
+    first = _run(tiny_job, tmp_path / "b", tmp_path / "pb1", "schedule.max_steps=5", *sets)
     assert first.returncode == 0, first.stderr[-3000:]
-    second = _run(tiny_job, tmp_path / "b", tmp_path / "pb2", "schedule.max_steps=12")
+    second = _run(tiny_job, tmp_path / "b", tmp_path / "pb2", "schedule.max_steps=12", *sets)
     assert second.returncode == 0, second.stderr[-3000:]
+    if amp == "bfloat16":  # bfloat16's loss curve is float32's, within bfloat16's precision
+        fp32 = _run(tiny_job, tmp_path / "f", tmp_path / "pf", "schedule.max_steps=12")
+        assert fp32.returncode == 0, fp32.stderr[-3000:]
+        curve = [v for _, v in scalars(tmp_path / "a" / "tb")["train/loss"]]
+        reference = [v for _, v in scalars(tmp_path / "f" / "tb")["train/loss"]]
+        assert len(curve) == len(reference) == 12 and curve != reference
+        np.testing.assert_allclose(curve, reference, rtol=0.03)
     log = (tmp_path / "b" / "log.txt").read_text()
     assert "resumed from" in log and "step 5, epoch 0, batch 5 of the epoch" in log
     for rank in (0, 1):  # crosses an epoch boundary (8 steps) after the resume
