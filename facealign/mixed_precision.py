@@ -23,7 +23,7 @@ from pathlib import Path
 
 # Exact in bfloat16: copies and reshapes, and ``_mul_scalar`` by the powers of two ``layers.scale`` uses.
 BFLOAT16_EXACT_OPS = frozenset({"slice", "Reshape", "reshape", "BlockGrad", "stop_gradient", "ones_like",
-                                "_mul_scalar", "repeat"})
+                                "_mul_scalar", "_MulScalar", "repeat"})
 
 
 def float32_ops(target_dtype: str) -> list[str] | None:
@@ -43,13 +43,20 @@ def init(target_dtype: str) -> None:
     float32 island it starts spreads, through the hourglass merge's sum (AMP casts a sum to its widest
     input), into the BatchNorms, ReLUs and sums of the next blocks.
     """
+    global _INITIALISED
     import mxnet as mx
     from mxnet.contrib import amp
 
+    if _INITIALISED:  # amp.init runs once per process; wrapping UpSampling twice would cast twice
+        return
     amp.init(target_dtype=target_dtype, fp32_ops=float32_ops(target_dtype))
     if target_dtype == "bfloat16":
         for module in (mx.sym, mx.sym.op, mx.nd, mx.nd.op):
             module.UpSampling = _returning_to(module.UpSampling, module.amp_cast, amp.amp.bfloat16)
+    _INITIALISED = True
+
+
+_INITIALISED = False
 
 
 def _returning_to(op, amp_cast, dtype):
