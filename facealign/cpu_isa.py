@@ -140,8 +140,8 @@ def serve_synchronously(gpu: int | None = None) -> str:
 
     At batch 1 a forward pass is some 1,500 small operators, and the threaded engine's hand-offs between
     its worker threads and OpenMP's took half of it: hg2-d3-cab at 128 px, 2 threads, bfloat16 72 -> 36 ms,
-    float32 175 -> 112 ms (bench/precision.py, README). Training keeps the threaded engine (Horovod's
-    operators need it). A GPU, an ``MXNET_ENGINE_TYPE`` already set, or MXNet already imported: unchanged.
+    float32 175 -> 112 ms (bench/precision.py, README). Training keeps the threaded engine (a step is a few
+    hundred large operators, and Horovod's asynchronous operators were not tried without it). A GPU, an ``MXNET_ENGINE_TYPE`` already set, or MXNet already imported: unchanged.
     """
     import sys
 

@@ -74,8 +74,8 @@ def test_bfloat16_exports_compute_in_bfloat16_and_keep_their_accuracy(trained_ru
     net = artifact.load_network(source, mx.cpu())
     ops = {n["op"] for n in json.loads(mx.sym.Group(net(mx.sym.var("data"))).tojson(remove_amp_cast=False))["nodes"]}
     assert "_sg_mkldnn_conv" in ops and "Convolution" not in ops, sorted(ops)
-    dtypes = {p.name: p.data().dtype for p in net.collect_params().values()}
-    assert all(dt.names == ("bfloat16",) for name, dt in dtypes.items() if name.endswith("_weight")), dtypes
+    weights = {p.name: p.data().dtype for p in net.collect_params().values() if p.name.endswith("_weight")}
+    assert weights and all(dt.names == ("bfloat16",) for dt in weights.values()), weights
     # the package re-loaded by facealign-eval (a process that, like the export's, chose its ISA before
     # MXNet's first kernel) scores what the export checked
     proc = run_cli("facealign-eval", out, "--data", synth_sets / "val", "--protocol", "standard", "--out",
