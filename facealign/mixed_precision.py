@@ -23,7 +23,7 @@ from pathlib import Path
 
 # Exact in bfloat16: copies and reshapes, and ``_mul_scalar`` by the powers of two ``layers.scale`` uses.
 BFLOAT16_EXACT_OPS = frozenset({"slice", "Reshape", "reshape", "BlockGrad", "stop_gradient", "ones_like",
-                                "_mul_scalar", "_MulScalar", "repeat"})
+                                "_mul_scalar", "_MulScalar", "repeat", "expand_dims", "squeeze"})
 
 
 def float32_ops(target_dtype: str) -> list[str] | None:

@@ -11,7 +11,8 @@ from typing import Callable
 
 from mxnet.gluon import HybridBlock
 
-from .layers import BNReLU, ConvBNReLU, conv2d, relu, scale
+from .layers import BNReLU, ConvBNReLU, concat_channels, conv2d, relu, scale
+from .specs import block_kind
 
 
 class PreActBottleneck(HybridBlock):
@@ -55,14 +56,15 @@ class HPMBlock(HybridBlock):
         self.act3 = BNReLU(c2, name + "_bn3")
         self.conv3 = conv2d(c2, channels - c1 - c2, 3, name + "_conv3")
         self.shortcut = conv2d(in_channels, channels, 1, name + "_sc") if in_channels != channels else None
+        self.pieces = (c1, c2, channels - c1 - c2)
 
     def hybrid_forward(self, F, x):
         act1 = self.act1(x)
         b1 = self.conv1(act1)
         b2 = self.conv2(self.act2(b1))
         b3 = self.conv3(self.act3(b2))
-        out = F.concat(b1, b2, b3, dim=1)
-        return out + (self.shortcut(act1) if self.shortcut is not None else x)
+        shortcut = self.shortcut(act1) if self.shortcut is not None else x
+        return concat_channels(F, (b1, b2, b3), self.pieces) + shortcut
 
 
 class InceptionResA(HybridBlock):
@@ -82,12 +84,13 @@ class InceptionResA(HybridBlock):
         self.tower2_1 = ConvBNReLU(c4, c38, 3, name + "_conv2_1")
         self.tower2_2 = ConvBNReLU(c38, c2, 3, name + "_conv2_2")
         self.project = ConvBNReLU(c4 + c4 + c2, channels, 1, name + "_conv_out", relu=False)
+        self.pieces = (c4, c4, c2)
 
     def hybrid_forward(self, F, x):
         t0 = self.tower0(x)
         t1 = self.tower1_1(self.tower1_0(x))
         t2 = self.tower2_2(self.tower2_1(self.tower2_0(x)))
-        return relu(F, x + self.project(F.concat(t0, t1, t2, dim=1)))
+        return relu(F, x + self.project(concat_channels(F, (t0, t1, t2), self.pieces)))
 
 
 class CAB(HybridBlock):
@@ -122,27 +125,28 @@ class CAB(HybridBlock):
         # Each merge halves; we add without halving and scale once by 1/8 at the end. Halving is exact
         # in binary floating point, so fl(a + b) / 2 == fl(a / 2 + b / 2) and the result is bitwise the
         # reference's, with one scaling pass (``scale``: oneDNN) over the output instead of six scalar ops.
-        def merge(wide, narrow):  # without the halving
-            return wide + F.concat(narrow, narrow, dim=1)
+        def merge(wide, narrow, narrow_channels):  # without the halving
+            return wide + concat_channels(F, (narrow, narrow), (narrow_channels,) * 2)
 
+        c = self.channels
         b1 = self.b1(x)
         b2 = self.b2(b1)
         b3 = self.b3(b2)
-        s33 = merge(x, b1)  # 2 * o33
-        s23 = merge(self.dw23(b1), b2)  # 2 * o23
-        s13 = merge(self.dw13(b2), b3)  # 2 * o13
-        out = merge(merge(s33, s23), merge(s23, s13))  # (4 o22 + cat(4 o12))
+        s33 = merge(x, b1, c // 2)  # 2 * o33
+        s23 = merge(self.dw23(b1), b2, c // 4)  # 2 * o23
+        s13 = merge(self.dw13(b2), b3, c // 8)  # 2 * o13
+        out = merge(merge(s33, s23, c // 2), merge(s23, s13, c // 4), c // 2)  # (4 o22 + cat(4 o12))
         return scale(F, out, self.channels, 0.125)
 
 
 BlockFactory = Callable[[int, int, str], HybridBlock]
 
-# kind -> (factory for in == out, kind to fall back to when in != out)
-BLOCKS: dict[str, tuple[BlockFactory, str | None]] = {
-    "resnet": (lambda cin, cout, name: PreActBottleneck(cin, cout, name), None),
-    "hpm": (lambda cin, cout, name: HPMBlock(cin, cout, name), None),
-    "inception": (lambda cin, cout, name: InceptionResA(cout, name), "resnet"),
-    "cab": (lambda cin, cout, name: CAB(cout, name), "hpm"),
+# kind -> factory; "inception" and "cab" are built only for in == out (specs.BLOCK_FALLBACK)
+BLOCKS: dict[str, BlockFactory] = {
+    "resnet": lambda cin, cout, name: PreActBottleneck(cin, cout, name),
+    "hpm": lambda cin, cout, name: HPMBlock(cin, cout, name),
+    "inception": lambda cin, cout, name: InceptionResA(cout, name),
+    "cab": lambda cin, cout, name: CAB(cout, name),
 }
 
 
@@ -150,7 +154,4 @@ def make_block(kind: str, in_channels: int, channels: int, name: str) -> HybridB
     """The reference's ``conv_block``: a ``kind`` block, or its fallback when channels change."""
     if kind not in BLOCKS:
         raise ValueError(f"unknown block type {kind!r}; expected one of {sorted(BLOCKS)}")
-    factory, fallback = BLOCKS[kind]
-    if in_channels != channels and fallback is not None:
-        return make_block(fallback, in_channels, channels, name)
-    return factory(in_channels, channels, name)
+    return BLOCKS[block_kind(kind, in_channels, channels)](in_channels, channels, name)

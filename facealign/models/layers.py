@@ -62,6 +62,28 @@ def scale(F, x, channels: int, factor: float):
     return F.Convolution(x, weight, kernel=(1, 1), num_filter=channels, num_group=channels, no_bias=True)
 
 
+# oneDNN 2.4.4 (MXNet 1.9.1) stores activations in channel blocks of 16 (AVX-512; 8 on AVX2). The backward
+# pass of a 4-D channel concat splits its incoming gradient into sub-memories at the pieces' offsets; where
+# that gradient comes blocked (from a convolution's backward) and an offset is not a whole block, oneDNN
+# fails ("could not construct a sub-memory") or divides by zero (SIGFPE). A 16-aligned offset is whole
+# on every ISA.
+CONCAT_ALIGNMENT = 16
+
+
+def concat_channels(F, pieces, channels):
+    """``concat(pieces, dim=1)``, with ``channels`` the pieces' channel counts.
+
+    Where every piece is a whole number of oneDNN channel blocks this is oneDNN's concat. Elsewhere the
+    pieces are concatenated as B x C x H x W x 1 tensors, which MXNet's own concat handles (oneDNN's takes
+    4-D only) in plain layout in both passes; the values are the same either way (a copy), and so are
+    the gradients (a split). (A B x C x HW reshape instead broke bfloat16's backward reorders.)
+    """
+    if all(c % CONCAT_ALIGNMENT == 0 for c in channels):
+        return F.concat(*pieces, dim=1)
+    flat = [F.expand_dims(piece, axis=4) for piece in pieces]
+    return F.squeeze(F.concat(*flat, dim=1), axis=4)
+
+
 def relu(F, x):
     """ReLU through ``Activation``, which oneDNN runs natively in float32 and bfloat16.
 
@@ -106,18 +128,25 @@ class BNReLU(HybridBlock):
 class Deconv2xBNReLU(HybridBlock):
     """Learned 2x up-sampling of the SAT grid: 2x2 stride-2 transposed conv (no bias, bilinear init), BN, ReLU.
 
-    The weight keeps the reference name ``{sat}_upsampling_w{w}_h{h}``: the
-    reference's initialiser picked bilinear init by that "upsampling" substring.
+    The weight keeps the reference name ``{sat}_upsampling_w{w}_h{h}_weight`` and the transposed conv's
+    layout (in, out, 2, 2): the reference's initialiser picked bilinear init by that "upsampling" substring.
+    It is computed as what it is, a 1x1 convolution to the four output phases followed by
+    ``depth_to_space``: out[o, 2i+a, 2j+b] = sum_c x[c, i, j] W[c, o, a, b]. The same function to float32
+    rounding; oneDNN 2.4.4's ``Deconvolution`` backward crashed bfloat16 training of SAT models at
+    several widths (docs: performance).
     """
 
     def __init__(self, channels: int, deconv_name: str, bn_name: str):
         super().__init__(prefix=deconv_name + "_")
-        self.deconv = nn.Conv2DTranspose(channels, 2, strides=2, use_bias=False, in_channels=channels,
-                                         weight_initializer=mx.init.Bilinear(), prefix=deconv_name + "_")
+        self.channels = channels
+        self.weight = self.params.get("weight", shape=(channels, channels, 2, 2), init=mx.init.Bilinear())
         self.bn = batch_norm(channels, bn_name)
 
-    def hybrid_forward(self, F, x):
-        return relu(F, self.bn(self.deconv(x)))
+    def hybrid_forward(self, F, x, weight):
+        # (in, out, a, b) -> ((a, b, out), in): depth_to_space reads channel (a * 2 + b) * out + o
+        phases = F.reshape(F.transpose(weight, axes=(2, 3, 1, 0)), shape=(4 * self.channels, self.channels, 1, 1))
+        y = F.Convolution(x, phases, kernel=(1, 1), num_filter=4 * self.channels, no_bias=True)
+        return relu(F, self.bn(F.depth_to_space(y, block_size=2)))
 
 
 def upsample_nearest_2x(F, x):

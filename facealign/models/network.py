@@ -23,6 +23,7 @@ from mxnet.gluon import HybridBlock
 
 from .blocks import make_block
 from .layers import ConvBNReLU, batch_norm, conv2d, deformable_conv3x3, maxpool_2x, relu
+from .specs import stem_channels
 
 # Builds one stack's body: (channels, stack index) -> channels-preserving block.
 TopologyFactory = Callable[[int, int], HybridBlock]
@@ -38,7 +39,7 @@ class StackedHeatmapNet(HybridBlock):
         self.num_stacks = num_stacks
         self.topology = topology
         self.dcn = dcn
-        stem_c, mid_c = max(width // 4, 32), max(width // 2, 32)
+        stem_c, mid_c = stem_channels(width)
 
         # Stem. A 4x-larger input (e.g. 256 -> 64) gets the reference's 7x7 stride-2 conv0.
         if stride == 4:

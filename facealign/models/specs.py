@@ -16,6 +16,43 @@ from dataclasses import dataclass
 BLOCK_TYPES = ("resnet", "hpm", "inception", "cab")
 # Smallest channel divisor each block needs (C/2, C/4, 3C/8, C/8 must be whole).
 CHANNEL_MULTIPLE = {"resnet": 2, "hpm": 4, "inception": 8, "cab": 8}
+# "inception" and "cab" exist only for in == out channels; a block that changes them is this kind instead
+BLOCK_FALLBACK = {"inception": "resnet", "cab": "hpm"}
+
+
+def stem_channels(width: int) -> tuple[int, int]:
+    """The stem's two narrower widths: conv0/res0's input (width/4) and res0/res1's (width/2), at least 32."""
+    return max(width // 4, 32), max(width // 2, 32)
+
+
+def block_kind(block: str, in_channels: int, channels: int) -> str:
+    """The kind of block built for ``block`` between these channel counts (the reference's ``conv_block``)."""
+    return BLOCK_FALLBACK.get(block, block) if in_channels != channels else block
+
+
+def blocks_built(topology: str, block: str, width: int) -> list[tuple[str, str, int]]:
+    """(where, kind, output channels) of every kind of block a network builds: the stem's three, and the stacks'."""
+    stem_c, mid_c = stem_channels(width)
+    built = [("res0", block_kind(block, stem_c, mid_c), mid_c), ("res1", block, mid_c),
+             ("res2", block_kind(block, mid_c, width), width), ("stacks", block, width)]
+    return built + ([("sat", "cab", width)] if topology == "sat" else [])
+
+
+def width_problem(topology: str, block: str, width: int) -> str | None:
+    """Why ``width`` cannot be built with these blocks (None: it can)."""
+    for where, kind, channels in blocks_built(topology, block, width):
+        if channels % CHANNEL_MULTIPLE[kind]:
+            if channels == width:
+                return f"width {width} must be a multiple of {CHANNEL_MULTIPLE[kind]} for {kind} blocks"
+            return (f"width {width} cannot be built with {block} blocks: the stem's {where} block ({kind}) would have "
+                    f"{channels} channels, not a multiple of {CHANNEL_MULTIPLE[kind]}")
+    return None
+
+
+def nearest_widths(topology: str, block: str, width: int, count: int = 2) -> list[int]:
+    """The accepted widths nearest ``width``, for messages."""
+    valid = [w for w in range(8, 2049) if width_problem(topology, block, w) is None]
+    return sorted(sorted(valid, key=lambda w: (abs(w - width), w))[:count])
 
 TOPOLOGIES = ("hourglass", "sat")
 
@@ -49,9 +86,12 @@ class ModelSpec:
             problems.append(("topology", f"topology {self.topology!r} is not one of {TOPOLOGIES}"))
         if self.block not in BLOCK_TYPES:
             problems.append(("block", f"block {self.block!r} is not one of {sorted(BLOCK_TYPES)}"))
-        elif self.width % CHANNEL_MULTIPLE[self.block] or (self.topology == "sat" and self.width % 8):
-            problems.append(("width", f"width {self.width} must be a multiple of "
-                             f"{8 if self.topology == 'sat' else CHANNEL_MULTIPLE[self.block]} for {self.block} blocks"))
+        elif self.topology in TOPOLOGIES and self.width >= 1 and width_problem(self.topology, self.block, self.width):
+            near = " or ".join(map(str, nearest_widths(self.topology, self.block, self.width)))
+            problems.append(("width", f"{width_problem(self.topology, self.block, self.width)}; the nearest "
+                             f"widths that build are {near}"))
+        elif self.width < 1:
+            problems.append(("width", f"width must be >= 1, got {self.width}"))
         if self.num_stacks < 1:
             problems.append(("num_stacks", f"num_stacks must be >= 1, got {self.num_stacks}"))
         if self.depth < 1:
