@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export FACEALIGN_VENV := $(abspath $(VENV))
 
-.PHONY: setup demo test bench bench-models bench-data bench-train bench-infer bench-precision bench-recipe clean
+.PHONY: setup demo test bench bench-models bench-data bench-train bench-infer bench-precision bench-recipe bench-widths clean
 
 setup:
 	bash install.sh
@@ -15,7 +15,7 @@ demo: setup
 test: setup
 	$(PY) -m pytest tests
 
-bench: bench-models bench-data bench-train bench-infer bench-precision bench-recipe
+bench: bench-models bench-data bench-train bench-infer bench-precision bench-recipe bench-widths
 
 bench-models: setup
 	$(PY) bench/models.py --out bench/results/models.json
@@ -37,3 +37,6 @@ bench-precision: setup
 
 bench-recipe: setup
 	$(PY) bench/recipe.py --out bench/results/recipe.json
+
+bench-widths: setup
+	$(PY) bench/widths.py --out bench/results/widths.json

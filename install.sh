@@ -126,11 +126,12 @@ pip install -q ${mxnet_req[@]+"${mxnet_req[@]}"} \
   "opencv-python-headless<4.11" pyyaml tensorboardX tensorboard "scipy<1.12" "cython>=3" pytest psutil \
   tqdm "matplotlib<3.11" pillow \
   "onnx==1.14.1" dlib-bin coloredlogs flatbuffers sympy \
-  "scikit-image==0.20.*"
+  "scikit-image==0.20.*" "mkdocs==1.6.*"
 # onnxruntime 1.16.3: the last release whose quantizer (int8 exports) works with the onnx 1.14 that
 # mxnet.onnx needs. Its metadata asks for numpy>=1.24.2, but it runs with MXNet's numpy<1.24 (the ONNX
 # tests check it), so it goes in without its declared dependencies (installed above).
 pip install -q --no-deps "onnxruntime==1.16.3"
+# mkdocs: the documentation site (docs/; the tests build it with --strict).
 # onnx<1.15: what mxnet.onnx can export to; onnxruntime runs it. dlib-bin: dlib's HOG face detector
 # (prebuilt, model inside). scikit-image: only the tests, whose re-telling of the reference's
 # test_rec_nme.py aligns faces with skimage's SimilarityTransform as the reference did.

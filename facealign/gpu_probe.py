@@ -3,7 +3,7 @@
     failure = gpu_probe.check(mx.gpu(0))        # None, or a GPUProbeFailed to raise (exit 2)
 
 The PyPI CUDA wheels of MXNet 1.9.1 carry machine code for sm_50 to sm_86 and no PTX
-(../shared/reference/gpu-notes.md): on Hopper (sm_90) and later, MXNet's own kernels fail with "no
+(docs/cluster.md, "Which MXNet runs on which GPU"): on Hopper (sm_90) and later, MXNet's own kernels fail with "no
 kernel image is available" at the first native operator, after the job queued and every rank
 started. So before training, evaluation or inference on a GPU, each process runs one tiny
 convolution, BatchNorm, pooling, up-sampling and element-wise op on its device and synchronises

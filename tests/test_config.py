@@ -172,7 +172,10 @@ def test_the_landmark_scheme_is_named_once(tmp_path):
 
 
 @pytest.mark.parametrize("override,key,message", [
-    ("model.width=60", "model.width", "width 60 must be a multiple of 8 for cab blocks"),
+    ("model.width=60", "model.width", "width 60 must be a multiple of 8 for cab blocks; the nearest widths that build "
+                                      "are 56 or 64"),
+    ("model.width=72", "model.width", "width 72 cannot be built with cab blocks: the stem's res1 block (cab) would have "
+                                      "36 channels, not a multiple of 8; the nearest widths that build are 64 or 80"),
     ("model.depth=7", "model.depth", "heatmap_size 64 must be divisible by 2^depth = 128"),
     ("model.block=hpm", None, None),
 ])

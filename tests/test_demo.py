@@ -18,6 +18,8 @@ def test_demo_learns(tmp_path):
     before = float(re.search(r"NME before training: ([\d.]+)%", proc.stdout).group(1))
     after = float(re.search(r"NME after training:\s+([\d.]+)%", proc.stdout).group(1))
     assert after < 0.5 * before
+    assert f"two protocols, one checkpoint: {after:.2f}% is the run's own validation ('train'" in proc.stdout
+    assert "the table above is facealign-eval's 'standard' + flip" in proc.stdout
     assert "--logdir" in proc.stdout and (tmp_path / "runs" / "demo" / "checkpoints" / "latest").exists()
     reports = list((tmp_path / "runs" / "demo" / "eval").glob("ckpt-*/report.json"))
     assert len(reports) == 1 and "inter_pupil" in proc.stdout

@@ -355,3 +355,25 @@ def test_eval_refuses_what_it_cannot_score_with_one_line(trained_run, tmp_path):
     proc = run_cli("facealign-eval", bad, "--data", tmp_path / "k10", "--quiet", cwd=tmp_path)
     assert proc.returncode == 2 and "facealign-model.yaml: not valid YAML" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "planted").exists()
+
+
+def test_ced_figures_cover_the_data():
+    """The CED axis ends at the 95th percentile or later (rounded up to 5%, never below 10%, at most 50%),
+    with the 8% and 10% marks as lines; AUC and failure rate stay at 10%."""
+    from facealign.evaluate import ced_figure, ced_x_limit
+
+    rng = np.random.default_rng(0)
+    demo_like = rng.normal(0.16, 0.03, 500)  # a median of 16%: a 10% axis would show an empty corner
+    assert ced_x_limit({"m": demo_like}) == 0.25
+    assert ced_x_limit({"good": rng.uniform(0.01, 0.05, 100)}) == 0.10
+    assert ced_x_limit({"untrained": rng.uniform(1.0, 3.0, 100)}) == 0.50
+    assert ced_x_limit({"a": rng.uniform(0.01, 0.05, 100), "b": demo_like}) == 0.25
+    assert ced_x_limit({"nan": np.array([np.nan, 0.02])}) == 0.10
+    fig = ced_figure({"m": demo_like}, "demo")
+    ax = fig.axes[0]
+    assert ax.get_xlim() == (0.0, 25.0)
+    marks = sorted(line.get_xdata()[0] for line in ax.get_lines() if line.get_linestyle() == "--")
+    assert marks == [8.0, 10.0]
+    curve = [line for line in ax.get_lines() if line.get_linestyle() == "-"][0]
+    assert curve.get_xdata()[-1] == 25.0 and curve.get_ydata()[-1] > 0.95  # the curve reaches the top
+    assert "AUC@10%" in ax.get_legend().get_texts()[0].get_text()

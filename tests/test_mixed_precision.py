@@ -42,17 +42,17 @@ def test_inference_graph_makes_the_scale_weights_parameters_and_computes_the_sam
     assert cabs > 0 and len(constants) >= cabs  # one per CAB block (and, in the SAT, per averaging node)
     assert all(np.unique(c).size == 1 and np.log2(c.flat[0]) % 1 == 0 for c in constants)  # powers of two
     block = mixed_precision.symbol_block(sym, params)
-    for got, want in zip(block(x), reference):
+    for got, want in zip(block(x), reference, strict=True):
         np.testing.assert_array_equal(got.asnumpy(), want)  # bitwise: the same function
 
     repeats = mixed_precision.nearest_upsampling_as_repeats(sym)  # for bfloat16, which has repeat
     assert "UpSampling" not in _ops(repeats) and "repeat" in _ops(repeats)
-    for got, want in zip(mixed_precision.symbol_block(repeats, params)(x), reference):
+    for got, want in zip(mixed_precision.symbol_block(repeats, params)(x), reference, strict=True):
         np.testing.assert_array_equal(got.asnumpy(), want)
 
     # BatchNorms after convolutions folded into them in float32: the same function to float32 rounding
     folded, folded_params = mixed_precision.batchnorm_folded(sym, params)
     conv_bns = sum(1 for n in net.collect_params() if n.endswith("_conv_weight"))  # every ConvBNReLU's conv
     assert _ops(folded).count("BatchNorm") <= _ops(sym).count("BatchNorm") - conv_bns
-    for got, want in zip(mixed_precision.symbol_block(folded, folded_params)(x), reference):
+    for got, want in zip(mixed_precision.symbol_block(folded, folded_params)(x), reference, strict=True):
         np.testing.assert_allclose(got.asnumpy(), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())

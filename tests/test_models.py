@@ -255,6 +255,7 @@ def test_normalisation_is_inside_the_network():
     (dict(block="dense"), "block 'dense'"),
     (dict(topology="unet"), "topology 'unet'"),
     (dict(width=100), "width 100 must be a multiple of 8"),
+    (dict(width=72), r"width 72 cannot be built with cab blocks: the stem.s res1 block \(cab\) would have 36 channels, not a multiple of 8; the nearest widths that build are 64 or 80"),
     (dict(input_size=128, heatmap_size=48), "input_size / heatmap_size must be 2 or 4"),
     (dict(input_size=96, heatmap_size=48, depth=5), r"divisible by 2\^depth"),
     (dict(dcn=7), "dcn must be"),

@@ -13,6 +13,8 @@ used twice inside one network makes ``collect_params`` fail loudly.
 """
 from __future__ import annotations
 
+import os
+
 import mxnet as mx
 from mxnet.gluon import HybridBlock, nn
 
@@ -66,8 +68,9 @@ def scale(F, x, channels: int, factor: float):
 # pass of a 4-D channel concat splits its incoming gradient into sub-memories at the pieces' offsets; where
 # that gradient comes blocked (from a convolution's backward) and an offset is not a whole block, oneDNN
 # fails ("could not construct a sub-memory") or divides by zero (SIGFPE). A 16-aligned offset is whole
-# on every ISA.
-CONCAT_ALIGNMENT = 16
+# on every ISA. FACEALIGN_ONEDNN_CONCAT_ALIGNMENT=1 gives every concat to oneDNN: how to see whether a
+# newer MXNet still needs this (python -m facealign.models.kernel_check).
+CONCAT_ALIGNMENT = int(os.environ.get("FACEALIGN_ONEDNN_CONCAT_ALIGNMENT", "16"))
 
 
 def concat_channels(F, pieces, channels):

@@ -18,6 +18,7 @@ BLOCK_TYPES = ("resnet", "hpm", "inception", "cab")
 CHANNEL_MULTIPLE = {"resnet": 2, "hpm": 4, "inception": 8, "cab": 8}
 # "inception" and "cab" exist only for in == out channels; a block that changes them is this kind instead
 BLOCK_FALLBACK = {"inception": "resnet", "cab": "hpm"}
+STEM_STRICT = {"cab"}
 
 
 def stem_channels(width: int) -> tuple[int, int]:
@@ -40,7 +41,12 @@ def blocks_built(topology: str, block: str, width: int) -> list[tuple[str, str, 
 
 def width_problem(topology: str, block: str, width: int) -> str | None:
     """Why ``width`` cannot be built with these blocks (None: it can)."""
-    for where, kind, channels in blocks_built(topology, block, width):
+    built = blocks_built(topology, block, width)
+    for where, kind, channels in sorted(built, key=lambda b: b[2] != width):  # the width's own blocks first
+        # the stem's narrower blocks: only CAB cannot be built off its multiple (its halves are added to
+        # their own concatenated copies); the others round their inner widths down and still build
+        if channels != width and kind not in STEM_STRICT:
+            continue
         if channels % CHANNEL_MULTIPLE[kind]:
             if channels == width:
                 return f"width {width} must be a multiple of {CHANNEL_MULTIPLE[kind]} for {kind} blocks"
