@@ -10,7 +10,7 @@ setup:
 	bash install.sh
 
 demo: setup
-	$(PY) -m facealign.demo
+	$(PY) -m facealign.cli.demo
 
 test: setup
 	$(PY) -m pytest tests

@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.report import write_report  # noqa: E402
-from facealign import cpu_isa  # noqa: E402
+from facealign.platform import cpu_isa  # noqa: E402
 
 REFERENCE_MODELS = ["hg2-d4-resnet", "hg2-d3-hpm", "hg2-d4-cab", "sat2-d3-cab", "hg2-d3-cab", "hg2-d3-cab-3d",
                     "sat2-d3-cab-3d"]
@@ -73,10 +73,12 @@ def scene(size, faces=1, seed=0):
 def measure_one(name: str, args) -> list[dict]:
     import mxnet as mx
 
-    from facealign import artifact, export
+    from facealign.runs import artifact
+    from facealign.serve import loading
+    from facealign.serve import export
     from facealign.data.schemes import scheme_for
     from facealign.data.transforms import crop_framing
-    from facealign.inference import Predictor
+    from facealign.serve.predictor import Predictor
     from facealign.models import get_model, initialize
 
     net = initialize(get_model(name), seed=0)
@@ -88,7 +90,7 @@ def measure_one(name: str, args) -> list[dict]:
         export.export_package(net, info, tmp, onnx="onnxruntime" in args.backends, log=lambda m: None)
         image, box = scene((640, 480))
         for backend in args.backends:
-            runner = artifact.load_backend(artifact.resolve(tmp), backend)
+            runner = loading.load_backend(artifact.resolve(tmp), backend)
             for batch in args.batches:
                 boxes = np.repeat(box, batch, 0)
                 for flip in (False, True):
@@ -109,7 +111,7 @@ def measure_one(name: str, args) -> list[dict]:
 
 
 def measure_detectors(reps: int) -> list[dict]:
-    from facealign.detect import make_detector
+    from facealign.serve.detect import make_detector
 
     rows = []
     for size in ((640, 480), (1280, 720)):

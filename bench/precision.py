@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.report import write_report  # noqa: E402
-from facealign import cpu_isa  # noqa: E402
+from facealign.platform import cpu_isa  # noqa: E402
 
 CONFIGS = [("float32", "mxnet"), ("bfloat16", "mxnet"), ("int8", "mxnet"), ("float32", "onnxruntime"),
            ("int8", "onnxruntime")]
@@ -49,7 +49,7 @@ def _args(precision, check, calibration, onnx, max_drift, check_samples=64):
 
 def packages(net, info, root: Path, faces: Path, max_drift: float, log) -> dict:
     """{precision: package directory} as facealign-export writes them (int8 and float32 with model.onnx)."""
-    from facealign import export
+    from facealign.serve import export
 
     out = {"float32": root / "float32"}
     export.export_package(net, info, out["float32"], onnx=True, log=log)
@@ -80,11 +80,12 @@ def main(argv=None) -> int:
     import onnxruntime
 
     from bench.infer import scene
-    from facealign import artifact
+    from facealign.runs import artifact
+    from facealign.serve import loading
     from facealign.data.pack import main as pack
     from facealign.data.schemes import scheme_for
     from facealign.data.transforms import crop_framing
-    from facealign.inference import Predictor
+    from facealign.serve.predictor import Predictor
     from facealign.models import get_model, initialize
 
     print(f"{cpu_isa.cpu_model()}; {isa.describe()}; {args.threads} threads; MXNet {engine}", flush=True)
@@ -105,7 +106,7 @@ def main(argv=None) -> int:
         base = None
         for precision, backend in CONFIGS:
             path = made[precision] / "model.onnx" if backend == "onnxruntime" else made[precision]
-            runner = artifact.load_backend(artifact.resolve(path), backend)
+            runner = loading.load_backend(artifact.resolve(path), backend)
             row = {"model": args.model, "precision": precision, "backend": backend}
             for batch, reps in ((1, args.reps), (8, max(3, args.reps // 3)), (32, max(2, args.reps // 5))):
                 predictor = Predictor(runner, info, refine=0, batch_size=batch)
@@ -122,10 +123,10 @@ def main(argv=None) -> int:
                   f"{row['b8_faces_per_s']:>11.2f} {row['b32_faces_per_s']:>12.2f} "
                   f"{row['b1_speedup_vs_mxnet_float32']:>11.2f}x", flush=True)
         if Path(args.trained).exists():
-            from facealign import export
+            from facealign.serve import export
 
             source = artifact.resolve(args.trained)
-            trained = artifact.load_network(source, mx.cpu())
+            trained = loading.load_network(source, mx.cpu())
             assert pack(["--synthetic", "200", "--seed", "10", "--quiet", str(tmp / "held_out")]) == 0
             print(f"\naccuracy on 200 held-out procedural faces ({source.label}, {source.info.name}, "
                   f"{source.info.input_size} px):")

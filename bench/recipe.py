@@ -35,7 +35,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from bench.report import write_report  # noqa: E402
-from facealign import cpu_isa  # noqa: E402
+from facealign.platform import cpu_isa  # noqa: E402
 
 RECIPES = {"reference": ("mse", "reference"), "mse+dark": ("mse", "dark"), "awing+dark": ("awing", "dark"),
            "star+dark": ("star", "dark")}
@@ -83,7 +83,8 @@ def pack_data(args, work: Path) -> dict:
 
 def train_run(args, loss: str, seed: int, data: dict, run_dir: Path) -> float:
     """Train one loss with one seed (skipped if the run finished before); its wall time in seconds."""
-    from facealign import components, runs
+    from facealign.spec import components
+    from facealign.runs import status as runs
     from launcher.cli import run_local
 
     if runs.run_status(run_dir, query_slurm=False).state == "finished":
@@ -110,14 +111,15 @@ def score_run(run_dir: Path, data: dict, decodes) -> dict:
     """{decode: {set: summary}} of the run's final checkpoint (facealign.scoring, standard protocol)."""
     import mxnet as mx
 
-    from facealign import artifact
-    from facealign.backends import MXNetBackend
+    from facealign.runs import artifact
+    from facealign.serve import loading
+    from facealign.evaluation.backends import MXNetBackend
     from facealign.data.loader import RecordSet
-    from facealign.evaluate import summarise
-    from facealign.scoring import Protocol, score
+    from facealign.evaluation.report import summarise
+    from facealign.evaluation.scoring import Protocol, score
 
     source = artifact.resolve(run_dir, which="latest")
-    backend = MXNetBackend(artifact.load_network(source, mx.cpu()), mx.cpu())
+    backend = MXNetBackend(loading.load_network(source, mx.cpu()), mx.cpu())
     out = {"step": source.step}
     for decode in decodes:
         out[decode] = {}
@@ -204,7 +206,7 @@ def main(argv=None) -> int:
     total = time.time() - started
     trained = sum(r["seconds"] for r in runs.values() if np.isfinite(r["seconds"]))
     print(f"whole table: {total / 60:.1f} min in this call; the runs trained for {trained / 60:.1f} min in all")
-    from facealign import components
+    from facealign.spec import components
 
     spec = components.load(args.job, [])
     settings = {"job": str(Path(args.job).relative_to(REPO)) if Path(args.job).is_relative_to(REPO) else args.job,

@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.report import write_report  # noqa: E402
-from facealign import cpu_isa  # noqa: E402
+from facealign.platform import cpu_isa  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -33,11 +33,13 @@ def parse_args(argv=None):
 
 
 def measure(model, records, label: str) -> dict:
-    from facealign import artifact, scoring
+    from facealign.runs import artifact
+    from facealign.serve import loading
+    from facealign.evaluation import scoring
     from facealign.data.transforms import chain_transform, warp
 
     source = artifact.resolve(model)
-    backend = artifact.load_backend(source)
+    backend = loading.load_backend(source)
     protocol = scoring.reference_protocol(source.info.landmark_dims)
     twice = scoring.score(backend, source.info, records, protocol, set_name="ibug")
     real_chain = scoring.warp_chain
@@ -57,7 +59,7 @@ def measure(model, records, label: str) -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     cpu_isa.enable()  # before MXNet: the CPU's matrix engines where it has them (FACEALIGN_CPU_ISA)
-    from facealign import artifact
+    from facealign.runs import artifact
     from facealign.data.loader import RecordSet
     from facealign.data.pack import main as pack
     from facealign.models import get_model, initialize

@@ -11,7 +11,7 @@ from pathlib import Path
 
 def write_report(name: str, out, settings: dict, results, **machine) -> None:
     """Write bench/results/<...>.json with the machine (plus ``machine`` extras) and the time."""
-    from facealign import cpu_isa
+    from facealign.platform import cpu_isa
 
     report = {"benchmark": name,
               "machine": {"cpu": cpu_isa.cpu_model(), "cores": os.cpu_count(), "onednn_isa": cpu_isa.enable().describe(),

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from facealign import cpu_isa  # noqa: E402
+from facealign.platform import cpu_isa  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -41,9 +41,9 @@ def worker(model: str, dtype: str, batch: int, steps: int) -> None:
     import mxnet as mx
 
     if dtype == "bfloat16":
-        from facealign import mixed_precision
+        from facealign.train import amp
 
-        mixed_precision.init("bfloat16")  # as the trainer
+        amp.init("bfloat16")  # as the trainer
     from mxnet import autograd
 
     from facealign.models import get_model, initialize

@@ -37,9 +37,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from facealign import components  # noqa: E402  (no MXNet)
+from facealign.spec import components  # noqa: E402  (no MXNet)
 from launcher import scripts  # noqa: E402
-from facealign.config import EXIT_FILE, JOB_FILE, SpecError, dump_job, load_job  # noqa: E402
+from facealign.spec.schema import EXIT_FILE, JOB_FILE, SpecError, dump_job, load_job  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -145,7 +145,7 @@ def sbatch(script: Path) -> tuple[int, str]:
 def sweep_command(args) -> int:
     from launcher import sweep as sweeps
 
-    from facealign import runs
+    from facealign.runs import status as runs
 
     try:
         if sweeps.is_sweep_file(Path(args.job)):
@@ -198,7 +198,7 @@ def sweep_command(args) -> int:
 def status_command(args) -> int:
     import time
 
-    from facealign import runs
+    from facealign.runs import status as runs
 
     while True:
         try:
@@ -269,7 +269,7 @@ def main(argv=None) -> int:
     if code:
         print(f"facealign-launch: {job_id}", file=sys.stderr)
         return code
-    from facealign import runs
+    from facealign.runs import status as runs
 
     runs.record_submitted(run_dir, job_id)
     print(f"submitted job {job_id}")

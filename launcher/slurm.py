@@ -137,10 +137,12 @@ def task_setup(env=None) -> tuple[list[str], list[str], str]:
 
 
 def horovod_has_mpi() -> bool:
+    """Whether this Horovod was built with MPI. Horovod's own check loads its MXNet extension in a child
+    process (as ``horovodrun --check-build`` does), so the batch step itself imports no MXNet."""
     try:
-        import horovod.mxnet as hvd
+        from horovod.common.util import mpi_built
 
-        return bool(hvd.mpi_built())
+        return bool(mpi_built())
     except ImportError:
         return False
 
@@ -148,7 +150,7 @@ def horovod_has_mpi() -> bool:
 def check_world(job: Path, overrides, ntasks: int, nnodes: int):
     """The job spec's world against the allocation, before any rank starts (no MXNet needed)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from facealign.config import SpecError, load_job
+    from facealign.spec.schema import SpecError, load_job
 
     try:
         spec = load_job(job, overrides)
@@ -176,7 +178,7 @@ def train(args) -> int:
     run_dir = args.run_dir or str(Path(spec.run.out_root) / spec.run.name)
     say(f"run directory {run_dir}; TensorBoard: tensorboard --logdir {Path(run_dir) / 'tb'}")
     if not args.dry_run:  # which Slurm job this start of the run is, for facealign-launch status
-        from facealign import runs
+        from facealign.runs import status as runs
 
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         runs.record_slurm(Path(run_dir))
@@ -193,7 +195,7 @@ def train(args) -> int:
     mode = os.environ.get("FACEALIGN_LAUNCH", "auto")
     if mode == "auto":
         mode = "mpi" if horovod_has_mpi() and "pmix" in _srun_mpi_types() else "gloo"
-    from facealign import components
+    from facealign.spec import components
 
     child_env = {**env, **components.runtime_env(spec)}  # the spec's Horovod/MXNet knobs, before any rank
     server = None

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import yaml
 
-from facealign import components
-from facealign.config import JOB_FILE, SpecError, dump_job
-from facealign.runs import SWEEP_FILE, read_json, write_json
+from facealign.spec import components
+from facealign.spec.schema import JOB_FILE, SpecError, dump_job
+from facealign.runs.status import SWEEP_FILE, read_json, write_json
 from launcher import scripts
 
 SWEEP_KEYS = ("base", "name", "set", "grid", "zip", "max_parallel")

@@ -25,5 +25,5 @@ if [ -n "${CUDA_VISIBLE_DEVICES:-}" ] && [ "${CUDA_VISIBLE_DEVICES}" != "NoDevFi
 export OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}" MXNET_CPU_WORKER_NTHREADS="${SLURM_CPUS_PER_TASK:-1}"
 # shellcheck disable=SC2086
 # launcher.slurm exec: in FACEALIGN_CONTAINER's image when one is set (srun), else right here
-exec "${FACEALIGN_LAUNCH_PYTHON:-.venv/bin/python}" -m launcher.slurm exec -- python -m facealign.evaluate "$RUN" \
+exec "${FACEALIGN_LAUNCH_PYTHON:-.venv/bin/python}" -m launcher.slurm exec -- python -m facealign.cli.eval "$RUN" \
   --data "$@" "${GPU[@]}" --quiet ${FACEALIGN_EVAL_ARGS:-}

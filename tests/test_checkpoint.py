@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from mxnet import autograd, gluon
 
-from facealign.checkpoint import CheckpointError, CheckpointManager
+from facealign.runs.checkpoint import CheckpointError, CheckpointManager
 from facealign.models import get_model, initialize
 
 

@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from conftest import BIN, REPO
-from facealign import components
-from facealign.config import AugmentSpec, JobSpec, SpecError, dump_job, load_job
+from facealign.spec import components
+from facealign.spec.schema import AugmentSpec, JobSpec, SpecError, dump_job, load_job
 
 JOBS = sorted((REPO / "jobs").glob("*.yaml"))
 
@@ -218,7 +218,7 @@ def test_the_schema_gives_every_numeric_key_a_range():
     import dataclasses
     import typing
 
-    from facealign.config import JobSpec
+    from facealign.spec.schema import JobSpec
 
     missing = []
 

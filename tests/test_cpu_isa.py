@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from facealign.cpu_isa import AMX_ISA, cpu_flags, decide
+from facealign.platform.cpu_isa import AMX_ISA, cpu_flags, decide
 
 EPYC = set("fpu sse2 avx avx2 fma avx512f avx512bw avx512_bf16 avx512_vnni".split())  # AMD Zen 4: no AMX
 SAPPHIRE_RAPIDS = EPYC | {"amx_tile", "amx_bf16", "amx_int8"}
@@ -42,7 +42,7 @@ def _run(code, **env):
 
 
 CONV = """
-from facealign import cpu_isa
+from facealign.platform import cpu_isa
 print("CHOICE", cpu_isa.enable().describe(), flush=True)
 import mxnet as mx, numpy as np
 from mxnet.contrib.amp.amp import bfloat16
@@ -88,7 +88,7 @@ def test_on_an_amx_cpu_bfloat16_convolutions_run_on_the_tiles():
 
 _ENGINE_PROBE = """
 import os, sys
-from facealign import cpu_isa
+from facealign.platform import cpu_isa
 if sys.argv[1] == "imported":
     import mxnet
 print(cpu_isa.serve_synchronously(None if sys.argv[2] == "cpu" else 0), os.environ.get("MXNET_ENGINE_TYPE"))

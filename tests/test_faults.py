@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from conftest import BIN, REPO, corrupt_copy, rank_process, run_cli, wait_for_step
-from facealign.checkpoint import CheckpointManager, verify
+from facealign.runs.checkpoint import CheckpointManager, verify
 from facealign.data.pack import main as pack_main
 from facealign.data.records import RecordFile
 from tb_events import scalars
@@ -264,7 +264,7 @@ def test_a_full_disk_is_named_with_the_room_needed_and_the_last_checkpoint_kept(
 def test_a_write_that_fails_midway_leaves_nothing_partial(small_disk):
     from mxnet import gluon
 
-    from facealign.checkpoint import CheckpointWriteError
+    from facealign.runs.checkpoint import CheckpointWriteError
     from facealign.models import get_model, initialize
 
     net = initialize(get_model("hg2-d3-cab", width=32, depth=1, input_size=32, heatmap_size=16))

@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from conftest import BIN, run_cli
-from facealign.gpu_probe import NGC_IMAGE, BuildFacts, DeviceFacts, covers, explain
+from facealign.platform.gpu_probe import NGC_IMAGE, BuildFacts, DeviceFacts, covers, explain
 
 CU112 = BuildFacts(version="1.9.1", distribution="mxnet-cu112", cuda=True, cudnn=True, nccl=True, cuda_version="11.2",
                    archs=("5.0", "6.0", "7.0", "8.0", "8.6"), ptx=False)

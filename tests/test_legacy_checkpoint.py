@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from conftest import BIN, REPO, run_cli
-from facealign import artifact, checkpoint
+from facealign.runs import artifact
+from facealign.serve import loading
+from facealign.runs import checkpoint
 from facealign.data.pack import main as pack_main
 
 FIXTURE = REPO / "tests" / "data" / "legacy-run-bb133a6"
@@ -24,7 +26,7 @@ FIXTURE_CPU = ("Intel(R) Xeon(R) Processor", {"avx512f", "avx512_bf16", "amx_til
 
 
 def _same_cpu():
-    from facealign.cpu_isa import cpu_flags, cpu_model
+    from facealign.platform.cpu_isa import cpu_flags, cpu_model
 
     return cpu_model() == FIXTURE_CPU[0] and FIXTURE_CPU[1] <= cpu_flags()
 
@@ -53,7 +55,7 @@ def test_it_loads_and_describes_itself(legacy):
     assert info.crop_framing == pytest.approx(256 / 384 * 2.25)
     import mxnet as mx
 
-    net = artifact.load_network(source, mx.cpu())
+    net = loading.load_network(source, mx.cpu())
     out = net(mx.nd.zeros((1, 3, 32, 32)))
     assert out[-1].shape == (1, 68, 16, 16)
 

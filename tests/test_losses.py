@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from mxnet import autograd
 
-from facealign.losses import LOSSES, mse, stacked_loss
+from facealign.train.losses import LOSSES, mse, stacked_loss
 
 
 def mse_numpy(pred, target, weight=None):
@@ -73,7 +73,7 @@ def test_an_unknown_loss_is_refused():
 
 from scipy.ndimage import grey_dilation  # noqa: E402
 
-from facealign.losses import LossSettings, awing, awing_loss_map, star, stack_loss  # noqa: E402
+from facealign.train.losses import LossSettings, awing, awing_loss_map, star, stack_loss  # noqa: E402
 
 PEAK = 20.0
 
@@ -178,10 +178,10 @@ def test_the_new_losses_are_hybridisable_and_run_under_bfloat16_amp():
         assert out == pytest.approx(nd, rel=1e-5)
     code = """
 import mxnet as mx, numpy as np
-from facealign import mixed_precision
-mixed_precision.init("bfloat16")  # as the trainer
+from facealign.train import amp
+amp.init("bfloat16")  # as the trainer
 from mxnet import autograd, gluon
-from facealign.losses import LossSettings, stacked_loss
+from facealign.train.losses import LossSettings, stacked_loss
 from facealign.models import get_model, initialize
 net = initialize(get_model("hg2-d3-cab", width=32, depth=1, input_size=32, heatmap_size=16), seed=1)
 net.hybridize(static_alloc=True)

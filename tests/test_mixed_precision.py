@@ -9,7 +9,8 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from facealign import mixed_precision
+from facealign.platform import bfloat16
+from facealign.serve import graphs
 from facealign.models import get_model, initialize
 
 
@@ -18,13 +19,13 @@ def _ops(sym):
 
 
 def test_bfloat16_lists_run_exact_copies_in_bfloat16_and_keep_upsampling_in_float32():
-    fp32 = mixed_precision.float32_ops("bfloat16")
+    fp32 = bfloat16.float32_ops("bfloat16")
     assert "UpSampling" in fp32  # no bfloat16 kernel in MXNet 1.9.1
-    assert not mixed_precision.BFLOAT16_EXACT_OPS & set(fp32)
+    assert not bfloat16.BFLOAT16_EXACT_OPS & set(fp32)
     from mxnet.contrib.amp import lists
 
-    assert set(fp32) | mixed_precision.BFLOAT16_EXACT_OPS >= set(lists.symbol_bf16.FP32_FUNCS)
-    assert mixed_precision.float32_ops("float16") is None  # AMP's own float16 lists
+    assert set(fp32) | bfloat16.BFLOAT16_EXACT_OPS >= set(lists.symbol_bf16.FP32_FUNCS)
+    assert bfloat16.float32_ops("float16") is None  # AMP's own float16 lists
 
 
 @pytest.mark.parametrize("name", ["hg2-d3-cab", "sat2-d3-cab"])
@@ -34,25 +35,25 @@ def test_inference_graph_makes_the_scale_weights_parameters_and_computes_the_sam
     x = mx.nd.array(np.random.RandomState(0).uniform(0, 255, (2, 3, 64, 64)))
     reference = [h.asnumpy() for h in net(x)]
     cabs = sum(1 for n in net.collect_params() if n.endswith("_w3_h4_1_conv_weight"))
-    sym, params = mixed_precision.inference_graph(net, x[:1].asnumpy())
+    sym, params = graphs.inference_graph(net, x[:1].asnumpy())
 
     ops = _ops(sym)
     assert not {"slice", "ones_like", "BlockGrad"} & set(ops), sorted(set(ops))
     constants = [params[k].asnumpy() for k in params if k.endswith("_constant_weight")]
     assert cabs > 0 and len(constants) >= cabs  # one per CAB block (and, in the SAT, per averaging node)
     assert all(np.unique(c).size == 1 and np.log2(c.flat[0]) % 1 == 0 for c in constants)  # powers of two
-    block = mixed_precision.symbol_block(sym, params)
+    block = graphs.symbol_block(sym, params)
     for got, want in zip(block(x), reference, strict=True):
         np.testing.assert_array_equal(got.asnumpy(), want)  # bitwise: the same function
 
-    repeats = mixed_precision.nearest_upsampling_as_repeats(sym)  # for bfloat16, which has repeat
+    repeats = graphs.nearest_upsampling_as_repeats(sym)  # for bfloat16, which has repeat
     assert "UpSampling" not in _ops(repeats) and "repeat" in _ops(repeats)
-    for got, want in zip(mixed_precision.symbol_block(repeats, params)(x), reference, strict=True):
+    for got, want in zip(graphs.symbol_block(repeats, params)(x), reference, strict=True):
         np.testing.assert_array_equal(got.asnumpy(), want)
 
     # BatchNorms after convolutions folded into them in float32: the same function to float32 rounding
-    folded, folded_params = mixed_precision.batchnorm_folded(sym, params)
+    folded, folded_params = graphs.batchnorm_folded(sym, params)
     conv_bns = sum(1 for n in net.collect_params() if n.endswith("_conv_weight"))  # every ConvBNReLU's conv
     assert _ops(folded).count("BatchNorm") <= _ops(sym).count("BatchNorm") - conv_bns
-    for got, want in zip(mixed_precision.symbol_block(folded, folded_params)(x), reference, strict=True):
+    for got, want in zip(graphs.symbol_block(folded, folded_params)(x), reference, strict=True):
         np.testing.assert_allclose(got.asnumpy(), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())

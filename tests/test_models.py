@@ -327,8 +327,8 @@ def test_bfloat16_amp_training_step_runs_in_a_fresh_process(tmp_path):
 
     code = """
 import mxnet as mx, numpy as np
-from facealign import mixed_precision
-mixed_precision.init("bfloat16")  # as the trainer
+from facealign.train import amp
+amp.init("bfloat16")  # as the trainer
 from mxnet import autograd, gluon
 from facealign.models import get_model, initialize
 net = initialize(get_model("hg2-d3-cab", width=64), seed=1)

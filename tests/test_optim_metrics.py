@@ -4,9 +4,9 @@ import math
 import numpy as np
 import pytest
 
-from facealign.config import load_job
-from facealign.metrics import auc_and_failure, ced, nme, normaliser, primary_norm
-from facealign.optim import lr_at, scaled_lr, total_steps
+from facealign.spec.schema import load_job
+from facealign.evaluation.metrics import auc_and_failure, ced, nme, normaliser, primary_norm
+from facealign.train.optim import lr_at, scaled_lr, total_steps
 
 
 def _spec(tmp_path, optim="", schedule=""):
@@ -90,7 +90,7 @@ def test_ced_auc_and_failure_rate_by_hand():
 
 
 def test_dynamic_loss_scale_halves_on_overflow_and_grows_after_a_clean_window():
-    from facealign.loss_scaling import DynamicLossScale
+    from facealign.train.loss_scaling import DynamicLossScale
 
     s = DynamicLossScale(value=8.0, window=3, min_value=2.0, max_value=16.0)
     seen = []

@@ -7,10 +7,11 @@ import pytest
 import yaml
 
 from conftest import run_cli
-from facealign import artifact
+from facealign.runs import artifact
+from facealign.serve import loading
 from facealign.data.loader import RecordSet
-from facealign.inference import Predictor
-from facealign.scoring import Protocol, score
+from facealign.serve.predictor import Predictor
+from facealign.evaluation.scoring import Protocol, score
 
 
 def _export(trained_run, synth_sets, out, *args):
@@ -64,14 +65,14 @@ def test_bfloat16_exports_compute_in_bfloat16_and_keep_their_accuracy(trained_ru
     source = artifact.resolve(out)
     assert source.info.precision == "bfloat16"
     x = np.random.RandomState(0).uniform(0, 255, (2, 3, 64, 64)).astype(np.float32)
-    fp32 = artifact.load_backend(artifact.resolve(trained_run))(x)
-    bf16 = artifact.load_backend(source)(x)
+    fp32 = loading.load_backend(artifact.resolve(trained_run))(x)
+    bf16 = loading.load_backend(source)(x)
     diff = np.abs(bf16 - fp32).max() / np.abs(fp32).max()
     assert bf16.dtype == np.float32 and 0 < diff < 0.05  # bfloat16 arithmetic: close, not equal
     # the loaded graph is fused by oneDNN (convolution + BatchNorm + ReLU + sum) and holds bfloat16 weights
     import mxnet as mx
 
-    net = artifact.load_network(source, mx.cpu())
+    net = loading.load_network(source, mx.cpu())
     ops = {n["op"] for n in json.loads(mx.sym.Group(net(mx.sym.var("data"))).tojson(remove_amp_cast=False))["nodes"]}
     assert "_sg_mkldnn_conv" in ops and "Convolution" not in ops, sorted(ops)
     weights = {p.name: p.data().dtype for p in net.collect_params().values() if p.name.endswith("_weight")}

@@ -12,11 +12,13 @@ import yaml
 from skimage.transform import SimilarityTransform
 
 from conftest import BIN, REPO, run_cli
-from facealign import artifact, checkpoint
+from facealign.runs import artifact
+from facealign.serve import loading
+from facealign.runs import checkpoint
 from facealign.data.loader import RecordSet
 from facealign.data.pack import main as pack_main
 from facealign.data.transforms import ARCFACE_5PT, apply, five_points, reference_alignment
-from facealign.metrics import nme
+from facealign.evaluation.metrics import nme
 
 # --- the reference protocol against an independent re-telling of test_rec_nme.py ---------------------
 
@@ -103,7 +105,7 @@ def test_reference_protocol_matches_test_rec_nme_image_by_image(which, dataset, 
     norm = "eye_centre" if landmark_type == "2d" else "box"
     ours = [p["nme"][norm] for p in json.loads((out / f"predictions_{dataset}_reference.json").read_text())]
     source = artifact.resolve(model)
-    backend = artifact.load_backend(source)
+    backend = loading.load_backend(source)
     records = RecordSet([reference_sets / dataset])
     theirs = [rec_nme_of_the_reference(records.sample(i).image, records.sample(i).landmarks, backend, source.info.input_size,
                            dataset, landmark_type) for i in range(len(records))]
@@ -152,9 +154,9 @@ def box_run(tmp_path_factory):
 def test_validation_eval_and_predictor_give_the_same_per_image_nme(box_run, tmp_path):
     import mxnet as mx
 
-    from facealign import dist
-    from facealign.inference import Predictor
-    from facealign.validation import Validator
+    from facealign.train import dist
+    from facealign.serve.predictor import Predictor
+    from facealign.train.validation import Validator
 
     ckpt = checkpoint.resolve(box_run, "latest")
     state = checkpoint.read_state(ckpt)
@@ -162,7 +164,7 @@ def test_validation_eval_and_predictor_give_the_same_per_image_nme(box_run, tmp_
     # 1. the trainer's validation (its Validator, one rank)
     dist.init(cpu=True)
     validator = Validator(state["validation"], source.info, dist.World(0, 1, 0, 1), mx.cpu())
-    metrics, _ = validator.run(artifact.load_network(source, mx.cpu()))
+    metrics, _ = validator.run(loading.load_network(source, mx.cpu()))
     by_validation = validator.results["synth"].nme["eye_centre"]
     assert abs(metrics["nme/synth"] - state["metrics"]["nme/synth"]) < 1e-6
     # 2. facealign-eval with the run's own protocol
@@ -199,7 +201,7 @@ def test_eval_train_protocol_reproduces_the_recorded_validation(trained_run, tmp
 # --- 3D evaluation as the field reports it: NME by yaw ------------------------------------------------
 
 def test_yaw_bins_by_hand():
-    from facealign.scoring import yaw_bins
+    from facealign.evaluation.scoring import yaw_bins
 
     bins = yaw_bins([0.1, 0.2, 0.3, 0.5, 0.9], [5.0, -29.9, 30.0, -75.0, 95.0])
     assert bins["0-30"] == {"nme": pytest.approx(0.15), "images": 2}

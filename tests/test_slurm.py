@@ -249,7 +249,7 @@ def test_inside_an_allocation_the_ranks_and_eval_are_started_in_the_container(cl
     job = tiny_job(data, tmp_path / "tiny.yaml")
     py = sys.executable
     wrap = (f"{py} -m launcher.slurm train --job {job} --dry-run && "
-            f"{py} -m launcher.slurm exec --dry-run -- python -m facealign.evaluate {tmp_path / 'run'} --data x")
+            f"{py} -m launcher.slurm exec --dry-run -- python -m facealign.cli.eval {tmp_path / 'run'} --data x")
     outputs = {}
     for image in ("nvcr.io#nvidia/mxnet:24.06-py3", "docker://nvcr.io/nvidia/mxnet:24.06-py3"):
         out = tmp_path / f"{len(outputs)}.out"
@@ -269,7 +269,7 @@ def test_inside_an_allocation_the_ranks_and_eval_are_started_in_the_container(cl
     assert train[12:15] == ["/usr/local/bin/facealign-python", "-m", "facealign.train"]
     evaluate = shlex.split(next(line for line in lines if line.startswith("srun --ntasks=1")))
     assert "--container-image=nvcr.io#nvidia/mxnet:24.06-py3" in evaluate
-    assert evaluate[-6:-3] == ["/usr/local/bin/facealign-python", "-m", "facealign.evaluate"]
+    assert evaluate[-6:-3] == ["/usr/local/bin/facealign-python", "-m", "facealign.cli.eval"]
     assert any("tasks run in nvcr.io#nvidia/mxnet:24.06-py3 (pyxis)" in line for line in lines)
     apptainer = outputs["docker://nvcr.io/nvidia/mxnet:24.06-py3"]
     train = shlex.split(next(line for line in apptainer.splitlines() if line.startswith("srun --kill-on-bad-exit=1")))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from facealign.smoothing import EmaFilter, OneEuroFilter, jitter, make_filter
+from facealign.serve.smoothing import EmaFilter, OneEuroFilter, jitter, make_filter
 
 FPS = 30
 

@@ -1,12 +1,20 @@
-"""How the modules depend on each other, read from their source: no import cycle, training never
-imports the serving modules, no reaching into another module's private names."""
+"""How the packages depend on each other, read from their source (lazy imports in functions included):
+no import cycle; training never imports serving; the spec imports no MXNet, OpenCV or Horovod; the
+launcher reaches only the spec and the runs; nothing imports the command-line mains; no reaching into
+another module's private names."""
 import ast
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from conftest import REPO
 
 PACKAGES = ("facealign", "launcher")
-SERVING = {"facealign.inference", "facealign.evaluate", "facealign.infer", "facealign.export", "facealign.detect"}
+STAGES = ("spec", "train", "runs", "evaluation", "serve", "platform", "cli", "data", "models", "synth")
 
 
 def _modules() -> dict[str, Path]:
@@ -42,9 +50,28 @@ def _imports(name: str, path: Path, modules: dict) -> set[tuple[str, ast.AST]]:
     return found
 
 
+def _moved(path: Path) -> bool:
+    """An old import path kept for one release (facealign._moved.alias): not part of the layout."""
+    return "from facealign._moved import alias" in path.read_text()
+
+
 def _graph():
-    modules = _modules()
+    modules = {k: v for k, v in _modules().items() if not _moved(v)}
     return {name: {t for t, _ in _imports(name, path, modules)} for name, path in modules.items()}, modules
+
+
+def _reached(graph, roots):
+    reached, todo = set(), list(roots)
+    while todo:
+        for nxt in graph[todo.pop()]:
+            if nxt not in reached:
+                reached.add(nxt)
+                todo.append(nxt)
+    return reached
+
+
+def _in(package, names):
+    return {n for n in names if n == package or n.startswith(package + ".")}
 
 
 def test_no_import_cycles():
@@ -68,21 +95,98 @@ def test_no_import_cycles():
 
 def test_the_walker_sees_lazy_imports():
     graph, _ = _graph()
-    assert "facealign.inference" in graph["facealign"]  # facealign/__init__'s lazy Predictor
+    assert "facealign.serve.predictor" in graph["facealign"]  # facealign/__init__'s lazy Predictor
     assert "facealign.models.zoo" in graph["facealign.models"]
 
 
-def test_training_never_imports_the_serving_modules():
+def test_every_module_belongs_to_a_stage():
+    _, modules = _graph()
+    loose = [m for m in modules if m.startswith("facealign.") and m.split(".")[1] not in STAGES
+             and m not in ("facealign._moved", "facealign._native")]
+    assert not loose, loose
+
+
+def test_training_never_imports_serving():
     graph, _ = _graph()
-    reached, todo = set(), ["facealign.train"]
-    while todo:
-        node = todo.pop()
-        for nxt in graph[node]:
-            if nxt not in reached:
-                reached.add(nxt)
-                todo.append(nxt)
-    assert "facealign.scoring" in reached and "facealign.artifact" in reached
-    assert not reached & SERVING, sorted(reached & SERVING)
+    train = {m for m in _in("facealign.train", graph) if not m.endswith("__main__")}  # the entry point is a main
+    reached = _reached(graph, train)
+    assert "facealign.evaluation.scoring" in reached and "facealign.runs.artifact" in reached
+    assert not _in("facealign.serve", reached) and not _in("facealign.cli", reached), sorted(reached)
+
+
+def test_the_launcher_reaches_only_the_spec_and_the_runs():
+    graph, _ = _graph()
+    direct = {t for m in _in("launcher", graph) for t in graph[m] if t.startswith("facealign")}
+    assert direct and all(t.startswith(("facealign.spec", "facealign.runs")) for t in direct), sorted(direct)
+
+
+def test_nothing_imports_the_command_line():
+    graph, _ = _graph()
+    importers = {m for m, targets in graph.items() for t in targets
+                 if t.startswith("facealign.cli") and not m.startswith("facealign.cli") and not m.endswith("__main__")}
+    assert not importers, sorted(importers)
+
+
+def test_argparse_lives_in_the_command_line_modules():
+    _, modules = _graph()
+    users = sorted(m for m, path in modules.items() if m.startswith("facealign.") and "import argparse" in path.read_text()
+                   and not m.startswith("facealign.cli"))
+    # facealign-pack's main stays in data/ (data/ keeps its layout); kernel_check's workers are its own processes
+    assert users == ["facealign.data.pack", "facealign.platform.kernel_check"], users
+
+
+HEAVY = ("mxnet", "cv2", "horovod")
+
+
+def _fresh_modules(code: str, cwd=REPO) -> set[str]:
+    # PATH without Slurm: submit and sweep stop at "sbatch not found", after everything they import
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent)}
+    out = subprocess.run([sys.executable, "-c", code + "\nimport json, sys; print(json.dumps(sorted(sys.modules)))"],
+                         capture_output=True, text=True, timeout=120, cwd=cwd, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return set(json.loads(out.stdout.splitlines()[-1])), out.stderr
+
+
+def _heavy(loaded):
+    return sorted(m for m in loaded if m.split(".")[0] in HEAVY)
+
+
+def _tiny_spec(tmp_path) -> Path:
+    (tmp_path / "train.rec").write_bytes(b"")
+    (tmp_path / "train.idx").write_bytes(b"")
+    job = tmp_path / "job.yaml"
+    job.write_text(f"model: {{name: hg2-d3-cab, width: 64}}\ndata: {{train: [{tmp_path / 'train'}]}}\n"
+                   f"run: {{name: tiny, out_root: {tmp_path / 'runs'}}}\n")
+    return job
+
+
+def test_the_spec_imports_no_mxnet_opencv_or_horovod(tmp_path):
+    job = _tiny_spec(tmp_path)
+    loaded, _ = _fresh_modules(f"from facealign.spec import components\n"
+                            f"spec = components.load({str(job)!r}, check_files=True)\n"
+                            f"components.model_spec(spec); components.loss_settings(spec); components.runtime_env(spec)\n"
+                            f"components.hyperparameters(spec, 1); components.loss_scale(spec)")
+    assert "facealign.spec.components" in loaded and not _heavy(loaded), _heavy(loaded)
+
+
+@pytest.mark.parametrize("command", ["validate", "render", "submit", "sweep", "status"])
+def test_the_login_node_commands_import_no_mxnet_opencv_or_horovod(tmp_path, command):
+    """Each facealign-launch command a login node runs, in a fresh process, reading sys.modules after it."""
+    job = _tiny_spec(tmp_path)
+    (tmp_path / "runs" / "tiny" / "checkpoints").mkdir(parents=True)  # a run not started yet, for status
+    (tmp_path / "runs" / "tiny" / "job.yaml").write_text(job.read_text())
+    argv = {"validate": ["validate", str(job)], "render": ["render", str(job)],
+            "submit": ["submit", str(job)],
+            "sweep": ["sweep", str(job), "--grid", "optim.lr=1e-3,2e-3", "--out-root", str(tmp_path / "sweeps")],
+            "status": ["status", str(tmp_path / "runs"), "--no-slurm"]}[command]
+    loaded, said = _fresh_modules(f"import sys\nfrom launcher import cli\ntry:\n    code = cli.main({argv!r})\n"
+                            f"except SystemExit as e:\n    code = e.code\n"
+                            f"print('exit', code, file=sys.stderr)")
+    assert "launcher.cli" in loaded and not _heavy(loaded), _heavy(loaded)
+    expected = "exit 2" if command in ("submit", "sweep") else "exit 0"  # 2: no sbatch on this PATH
+    assert said.strip().endswith(expected) and "Traceback" not in said, said[-2000:]
+    if command in ("submit", "sweep"):
+        assert "sbatch not found" in said
 
 
 def test_no_module_uses_another_modules_private_names():
@@ -115,3 +219,10 @@ def test_the_code_runs_on_python_3_10():
         ast.parse(source, filename=str(path), feature_version=(3, 10))  # no 3.11 syntax (except*, ...)
         for name in PY311_ONLY:
             assert name not in source, f"{path}: {name} is Python 3.11+"
+
+
+def test_the_batch_step_learns_horovods_build_without_importing_mxnet():
+    loaded, said = _fresh_modules("import sys\nfrom launcher import slurm\nprint('mpi', slurm.horovod_has_mpi(), file=sys.stderr)")
+    assert said.strip() == "mpi False"  # this machine's Horovod: Gloo only (install.sh)
+    # Horovod's runner is the batch step's (the rendezvous); its MXNet extension and MXNet are not
+    assert not {m for m in loaded if m.startswith(("mxnet", "horovod.mxnet", "cv2"))}

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from conftest import BIN, REPO, rank_process, wait_for_step
-from facealign.checkpoint import CheckpointManager
+from facealign.runs.checkpoint import CheckpointManager
 from facealign.data.pack import main as pack_main
 from tb_events import images, read_events, scalars
 
@@ -242,8 +242,8 @@ def test_single_process_with_bfloat16_amp_and_gradient_accumulation(tiny_job, tm
 def test_the_loader_writer_and_log_are_closed_on_an_error(tiny_job, tmp_path):
     """train() in this process, stopped by a non-finite loss mid-run: its loader workers are gone and
     its log and TensorBoard files are closed, as on every way out of train()."""
-    from facealign import components
-    from facealign.train import NonFiniteLoss, train
+    from facealign.spec import components
+    from facealign.train.loop import NonFiniteLoss, train
 
     spec = components.load(tiny_job, ["resources.tasks_per_node=1", "optim.lr=1.0e+12", "optim.name=sgd",
                                       "schedule.max_steps=50", "eval.every_steps=50"])

@@ -15,8 +15,8 @@ import os
 import sys
 from pathlib import Path
 
-from facealign.config import load_job
-from facealign.train import NonFiniteLoss, parse_args, train
+from facealign.spec.schema import load_job
+from facealign.train.loop import NonFiniteLoss, parse_args, train
 
 
 def inject_inf_gradient(rank: int) -> None:

@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-import cv2
 import numpy as np
 
 FORMAT_VERSION = 1
@@ -89,6 +88,8 @@ def record_paths(path: str | os.PathLike) -> tuple[Path, Path]:
 # --- encoding a sample ---------------------------------------------------------------------------
 
 def encode_image(image_rgb: np.ndarray, encoding: str = ".jpg", quality: int = 95) -> bytes:
+    import cv2
+
     params = [cv2.IMWRITE_JPEG_QUALITY, quality] if encoding == ".jpg" else []
     ok, buf = cv2.imencode(encoding, cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), params)
     if not ok:
@@ -162,14 +163,16 @@ def unpack_sample(body: bytes, *, decode: bool = True, reduce: int = 1) -> Sampl
     return Sample(image=image, landmarks=landmarks, box=box, meta=meta)
 
 
-_REDUCED_FLAGS = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
-                  8: cv2.IMREAD_REDUCED_COLOR_8}
+_REDUCED_FLAGS = {1: "IMREAD_COLOR", 2: "IMREAD_REDUCED_COLOR_2", 4: "IMREAD_REDUCED_COLOR_4",
+                  8: "IMREAD_REDUCED_COLOR_8"}  # cv2's flags, by name: OpenCV loads when an image is coded
 
 
 def decode_image(data, reduce: int = 1) -> np.ndarray:
     """Encoded bytes -> H x W x 3 uint8 RGB (greyscale is expanded); ``ValueError`` if it does not decode."""
     buf = np.frombuffer(data, np.uint8)
-    image = cv2.imdecode(buf, _REDUCED_FLAGS[reduce]) if buf.size else None
+    import cv2
+
+    image = cv2.imdecode(buf, getattr(cv2, _REDUCED_FLAGS[reduce])) if buf.size else None
     if image is None:
         raise ValueError(f"image of {buf.size} bytes does not decode")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)

@@ -69,7 +69,7 @@ def scale(F, x, channels: int, factor: float):
 # that gradient comes blocked (from a convolution's backward) and an offset is not a whole block, oneDNN
 # fails ("could not construct a sub-memory") or divides by zero (SIGFPE). A 16-aligned offset is whole
 # on every ISA. FACEALIGN_ONEDNN_CONCAT_ALIGNMENT=1 gives every concat to oneDNN: how to see whether a
-# newer MXNet still needs this (python -m facealign.models.kernel_check).
+# newer MXNet still needs this (python -m facealign.platform.kernel_check).
 CONCAT_ALIGNMENT = int(os.environ.get("FACEALIGN_ONEDNN_CONCAT_ALIGNMENT", "16"))
 
 

@@ -16,7 +16,7 @@ exports do. Modes:
     bfloat16-inference  the bfloat16 inference graph of ``facealign-export --precision bfloat16``
     int8-inference      MXNet's int8 graph of ``facealign-export --precision int8`` (calibrated on noise)
 
-    python -m facealign.models.kernel_check --models hg2-d3-cab --widths 16 24 32 --modes float32
+    python -m facealign.platform.kernel_check --models hg2-d3-cab --widths 16 24 32 --modes float32
 """
 from __future__ import annotations
 
@@ -59,9 +59,9 @@ def run_case(case: Case) -> None:
     from facealign.models import get_model, initialize
 
     if case.mode == "bfloat16":
-        from facealign import mixed_precision
+        from facealign.train import amp
 
-        mixed_precision.init("bfloat16")  # once per process: workers never mix modes
+        amp.init("bfloat16")  # once per process: workers never mix modes
     overrides = {**(SMALL if case.small else {}), **({"width": case.width} if case.width else {})}
     net = initialize(get_model(case.model, **overrides), seed=0)
     net.hybridize(static_alloc=True)
@@ -72,11 +72,11 @@ def run_case(case: Case) -> None:
             loss = sum(h.astype("float32").sum() for h in net(mx.nd.array(pixels)))
         loss.backward()
     elif case.mode == "bfloat16-inference":
-        from facealign import mixed_precision
+        from facealign.serve import graphs
 
-        mixed_precision.bfloat16_inference_network(net, pixels[:1])(mx.nd.array(pixels))
+        graphs.bfloat16_inference_network(net, pixels[:1])(mx.nd.array(pixels))
     elif case.mode == "int8-inference":
-        from facealign.export import to_int8
+        from facealign.serve.export import to_int8
 
         to_int8(net, None, pixels, "naive")(mx.nd.array(pixels))
     else:
@@ -114,7 +114,7 @@ def _run_group(cases: list[Case], timeout: float, threads: int) -> list[Outcome]
     left = list(cases)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     while left:
-        proc = subprocess.Popen([sys.executable, "-m", "facealign.models.kernel_check", "--worker",
+        proc = subprocess.Popen([sys.executable, "-m", "facealign.platform.kernel_check", "--worker",
                                  json.dumps([asdict(c) for c in left])],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         stderr: list[str] = []
@@ -169,7 +169,7 @@ def sweep(cases: list[Case], *, timeout: float = 120.0, threads: int = 1, parall
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m facealign.models.kernel_check", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m facealign.platform.kernel_check", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=["hg2-d3-cab"])
     p.add_argument("--widths", nargs="+", type=int, default=list(range(16, 257, 8)))
     p.add_argument("--modes", nargs="+", choices=MODES, default=["float32"])

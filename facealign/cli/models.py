@@ -5,8 +5,8 @@ import argparse
 import json
 import sys
 
-from .specs import list_models
-from .zoo import count_parameters, get_model
+from facealign.models.specs import list_models
+from facealign.models.zoo import count_parameters, get_model
 
 
 def main(argv=None) -> int:

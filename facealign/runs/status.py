@@ -21,8 +21,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from facealign.config import EXIT_FILE, JOB_FILE
-from facealign.run_lock import RunLock
+from facealign.spec.schema import EXIT_FILE, JOB_FILE
+from facealign.runs.lock import RunLock
 
 PROGRESS_FILE = "progress.json"
 SLURM_FILE = "slurm.json"

@@ -1,6 +1,5 @@
-"""``python -m facealign.train --job jobs/<name>.yaml``: the training loop, under horovodrun or alone.
-
-    horovodrun -np 4 python -m facealign.train --job jobs/sat2-d3-cab.yaml --set optim.lr=2e-4
+"""The training loop, one rank of it: ``train(spec, run_dir)`` (``python -m facealign.train`` is
+facealign.cli.train).
 
 One loop, top to bottom: set-up, resume, then per step: load, forward,
 backward, allreduced update, and on the step boundaries the stop vote,
@@ -12,12 +11,11 @@ Slurm templates requeue on it); 1 a run-time failure (a non-finite loss, which
 names the step and leaves the last good checkpoint intact; bad records); 2 a job
 that cannot start (a bad spec or missing record files, a run directory holding
 another model's checkpoints or locked by another trainer, a ``model.pretrained``
-that is no model, a GPU this MXNet cannot run: facealign.gpu_probe). Each is one
+that is no model, a GPU this MXNet cannot run: facealign.platform.gpu_probe). Each is one
 line on stderr.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -28,29 +26,21 @@ from pathlib import Path
 
 import numpy as np
 
-from facealign import components, gpu_probe, mixed_precision, runs
-from facealign.artifact import ArtifactError
-from facealign.checkpoint import CHECKPOINTS_DIR, CheckpointError, CheckpointManager, CheckpointWriteError
-from facealign.config import EXIT_FILE, JOB_FILE, JobSpec, SpecError, dump_job, spec_hash
+from facealign.spec import components
+from facealign.platform import gpu_probe
+from facealign.runs import status as runs
+from facealign.runs.artifact import ArtifactError
+from facealign.runs.checkpoint import CHECKPOINTS_DIR, CheckpointError, CheckpointManager, CheckpointWriteError
+from facealign.spec.schema import EXIT_FILE, JOB_FILE, JobSpec, SpecError, dump_job, spec_hash
 from facealign.data.records import DataError
-from facealign.gpu_probe import GPUProbeFailed
-from facealign.run_lock import RunLock, RunLocked
+from facealign.platform.gpu_probe import GPUProbeFailed
+from facealign.runs.lock import RunLock, RunLocked
 
 EXIT_OK, EXIT_ERROR, EXIT_SPEC, EXIT_REQUEUE = 0, 1, 2, 75
 
 
 class NonFiniteLoss(RuntimeError):
     pass
-
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m facealign.train", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--job", required=True, help="job spec (YAML); see jobs/ and facealign/config.py")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a spec value, e.g. --set optim.lr=2e-4 (repeatable)")
-    p.add_argument("--run-dir", help="run directory (default: <run.out_root>/<run.name>)")
-    return p.parse_args(argv)
 
 
 class StopFlag:
@@ -107,21 +97,6 @@ def exit_code_for(error: BaseException) -> int:
     return EXIT_ERROR
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        spec = components.load(args.job, args.set, check_files=True)
-        return train(spec, Path(args.run_dir or Path(spec.run.out_root) / spec.run.name))
-    except (SpecError, CheckpointError, ArtifactError, RunLocked, NonFiniteLoss, DataError, CheckpointWriteError,
-            GPUProbeFailed) as e:
-        print(f"facealign.train: {e}", file=sys.stderr, flush=True)
-        code = exit_code_for(e)
-        if os.environ.get("FACEALIGN_EXIT_FILE") and os.environ.get("HOROVOD_RANK", "0") == "0" \
-                and not Path(os.environ["FACEALIGN_EXIT_FILE"]).exists():  # before train() could say
-            write_exit(Path(os.environ["FACEALIGN_EXIT_FILE"]), code, str(e))
-        return code
-
-
 def train(spec: JobSpec, run_dir: Path, on_finish=None) -> int:
     """Run the job in this process (one rank); ``on_finish(net, world)`` is called at the end on every rank.
 
@@ -164,7 +139,8 @@ def write_exit(path: Path, code: int, reason: str) -> None:
 
 def _train(spec: JobSpec, run_dir: Path, on_finish, closing: contextlib.ExitStack, holder: dict) -> tuple[int, str]:
     # --- set-up ------------------------------------------------------------------------------------
-    from facealign import cpu_isa, dist
+    from facealign.platform import cpu_isa
+    from facealign.train import dist
 
     isa = cpu_isa.enable()  # before MXNet is imported (dist.init imports it)
     os.environ.update(components.runtime_env(spec))  # the launchers set them too; Horovod reads them at init
@@ -178,12 +154,12 @@ def _train(spec: JobSpec, run_dir: Path, on_finish, closing: contextlib.ExitStac
     import mxnet as mx
     from mxnet import autograd
 
-    from facealign.artifact import load_pretrained
+    from facealign.runs.artifact import load_pretrained
     from facealign.data.loader import TrainLoader
-    from facealign.losses import stacked_loss
+    from facealign.train.losses import stacked_loss
     from facealign.models import build_model, initialize
-    from facealign.optim import count_nonfinite, lr_at, make_trainer, optimizer_state, total_steps
-    from facealign.validation import Validator, draw_faces
+    from facealign.train.optim import count_nonfinite, lr_at, make_trainer, optimizer_state, total_steps
+    from facealign.train.validation import Validator, draw_faces
 
     # One trainer per run directory: rank 0 locks it before writing anything, for the run's life.
     locked = None
@@ -228,8 +204,10 @@ def _train(spec: JobSpec, run_dir: Path, on_finish, closing: contextlib.ExitStac
                         f"{accumulation} accumulated batches")
     last_step = total_steps(spec, steps_per_epoch)
 
+    from facealign.train import amp
+
     if spec.optim.amp != "off":  # must patch MXNet's operators before the network is built
-        mixed_precision.init(spec.optim.amp)
+        amp.init(spec.optim.amp)
     model_spec = components.model_spec(spec)
     info = components.model_info(spec)
     net = initialize(build_model(model_spec), ctx=ctx, seed=spec.run.seed)
@@ -528,6 +506,3 @@ def _train(spec: JobSpec, run_dir: Path, on_finish, closing: contextlib.ExitStac
         reason = f"stopped at step {step} on a signal ({stop.signal or 'another rank'}); checkpoint saved; requeue"
     return exit_code, reason
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,296 @@
+"""``facealign-infer``: landmarks for the faces in images, folders and videos.
+
+    facealign-infer runs/demo photo.jpg faces/ --out out/                 # dlib detector, annotated images
+    facealign-infer exported/hg2 clip.mp4 --out out/                      # video: per-frame JSON + annotated video
+    facealign-infer exported/hg2/model.onnx faces/ --backend onnxruntime --boxes my_boxes.json --out out/
+
+MODEL is anything facealign-eval takes. Faces come from a detector (``--detector
+dlib``: dlib's HOG detector, the default; ``haar``: OpenCV's cascade; ``none``:
+the whole image is one face) or from ``--boxes FILE.json`` written by your own detector
+(``{"photo.jpg": [[x0, y0, x1, y1], ...]}``; for a video, keys are frame indices).
+
+Writes to --out: ``predictions.json`` (per image: faces with box, box score,
+landmarks x, y in image pixels, per-landmark scores) and, unless --no-draw, the
+annotated images; per video ``<name>.json`` (per frame) and ``<name>_landmarks.avi``.
+In videos the detector runs every --detect-every frames and the faces are
+tracked from their landmarks in between. --smooth steadies each face's landmarks over
+the frames: one-euro (the default; the One Euro filter, facealign.smoothing: --min-cutoff
+Hz at rest, --beta for how fast it follows motion), ema A (A the weight of the previous
+frame) or off. Each face's filter starts afresh when its track is lost. Detections
+scoring below --min-box-score (dlib's HOG score; default 0) are dropped; every kept
+face's score is in the JSON.
+
+Images that cannot be read are skipped, each with a line, and counted; the others
+are written. Exit status: 0 done (images skipped included, unless --strict); 1 nothing
+to do (no image or video among the inputs), or --strict and an image was skipped;
+2 a model, input or boxes file that cannot be used (one line on stderr).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
+VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
+# The reference's drawing groups (seed-spec §7.2): jaw, brows, nose bridge, nostrils, eyes, lips.
+GROUPS_68 = [(0, 17, False), (17, 22, False), (22, 27, False), (27, 31, False), (31, 36, False),
+             (36, 42, True), (42, 48, True), (48, 60, True), (60, 68, True)]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="facealign-infer", description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="run dir, checkpoint dir, export package, .onnx file or reference release")
+    p.add_argument("inputs", nargs="+", help="images, folders (searched recursively) and video files")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--detector", choices=("dlib", "haar", "none"), default="dlib",
+                   help="dlib: dlib's HOG detector (default); haar: OpenCV's cascade; none: whole image")
+    p.add_argument("--boxes", help="JSON of face boxes from your own detector (replaces --detector)")
+    p.add_argument("--flip", action="store_true", help="flip test-time augmentation")
+    p.add_argument("--decode", choices=("subpixel", "dark", "reference"), default="subpixel",
+                   help="heatmap decoding: subpixel (default), dark (DARK) or reference (integer argmax)")
+    p.add_argument("--refine", type=int, default=1, help="re-crop around the prediction this many times (default 1)")
+    p.add_argument("--gpu", type=int, default=None, help="GPU index (default: CPU)")
+    p.add_argument("--backend", choices=("mxnet", "onnxruntime"), default="mxnet")
+    p.add_argument("--model-name", help="zoo model of a reference release whose directory name does not say")
+    p.add_argument("--batch-size", type=int, default=8, help="images per batch (their faces share the network)")
+    p.add_argument("--smooth", nargs="+", default=["one-euro"], metavar="KIND",
+                   help="video: one-euro (default), ema A (A: the previous frame's weight, 0..1) or off")
+    p.add_argument("--min-cutoff", type=float, default=1.0, help="one-euro: cut-off frequency at rest, Hz (1.0)")
+    p.add_argument("--beta", type=float, default=0.05, help="one-euro: cut-off increase per pixel/s of speed (0.05)")
+    p.add_argument("--d-cutoff", type=float, default=1.0, help="one-euro: cut-off of the speed estimate, Hz (1.0)")
+    p.add_argument("--min-box-score", type=float, default=0.0,
+                   help="drop detections scoring below this (dlib's HOG score; default 0)")
+    p.add_argument("--detect-every", type=int, default=5, help="video: run the detector every N frames")
+    p.add_argument("--no-draw", action="store_true", help="write JSON only")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--strict", action="store_true", help="exit 1 when any image could not be read")
+    return p.parse_args(argv)
+
+
+def collect_inputs(items) -> tuple[list[Path], list[Path]]:
+    images, videos = [], []
+    for item in items:
+        path = Path(item)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such file or directory")
+        if path.is_dir():
+            images += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        elif path.suffix.lower() in VIDEO_EXTENSIONS:
+            videos.append(path)
+        elif path.suffix.lower() in IMAGE_EXTENSIONS:
+            images.append(path)
+        else:
+            raise ValueError(f"{path}: not an image ({', '.join(sorted(IMAGE_EXTENSIONS))}) or a video "
+                             f"({', '.join(sorted(VIDEO_EXTENSIONS))})")
+    return images, videos
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    try:
+        data = np.fromfile(str(path), np.uint8)
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read ({e.strerror})") from None
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise ValueError(f"{path}: cannot decode the image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def draw(image_bgr: np.ndarray, prediction) -> np.ndarray:
+    out = image_bgr.copy()
+    thickness = max(1, round(max(out.shape[:2]) / 500))
+    for box, pts in zip(prediction.boxes, prediction.landmarks):
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        cv2.rectangle(out, (x0, y0), (x1, y1), (255, 160, 0), thickness)
+        p = np.round(pts).astype(np.int32)
+        if len(p) == 68:
+            for a, b, closed in GROUPS_68:
+                cv2.polylines(out, [p[a:b]], closed, (255, 255, 255), thickness, cv2.LINE_AA)
+        for x, y in p:
+            cv2.circle(out, (int(x), int(y)), thickness + 1, (0, 0, 255), -1, cv2.LINE_AA)
+    return out
+
+
+def box_key(boxes: dict, path: Path):
+    for key in (str(path), path.name):
+        if key in boxes:
+            return boxes[key]
+    return None
+
+
+def run_images(predictor, images, args, boxes, out: Path) -> tuple[dict, list]:
+    from tqdm import tqdm
+
+    results = {}
+    start, faces = time.perf_counter(), 0
+    bar = tqdm(total=len(images), desc="[infer] images", unit="image", file=sys.stderr,
+               disable=args.quiet or not sys.stderr.isatty())
+    skipped = []
+    for first in range(0, len(images), args.batch_size):
+        paths, pixels = [], []
+        for p in images[first:first + args.batch_size]:
+            try:
+                pixels.append(read_rgb(p))
+                paths.append(p)
+            except ValueError as e:  # one bad file costs that file only
+                skipped.append(str(p))
+                print(f"[infer] skipped {e}", file=sys.stderr, flush=True)
+        given = [box_key(boxes, p) for p in paths] if boxes is not None else None
+        if given is not None:
+            given = [g if g is not None else np.zeros((0, 4)) for g in given]
+        for path, image, pred in zip(paths, pixels, predictor.predict_batch(pixels, given) if pixels else []):
+            results[str(path)] = pred.to_json()
+            faces += len(pred)
+            if not args.no_draw:
+                name = out / (path.stem + "_landmarks.jpg")
+                cv2.imwrite(str(name), draw(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), pred))
+        bar.update(len(images[first:first + args.batch_size]))
+        bar.set_postfix(faces=faces)
+    bar.close()
+    if images:
+        print(f"[infer] {len(results)} images, {faces} faces in {time.perf_counter() - start:.1f} s"
+              + (f"; {len(skipped)} could not be read" if skipped else ""), flush=True)
+    return results, skipped
+
+
+def match_previous(current, previous):
+    """Index of the previous frame's face nearest to each current face (or None)."""
+    if previous is None or len(previous) == 0:
+        return [None] * len(current)
+    prev_centres = previous.mean(1)
+    out = []
+    for pts in current:
+        d = np.linalg.norm(prev_centres - pts.mean(0), axis=1)
+        j = int(np.argmin(d))
+        size = np.ptp(pts[:, 0]) + 1e-6
+        out.append(j if d[j] < 0.5 * size else None)
+    return out
+
+
+def smoothing_of(args):
+    """A factory of per-track filters from --smooth (and a legacy bare number: an EMA weight, 0 = off)."""
+    from facealign.serve.smoothing import make_filter
+
+    kind, *rest = args.smooth
+    try:
+        weight = float(kind)
+        kind, rest = ("ema", [str(weight)]) if weight > 0 else ("off", [])
+    except ValueError:
+        pass
+    if kind == "ema" and len(rest) != 1:
+        raise ValueError("--smooth ema takes the previous frame's weight, e.g. --smooth ema 0.6")
+    if kind != "ema" and rest:
+        raise ValueError(f"--smooth {kind} takes no value")
+    ema = float(rest[0]) if rest else 0.6
+    make_filter(kind, ema=ema, min_cutoff=args.min_cutoff, beta=args.beta, d_cutoff=args.d_cutoff)  # checks them
+    return lambda: make_filter(kind, ema=ema, min_cutoff=args.min_cutoff, beta=args.beta, d_cutoff=args.d_cutoff)
+
+
+def run_video(predictor, path: Path, args, boxes, out: Path) -> dict:
+    from facealign.serve.predictor import landmark_box
+
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise ValueError(f"{path}: cannot open the video")
+    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+    total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+    writer, frames, previous, index = None, [], None, 0
+    new_filter = smoothing_of(args)
+    tracks, last_t = [], -1.0
+    start = time.perf_counter()
+    from tqdm import tqdm
+
+    bar = tqdm(total=total or None, desc=f"[infer] {path.name}", unit="frame", file=sys.stderr,
+               disable=args.quiet or not sys.stderr.isatty())
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+        if boxes is not None:
+            given = boxes.get(str(index), np.zeros((0, 4)))
+        elif previous is not None and len(previous) and index % max(args.detect_every, 1):
+            given = np.array([landmark_box(p) for p in previous])  # track: last frame's landmarks frame the faces
+        else:
+            given = None
+        pred = predictor.predict(rgb, given)
+        # a timestamp per frame (the container's, or the frame rate's where it has none)
+        stamp = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+        t = stamp if stamp > last_t else (last_t + 1.0 / fps if last_t > -1 else 0.0)
+        last_t = t
+        matches = match_previous(pred.landmarks, previous)
+        filters = [tracks[j] if j is not None else new_filter() for j in matches]  # a lost track starts afresh
+        for i, f in enumerate(filters):
+            pred.landmarks[i] = f(t, pred.landmarks[i])
+        tracks = filters
+        previous = pred.landmarks.copy()
+        frames.append({"frame": index, "faces": pred.to_json()})
+        if not args.no_draw:
+            if writer is None:
+                h, w = frame.shape[:2]
+                writer = cv2.VideoWriter(str(out / f"{path.stem}_landmarks.avi"), cv2.VideoWriter_fourcc(*"MJPG"),
+                                         fps, (w, h))
+            writer.write(draw(frame, pred))
+        index += 1
+        bar.update(1)
+    bar.close()
+    cap.release()
+    if writer is not None:
+        writer.release()
+    (out / f"{path.stem}.json").write_text(json.dumps({"video": str(path), "fps": fps, "frames": frames}))
+    seconds = time.perf_counter() - start
+    print(f"[infer] {path}: {index} frames in {seconds:.1f} s ({index / max(seconds, 1e-9):.1f} frames/s)",
+          flush=True)
+    return {"frames": index, "json": str(out / f"{path.stem}.json")}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from facealign.platform import cpu_isa
+
+    cpu_isa.serve_synchronously(args.gpu)  # before MXNet is imported
+    from facealign.runs.artifact import ArtifactError
+    from facealign.platform.gpu_probe import GPUProbeFailed
+    from facealign.serve.detect import load_boxes, make_detector
+    from facealign.serve.predictor import Predictor
+
+    out = Path(args.out)
+    try:
+        images, videos = collect_inputs(args.inputs)
+        if not images and not videos:
+            print(f"facealign-infer: no images or videos in {', '.join(args.inputs)} (images: "
+                  f"{', '.join(sorted(IMAGE_EXTENSIONS))}; videos: {', '.join(sorted(VIDEO_EXTENSIONS))})",
+                  file=sys.stderr)
+            return 1
+        boxes = load_boxes(args.boxes) if args.boxes else None
+        if videos:
+            smoothing_of(args)  # a bad --smooth before any work
+        predictor = Predictor.load(args.model, backend=args.backend, gpu=args.gpu, model=args.model_name,
+                                   detector=None if boxes is not None else make_detector(args.detector),
+                                   flip=args.flip, refine=args.refine, batch_size=max(args.batch_size, 1),
+                                   min_box_score=args.min_box_score, decode=args.decode,
+                                   log=lambda m: print(f"[infer] {m}", file=sys.stderr))
+        out.mkdir(parents=True, exist_ok=True)
+        results, skipped = run_images(predictor, images, args, boxes, out)
+        videos_done = {str(v): run_video(predictor, v, args, boxes, out) for v in videos}
+    except (ArtifactError, GPUProbeFailed, FileNotFoundError, ValueError) as e:
+        print(f"facealign-infer: {e}", file=sys.stderr)
+        return 2
+    (out / "predictions.json").write_text(json.dumps({"model": str(args.model), "images": results,
+                                                      "skipped": skipped, "videos": videos_done}, indent=1))
+    print(f"[infer] predictions in {out / 'predictions.json'}")
+    if skipped and args.strict:
+        print(f"facealign-infer: --strict: {len(skipped)} image(s) could not be read", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

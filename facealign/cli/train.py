@@ -1,0 +1,52 @@
+"""``python -m facealign.train --job jobs/<name>.yaml``: the trainer's command line, under horovodrun or alone.
+
+    horovodrun -np 4 python -m facealign.train --job jobs/sat2-d3-cab.yaml --set optim.lr=2e-4
+
+Exit status: 0 finished; 75 stopped by a signal after a checkpoint (requeue); 1 a run-time failure;
+2 a job that cannot start (facealign.train.loop). Each is one line on stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from facealign.data.records import DataError
+from facealign.platform.gpu_probe import GPUProbeFailed
+from facealign.runs.artifact import ArtifactError
+from facealign.runs.checkpoint import CheckpointError, CheckpointWriteError
+from facealign.runs.lock import RunLocked
+from facealign.spec import components
+from facealign.spec.schema import SpecError
+from facealign.train.loop import NonFiniteLoss, exit_code_for, train, write_exit
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m facealign.train", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--job", required=True, help="job spec (YAML); see jobs/ and facealign/spec/schema.py")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec value, e.g. --set optim.lr=2e-4 (repeatable)")
+    p.add_argument("--run-dir", help="run directory (default: <run.out_root>/<run.name>)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        spec = components.load(args.job, args.set, check_files=True)
+        return train(spec, Path(args.run_dir or Path(spec.run.out_root) / spec.run.name))
+    except (SpecError, CheckpointError, ArtifactError, RunLocked, NonFiniteLoss, DataError, CheckpointWriteError,
+            GPUProbeFailed) as e:
+        print(f"facealign.train: {e}", file=sys.stderr, flush=True)
+        code = exit_code_for(e)
+        if os.environ.get("FACEALIGN_EXIT_FILE") and os.environ.get("HOROVOD_RANK", "0") == "0" \
+                and not Path(os.environ["FACEALIGN_EXIT_FILE"]).exists():  # before train() could say
+            write_exit(Path(os.environ["FACEALIGN_EXIT_FILE"]), code, str(e))
+        return code
+
+
+
+if __name__ == "__main__":
+    sys.exit(main())

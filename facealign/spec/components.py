@@ -1,0 +1,192 @@
+"""A job spec's parts, each built in one place and field by field by name.
+
+Imports no MXNet, OpenCV or Horovod: ``load`` and ``check`` (what ``facealign-launch validate`` runs on a
+login node) need only the schema and the model's structure; the factories of compute-side parts import
+theirs when called.
+
+    spec = components.load("jobs/demo.yaml", ["optim.lr=2e-4"])   # load_job + the parts' own checks
+    model_spec(spec), codec(spec), augment(spec), sample_config(spec), scheme(spec), model_info(spec)
+
+The trainer, the launcher's ``validate`` and the demo take their parts from
+here, so a setting means the same thing everywhere. ``check`` builds every part
+on the login node: a model the zoo refuses (``model.width: 60`` with CAB
+blocks) is a ``SpecError`` naming the key, not a traceback on the compute node.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import TYPE_CHECKING
+
+from facealign.data.schemes import LandmarkScheme, get_scheme, scheme_for
+from facealign.models.specs import ModelSpec, ModelSpecError, get_model_spec
+from facealign.spec.schema import AugmentSpec, JobSpec, SpecError, load_job
+from facealign.train.loss_scaling import DynamicLossScale
+from facealign.train.losses import LossSettings
+
+if TYPE_CHECKING:  # the compute side's types, imported by the factories that build them
+    from facealign.data.codec import HeatmapCodec
+    from facealign.data.loader import SampleConfig
+    from facealign.data.transforms import AugmentConfig
+    from facealign.evaluation.scoring import Protocol
+    from facealign.runs.artifact import ModelInfo
+
+# ModelSpec field -> the job-spec key that sets it
+_MODEL_KEYS = {"topology": "model.name", "num_stacks": "model.num_stacks", "depth": "model.depth",
+               "block": "model.block", "width": "model.width", "dcn": "model.dcn",
+               "num_landmarks": "data.num_points", "input_size": "data.input_size",
+               "heatmap_size": "data.heatmap_size", "landmark_dims": "data.landmark_dims"}
+
+
+def scheme(spec: JobSpec) -> LandmarkScheme:
+    """``data.scheme``, or the scheme of ``data.num_points``."""
+    d = spec.data
+    return get_scheme(d.scheme) if d.scheme else scheme_for(d.num_points)
+
+
+def model_spec(spec: JobSpec) -> ModelSpec:
+    """The network's structure: the zoo model of ``model.name`` with the spec's overrides.
+    ``data.landmark_dims`` left unset keeps the zoo model's (3 for its ``-3d`` models)."""
+    m, d = spec.model, spec.data
+    overrides = {k: getattr(m, k) for k in ("num_stacks", "depth", "width", "block", "dcn") if getattr(m, k) is not None}
+    overrides.update(num_landmarks=d.num_points, input_size=d.input_size, heatmap_size=d.heatmap_size)
+    if d.landmark_dims is not None:
+        overrides["landmark_dims"] = d.landmark_dims
+    return get_model_spec(m.name, **overrides)
+
+
+def codec(spec: JobSpec) -> HeatmapCodec:
+    """Training targets and the validation decoding."""
+    from facealign.data.codec import HeatmapCodec
+
+    d = spec.data
+    return HeatmapCodec(d.input_size, d.heatmap_size, d.sigma, d.peak, encode_mode=d.target,
+                        decode_mode=spec.eval.decode)
+
+
+def augment(spec: JobSpec) -> AugmentConfig:
+    from facealign.data.transforms import AugmentConfig
+
+    a = spec.data.augment
+    return AugmentConfig(**{f.name: getattr(a, f.name) for f in dataclasses.fields(AugmentSpec)})
+
+
+def sample_config(spec: JobSpec) -> SampleConfig:
+    """How a training record becomes a network input."""
+    from facealign.data.loader import SampleConfig
+
+    d = spec.data
+    return SampleConfig(input_size=d.input_size, num_points=d.num_points, augment=augment(spec),
+                        eval_crop=spec.eval.crop, decode_reduce=d.decode_reduce, on_error=d.on_error,
+                        scheme=scheme(spec).name)
+
+
+def loss_settings(spec: JobSpec) -> LossSettings:
+    """``loss.*``, the targets' peak and the heatmap side, as facealign.losses takes them."""
+    fields = {f.name for f in dataclasses.fields(LossSettings)} - {"peak", "heatmap_size"}
+    return LossSettings(peak=spec.data.peak, heatmap_size=spec.data.heatmap_size,
+                        **{name: getattr(spec.loss, name) for name in fields})
+
+
+RUNTIME_ENV = {"fusion_threshold_mb": "HOROVOD_FUSION_THRESHOLD", "cycle_time_ms": "HOROVOD_CYCLE_TIME",
+               "hierarchical_allreduce": "HOROVOD_HIERARCHICAL_ALLREDUCE", "cudnn_autotune": "MXNET_CUDNN_AUTOTUNE_DEFAULT"}
+
+
+def runtime_env(spec: JobSpec) -> dict:
+    """The environment the spec's ``resources`` knobs set (only those it sets): what facealign-launch and
+    launcher.slurm export before the ranks start, and what the trainer applies before Horovod starts."""
+    r, env = spec.resources, {}
+    if r.fusion_threshold_mb is not None:
+        env["HOROVOD_FUSION_THRESHOLD"] = str(r.fusion_threshold_mb * 1024 * 1024)
+    if r.cycle_time_ms is not None:
+        env["HOROVOD_CYCLE_TIME"] = f"{r.cycle_time_ms:g}"
+    if r.hierarchical_allreduce is not None:
+        env["HOROVOD_HIERARCHICAL_ALLREDUCE"] = "1" if r.hierarchical_allreduce else "0"
+    if r.cudnn_autotune is not None:
+        env["MXNET_CUDNN_AUTOTUNE_DEFAULT"] = str(r.cudnn_autotune)
+    return env
+
+
+def describe_runtime_env(environ) -> str:
+    """The knobs as this process has them, for the rank-0 start-up line."""
+    return ", ".join(f"{var}={environ.get(var, 'default')}" for var in RUNTIME_ENV.values())
+
+
+HPARAM_KEYS = ("model.name", "model.width", "model.depth", "loss.kind", "optim.name", "optim.lr", "optim.amp",
+               "data.batch_size", "data.input_size", "data.sigma", "data.target", "eval.decode", "schedule.kind",
+               "schedule.length", "run.seed")
+
+
+def hyperparameters(spec: JobSpec, world_size: int, overrides=()) -> dict:
+    """What TensorBoard's HParams dashboard lists for a run: the main keys of the spec, the world size, and
+    every ``--set``/sweep override (``key=value``) as the spec resolved it. Values are bool, int, float or str."""
+    def value(dotted):
+        v = spec
+        for part in dotted.split("."):
+            v = getattr(v, part)
+        return v if isinstance(v, (bool, int, float, str)) else str(v)
+
+    keys = list(HPARAM_KEYS) + [o.partition("=")[0] for o in overrides if o.partition("=")[0] not in HPARAM_KEYS]
+    out = {}
+    for key in keys:
+        try:
+            out[key] = value(key)
+        except AttributeError:
+            continue
+    out["world_size"] = world_size
+    return out
+
+
+def loss_scale(spec: JobSpec) -> DynamicLossScale | None:
+    """``optim.loss_scaling``: a dynamic loss scale (auto: with float16 AMP), or None."""
+    o = spec.optim
+    if o.loss_scaling == "off" or (o.loss_scaling == "auto" and o.amp != "float16"):
+        return None
+    return DynamicLossScale(value=o.loss_scale_init, window=o.loss_scale_window)
+
+
+def model_info(spec: JobSpec) -> ModelInfo:
+    """What the trainer records in every checkpoint for evaluation and inference."""
+    from facealign.data.transforms import crop_framing
+    from facealign.runs.artifact import ModelInfo
+
+    return ModelInfo.of(spec.model.name, model_spec(spec), scheme=scheme(spec).name,
+                        crop_framing=crop_framing(spec.eval.crop, spec.data.augment.base_size), sigma=spec.data.sigma)
+
+
+def validation_protocol(spec: JobSpec) -> Protocol:
+    """The run's validation crops and decoding (the ``train`` protocol of facealign.evaluation.scoring)."""
+    from facealign.evaluation.scoring import Protocol
+
+    return Protocol("train", decode=spec.eval.decode, eval_crop=spec.eval.crop,
+                    base_size=spec.data.augment.base_size, decode_reduce=spec.data.decode_reduce)
+
+
+def validation_record(spec: JobSpec) -> dict:
+    """What ``state.json`` records of the run's validation, so ``facealign-eval --protocol train``
+    repeats it without the job spec: the protocol, the sets (absolute paths), batch and sample limit."""
+    return {"protocol": validation_protocol(spec).to_dict(),
+            "sets": {name: os.path.abspath(path) for name, path in spec.data.val.items()},
+            "batch_size": spec.eval.batch_size, "max_samples": spec.eval.max_samples}
+
+
+def check(spec: JobSpec, source: str) -> JobSpec:
+    """Build every part once; what a part refuses becomes a SpecError naming the key."""
+    try:
+        s = scheme(spec)
+    except KeyError as e:
+        raise SpecError(f"{source}: data.num_points: {e.args[0]}; set data.scheme") from None
+    if s.num_points != spec.data.num_points:
+        raise SpecError(f"{source}: data.scheme: {s.name} has {s.num_points} points, data.num_points is "
+                        f"{spec.data.num_points}")
+    try:
+        model_spec(spec)
+    except ModelSpecError as e:
+        field, message = e.problems[0]
+        raise SpecError(f"{source}: {_MODEL_KEYS.get(field, 'model')}: {message} (model {spec.model.name})") from None
+    return spec
+
+
+def load(path, overrides=(), *, check_files: bool = False) -> JobSpec:
+    """``config.load_job`` and ``check``: the job spec as the trainer will run it."""
+    return check(load_job(path, overrides, check_files=check_files), str(path))

@@ -1,0 +1,180 @@
+"""Heatmap losses: each a function of (prediction, target, optional weight map), per stack.
+
+    >>> total, per_stack = stacked_loss(outputs, target, kind="awing", stack_weights=[1.0, 1.0], peak=20.0)
+
+``F`` is ``mx.nd`` or ``mx.sym`` (the functions are hybridisable); the tests hold
+a NumPy reference of each and check values and gradients in float64. Predictions
+are cast to float32 first, so a network computing in bfloat16 or float16 (AMP) is
+scored in float32. Targets are the codec's heatmaps (peak ``peak``, 20 for the
+reference); the losses that need [0, 1] targets divide by it.
+
+  mse    the reference's: the mean of (pred - target)^2 over every element.
+  awing  Adaptive Wing (Wang, Bo and Fuxin, ICCV 2019) with its weighted loss map: pixels where
+         the target, grey-dilated over 3 x 3, exceeds 0.2 weigh W + 1, the others 1.
+  star   STAR (Zhou et al., CVPR 2023) added to a heatmap term (awing by default, as the paper):
+         each predicted heatmap normalised to a distribution gives a soft-argmax mean and a
+         covariance; the error to the true point (the mean of the target heatmap) is decomposed along
+         the covariance's principal axes, each component smooth-L1'd and divided by the square root
+         of its eigenvalue, plus ``omega`` x the eigenvalues' sum.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+LOSSES = ("mse", "awing", "star")
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """The settings of ``loss.*`` the functions take (facealign.components builds it)."""
+
+    kind: str = "mse"
+    peak: float = 20.0  # the targets' peak value
+    awing_alpha: float = 2.1
+    awing_omega: float = 14.0
+    awing_epsilon: float = 1.0
+    awing_theta: float = 0.5
+    awing_weight: float = 10.0  # W of the weighted loss map
+    star_weight: float = 0.1  # of the STAR term against the heatmap term's 1: the paper's code weighs 1 : 10
+    star_omega: float = 1.0  # of the eigenvalue regulariser
+    star_heatmap: str = "awing"  # the heatmap term of star: awing or mse
+    heatmap_size: int = 64  # the heatmaps' side (star builds its coordinate grid from it)
+
+
+def mse(F, pred, target, weight=None):
+    """The reference's loss (seed-spec §5.1): the mean of (pred - target)^2 over every element,
+    optionally weighted element-wise. ``square`` rather than ``** 2``: exact, and no pow() loop."""
+    err = F.square(pred - target)
+    if weight is not None:
+        err = err * weight
+    return F.mean(err)
+
+
+def awing_loss_map(F, target, peak: float, weight: float):
+    """W x M + 1, M = 1 where the 3 x 3 grey dilation of the [0, 1] target exceeds 0.2 (the paper's map)."""
+    dilated = F.Pooling(target / peak, kernel=(3, 3), stride=(1, 1), pad=(1, 1), pool_type="max")
+    return F.stop_gradient((dilated > 0.2) * weight + 1)
+
+
+def awing(F, pred, target, weight=None, *, peak: float = 20.0, alpha: float = 2.1, omega: float = 14.0,
+          epsilon: float = 1.0, theta: float = 0.5):
+    """Adaptive Wing on the [0, 1] heatmaps (both divided by ``peak``), element-wise weighted, mean.
+
+    |d| < theta:  omega ln(1 + |d / epsilon|^(alpha - y))
+    otherwise:    A |d| - C, A and C making it continuous and smooth at theta.
+    """
+    y = F.stop_gradient(target / peak)
+    d = F.abs(pred / peak - y)
+    power = alpha - y
+    ratio = theta / epsilon
+    r_pow = F.exp(power * _log(ratio))  # (theta / epsilon)^(alpha - y)
+    a = omega * (1 / (1 + r_pow)) * power * F.exp((power - 1) * _log(ratio)) / epsilon
+    c = theta * a - omega * F.log(1 + r_pow)
+    # |d / epsilon|^(alpha - y) through exp/log: F.power's gradient with respect to its exponent is
+    # ln(0) at d = 0, which would poison nothing here but is avoided all the same
+    small = omega * F.log(1 + F.exp(power * F.log(d / epsilon + 1e-30)))
+    loss = F.where(d < theta, small, a * d - c)
+    if weight is not None:
+        loss = loss * weight
+    return F.mean(loss)
+
+
+def _log(x: float) -> float:
+    import math
+
+    return math.log(x)
+
+
+def star(F, pred, target, weight=None, *, height: int, width: int, omega: float = 1.0, eps: float = 1e-5):
+    """The STAR term as its paper's code computes it, per landmark, averaged over the landmarks with a
+    target: each predicted heatmap, its negative part cut, divided by its sum (clamped at 1e-6) is a
+    distribution; its mean is the soft-argmax and its unbiased covariance gives the principal axes. The
+    error to the true point (the mean of the target heatmap), projected on each axis, is smooth-L1'd and
+    divided by sqrt(eigenvalue + eps), summed over both axes; plus ``omega`` x (|eigenvalue 1| +
+    |eigenvalue 2|). Coordinates in [-1, 1] over the heatmap. ``weight`` is unused (the term is per
+    landmark)."""
+    flat = F.relu(F.reshape(pred, shape=(0, 0, -1)))  # (B, K, H W)
+    prob = F.broadcast_div(flat, F.expand_dims(F.maximum(F.sum(flat, axis=-1), 1e-6), axis=-1))
+    tgt = F.reshape(F.stop_gradient(F.relu(target)), shape=(0, 0, -1))
+    total = F.sum(tgt, axis=-1)  # (B, K)
+    has = F.stop_gradient(total > 0)  # landmarks inside the heatmap
+    tgt = F.broadcast_div(tgt, F.expand_dims(total + (1 - has), axis=-1))
+    # grid coordinates in [-1, 1], as constants built from the input's shape
+    ones = F.ones_like(F.slice_axis(prob, axis=1, begin=0, end=1))  # (B, 1, H W)
+    index = F.contrib.arange_like(ones, axis=-1)  # 0 .. H W - 1
+    xs = (index - F.floor(index / width) * width) / max(width - 1, 1) * 2 - 1
+    ys = F.floor(index / width) / max(height - 1, 1) * 2 - 1
+    xs, ys = F.stop_gradient(xs), F.stop_gradient(ys)
+    mx_ = F.sum(F.broadcast_mul(prob, xs), axis=-1)
+    my = F.sum(F.broadcast_mul(prob, ys), axis=-1)
+    gx = F.sum(F.broadcast_mul(tgt, xs), axis=-1)
+    gy = F.sum(F.broadcast_mul(tgt, ys), axis=-1)
+    dx = F.broadcast_sub(xs, F.expand_dims(mx_, axis=-1))
+    dy = F.broadcast_sub(ys, F.expand_dims(my, axis=-1))
+    norm = 1 - F.sum(F.square(prob), axis=-1) + eps  # the unbiased weighted covariance's 1 - V2 (V1 = 1)
+    a = F.sum(prob * dx * dx, axis=-1) / norm
+    b = F.sum(prob * dx * dy, axis=-1) / norm
+    c = F.sum(prob * dy * dy, axis=-1) / norm
+    # the symmetric 2 x 2 eigenproblem in closed form (the paper takes an SVD)
+    half = (a + c) / 2
+    spread = F.sqrt(F.square((a - c) / 2) + F.square(b) + 1e-12)
+    lam1, lam2 = half + spread, F.relu(half - spread)  # rounding can take the minor one below 0
+    # the squared error along the first principal axis, from the double angle (no eigenvector signs):
+    # (e . u1)^2 = ex^2 (1 + cos 2t) / 2 + ex ey sin 2t + ey^2 (1 - cos 2t) / 2
+    cos2, sin2 = (a - c) / 2 / spread, b / spread
+    ex, ey = gx - mx_, gy - my
+    q1 = F.relu(F.square(ex) * (1 + cos2) / 2 + ex * ey * sin2 + F.square(ey) * (1 - cos2) / 2)
+    q2 = F.relu(F.square(ex) + F.square(ey) - q1)
+    trans = _smooth_l1_of_square(F, q1) / F.sqrt(lam1 + eps) + _smooth_l1_of_square(F, q2) / F.sqrt(lam2 + eps)
+    eigen = F.abs(lam1) + F.abs(lam2)
+    count = F.maximum(F.sum(has), 1)
+    return F.sum((trans + omega * eigen) * has) / count
+
+
+def _smooth_l1_of_square(F, q):
+    """Smooth L1 (threshold 1) of |x|, given q = x^2 >= 0: q / 2 below 1, |x| - 1/2 above. The linear
+    branch takes sqrt(max(q, 1)): a where() still differentiates the branch it drops, and sqrt's
+    gradient at 0 would make 0 x inf there."""
+    return F.where(q < 1, 0.5 * q, F.sqrt(F.maximum(q, 1)) - 0.5)
+
+
+def stack_loss(F, pred, target, settings: LossSettings):
+    """One stack's loss under ``settings``."""
+    s = settings
+    if s.kind == "mse":
+        return mse(F, pred, target)
+    awing_kw = dict(peak=s.peak, alpha=s.awing_alpha, omega=s.awing_omega, epsilon=s.awing_epsilon,
+                    theta=s.awing_theta)
+    heatmap = s.kind if s.kind == "awing" else s.star_heatmap
+    if heatmap == "awing":
+        term = awing(F, pred, target, awing_loss_map(F, target, s.peak, s.awing_weight), **awing_kw)
+    else:
+        term = mse(F, pred, target)
+    if s.kind == "star":
+        term = term + s.star_weight * star(F, pred, target, height=s.heatmap_size, width=s.heatmap_size,
+                                           omega=s.star_omega)
+    return term
+
+
+def _float32(x):
+    """float32 for reduced-precision outputs; float32 ones as they are (astype would copy)."""
+    import numpy as np
+
+    dtype = getattr(x, "dtype", None)
+    return x if dtype is None or dtype == np.float32 else x.astype("float32")
+
+
+def stacked_loss(outputs, target, *, kind: str = "mse", stack_weights=None, settings: LossSettings | None = None,
+                 F=None):
+    """(total, [loss of each stack]): the stacks' losses against the same target, weighted and summed
+    (intermediate supervision; equal weights of 1 are the reference's)."""
+    settings = settings or LossSettings(kind=kind)
+    if settings.kind not in LOSSES:
+        raise ValueError(f"loss kind must be one of {LOSSES}, got {settings.kind!r}")
+    if F is None:
+        import mxnet as mx
+
+        F = mx.nd
+    weights = stack_weights or [1.0] * len(outputs)
+    per_stack = [stack_loss(F, _float32(o), target, settings) for o in outputs]
+    return sum(w * loss for w, loss in zip(weights, per_stack)), per_stack

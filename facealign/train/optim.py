@@ -1,0 +1,121 @@
+"""Optimizer, learning-rate schedule and the optimizer state a checkpoint carries.
+
+Learning-rate scaling rule (documented in the README): ``optim.lr`` is the rate
+for one rank at ``data.batch_size``. With ``lr_scaling: linear`` the rate is
+multiplied by world_size x grad_accumulation (Goyal et al.), with ``sqrt`` by
+its square root, with ``none`` (the default: Adam-family optimisers, the
+reference's Nadam among them, are nearly scale-invariant) not at all. A
+``warmup_steps`` ramp goes linearly from lr / world_size to the scaled rate.
+"""
+from __future__ import annotations
+
+import math
+
+from facealign.spec.schema import JobSpec
+
+
+def scaled_lr(spec: JobSpec, world_size: int) -> float:
+    factor = world_size * spec.optim.grad_accumulation
+    return spec.optim.lr * {"none": 1.0, "linear": factor, "sqrt": math.sqrt(factor)}[spec.optim.lr_scaling]
+
+
+def total_steps(spec: JobSpec, steps_per_epoch: int) -> int:
+    s = spec.schedule
+    total = s.length * steps_per_epoch if s.unit == "epoch" else s.length
+    return min(total, s.max_steps) if s.max_steps is not None else total
+
+
+def lr_at(step: int, spec: JobSpec, steps_per_epoch: int, world_size: int) -> float:
+    """The learning rate of optimizer step ``step`` (0-based): a pure function, so resume needs no LR state."""
+    s, base = spec.schedule, scaled_lr(spec, world_size)
+    if step < spec.optim.warmup_steps:
+        start = base / world_size
+        return start + (base - start) * step / spec.optim.warmup_steps
+    position = step / steps_per_epoch if s.unit == "epoch" else step
+    if s.kind == "step":
+        return base * s.factor ** sum(position >= m for m in s.milestones)
+    length = s.length
+    frac = min(max(position / length, 0.0), 1.0)
+    return base * (s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def make_optimizer(spec: JobSpec):
+    import mxnet as mx
+
+    o = spec.optim
+    kw = {"learning_rate": o.lr, "wd": o.wd}
+    if o.clip_gradient is not None:
+        kw["clip_gradient"] = o.clip_gradient
+    if o.name == "nadam":
+        return mx.optimizer.Nadam(schedule_decay=0.004, **kw)
+    if o.name == "adam":
+        return mx.optimizer.Adam(**kw)
+    if o.name == "rmsprop":
+        return mx.optimizer.RMSProp(gamma1=0.9, **kw)
+    return mx.optimizer.SGD(momentum=o.momentum, **kw)
+
+
+def make_trainer(net, spec: JobSpec):
+    """Horovod's DistributedTrainer: gradients averaged over ranks at every step."""
+    import horovod.mxnet as hvd
+
+    compression = hvd.Compression.fp16 if spec.optim.fp16_allreduce else hvd.Compression.none
+    return hvd.DistributedTrainer(net.collect_params(), make_optimizer(spec), compression=compression)
+
+
+def count_nonfinite(arrays) -> int:
+    """How many of ``arrays`` (NDArrays) hold a NaN or an infinity: one fused check per 64 arrays."""
+    import mxnet as mx
+
+    arrays = list(arrays)
+    bad = 0
+    for start in range(0, len(arrays), 64):
+        chunk = arrays[start:start + 64]
+        if mx.nd.multi_all_finite(*chunk, num_arrays=len(chunk), init_output=True).asscalar() < 1:
+            bad += sum(int(mx.nd.contrib.isfinite(a).min().asscalar() < 1) for a in chunk)
+    return bad
+
+
+# --- optimizer state without pickle --------------------------------------------------------------
+# Gluon's Trainer keeps its optimizer and updater states private (``_optimizer``, ``_updaters``,
+# ``_index_update_count``) in MXNet 1.9.1, the version install.sh pins; its public save_states
+# pickles them, which a checkpoint must never hold. Re-check these names when MXNet changes.
+
+_SCALARS = ("num_update", "m_schedule")  # optimizer attributes that evolve (Nadam's m_schedule among them)
+
+
+def optimizer_state(trainer) -> tuple[dict, dict]:
+    """(arrays, info): NDArrays by name for ``mx.nd.save`` and JSON-able scalars and structure."""
+    updater = trainer._updaters[0]
+    opt = trainer._optimizer
+    arrays, layout = {}, {}
+    for index, state in updater.states.items():
+        parts = state if isinstance(state, (tuple, list)) else (state,)
+        layout[str(index)] = ["none" if p is None else "array" for p in parts] + (
+            ["tuple"] if isinstance(state, (tuple, list)) else ["single"])
+        for j, p in enumerate(parts):
+            if p is not None:
+                arrays[f"state_{index}_{j}"] = p
+    info = {"layout": layout, "index_update_count": {str(k): v for k, v in opt._index_update_count.items()},
+            "scalars": {k: getattr(opt, k) for k in _SCALARS if hasattr(opt, k)},
+            "optimizer": type(opt).__name__}
+    return arrays, info
+
+
+def load_optimizer_state(trainer, arrays: dict, info: dict, ctx) -> None:
+    """Restore what ``optimizer_state`` saved into a freshly built trainer (before its first step)."""
+    updater = trainer._updaters[0]
+    opt = trainer._optimizer
+    if info["optimizer"] != type(opt).__name__:
+        raise ValueError(f"checkpoint optimizer is {info['optimizer']}, this run uses {type(opt).__name__}")
+    updater.states.clear()
+    for index, kinds in info["layout"].items():
+        *parts, container = kinds
+        values = [None if kind == "none" else arrays[f"state_{index}_{j}"].as_in_context(ctx)
+                  for j, kind in enumerate(parts)]
+        updater.states[int(index)] = tuple(values) if container == "tuple" else values[0]
+        updater.states_synced[int(index)] = True
+    opt._index_update_count.clear()
+    opt._index_update_count.update({int(k): v for k, v in info["index_update_count"].items()})
+    for k, v in info["scalars"].items():
+        setattr(opt, k, v)
