@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from facealign.platform import cpu_isa  # noqa: E402
+from launcher.local import horovodrun_command  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -72,11 +73,9 @@ def worker(model: str, dtype: str, batch: int, steps: int) -> None:
 
 
 def measure(model, dtype, ranks, threads, args) -> float:
-    bin_dir = Path(sys.executable).parent
     env = {"HOROVOD_CYCLE_TIME": "10", **os.environ, "OMP_NUM_THREADS": str(threads),
            "MXNET_CPU_WORKER_NTHREADS": str(threads)}  # the trainer's CPU default (facealign.dist.init)
-    cmd = [str(bin_dir / "horovodrun"), "-np", str(ranks), "-H", f"localhost:{ranks}", "--gloo", sys.executable,
-           __file__, "--steps", str(args.steps), "--worker", model, dtype, str(args.batch)]
+    cmd = horovodrun_command(ranks, [__file__, "--steps", args.steps, "--worker", model, dtype, args.batch])
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [ln for ln in proc.stdout.splitlines() if "RESULT " in ln]
     if proc.returncode != 0 or not lines:

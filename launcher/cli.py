@@ -39,7 +39,9 @@ sys.path.insert(0, str(REPO))
 
 from facealign.spec import components  # noqa: E402  (no MXNet)
 from launcher import scripts  # noqa: E402
-from facealign.spec.schema import EXIT_FILE, JOB_FILE, SpecError, dump_job, load_job  # noqa: E402
+from launcher.local import trainer_command  # noqa: E402
+from facealign.runs.layout import EXIT_FILE, JOB_FILE, SBATCH_FILE  # noqa: E402
+from facealign.spec.schema import SpecError, dump_job, load_job  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -107,10 +109,7 @@ def run_local(spec, job: Path, overrides, run_dir: Path, np_: int, output=None) 
     """The job through horovodrun here; the trainer's own exit status as rank 0 recorded it. ``output``: a file
     for the ranks' output (default: this process's)."""
     r = spec.resources
-    horovodrun = Path(sys.executable).parent / "horovodrun"
-    cmd = [str(horovodrun), "-np", str(np_), "-H", f"localhost:{np_}", "--gloo", sys.executable, "-m",
-           "facealign.train", "--job", str(job), "--run-dir", str(run_dir)]
-    cmd += [a for s in overrides for a in ("--set", s)]
+    cmd = trainer_command(np_, job, run_dir, overrides)
     threads = str(r.cpus_per_task)
     # the spec's Horovod and MXNet knobs, before any rank starts (components.runtime_env)
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MXNET_CPU_WORKER_NTHREADS": threads,
@@ -177,7 +176,7 @@ def sweep_command(args) -> int:
         print(f"  status:      facealign-launch status {root}")
         print(f"  hparams:     tensorboard --logdir {root}  (HParams tab)")
         return first_failure
-    script = root / "sbatch.sh"
+    script = root / SBATCH_FILE
     script.write_text(sweeps.render_array(members[0].spec, name, root, members, REPO, sys.executable, sw.max_parallel,
                                           args.sbatch, args.container, args.container_mount, args.container_runtime))
     code, said = sbatch(script)
@@ -262,7 +261,7 @@ def main(argv=None) -> int:
             return 2
     if resolved.resolve() != job.resolve():
         dump_job(spec, resolved)
-    script = run_dir / "sbatch.sh"
+    script = run_dir / SBATCH_FILE
     script.write_text(render(spec, resolved, [], run_dir, args.sbatch, args.container, args.container_mount,
                              args.container_runtime))
     code, job_id = sbatch(script)

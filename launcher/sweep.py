@@ -29,7 +29,8 @@ from pathlib import Path
 import yaml
 
 from facealign.spec import components
-from facealign.spec.schema import JOB_FILE, SpecError, dump_job
+from facealign.runs.layout import JOB_FILE
+from facealign.spec.schema import SpecError, dump_job
 from facealign.runs.status import SWEEP_FILE, read_json, write_json
 from launcher import scripts
 

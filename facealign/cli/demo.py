@@ -87,9 +87,9 @@ def main(argv=None) -> int:
     print(f"[demo] untrained NME on {args.val_faces} validation faces: {100 * before:.2f}%", flush=True)
 
     # 2. Training: horovodrun, one core per rank.
-    cmd = [str(bin_dir / "horovodrun"), "-np", str(args.np), "-H", f"localhost:{args.np}", "--gloo",
-           sys.executable, "-m", "facealign.train", "--job", args.job, "--run-dir", str(run_dir)]
-    cmd += [a for s in sets for a in ("--set", s)]
+    from launcher.local import trainer_command
+
+    cmd = trainer_command(args.np, args.job, run_dir, sets)
     print("[demo] " + " ".join(cmd), flush=True)
     started = time.time()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MXNET_CPU_WORKER_NTHREADS": "1"}

@@ -50,6 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
+from facealign.runs.layout import EVAL_DIR, TB_DIR
 from facealign.evaluation.metrics import NORMALISATIONS, auc_and_failure, ced, primary_norm
 
 CHOICES = ("reference", "standard", "train", "both", "all")
@@ -246,7 +247,7 @@ def evaluate_model(source, backend, args, sets, margins, out: Path, device: str)
 
         from facealign.runs import checkpoint
 
-        tb = SummaryWriter(str(checkpoint.run_of(source.checkpoint) / "tb"))
+        tb = SummaryWriter(str(checkpoint.run_of(source.checkpoint) / TB_DIR))
     results = {}
     try:
         for set_name, prefix, protocol, flip, batch_size, limit in plan(source, args, sets, margins):
@@ -306,7 +307,7 @@ def default_out(source) -> Path:
     if source.checkpoint is not None:
         from facealign.runs import checkpoint
 
-        return checkpoint.run_of(source.checkpoint) / "eval" / source.checkpoint.name
+        return checkpoint.run_of(source.checkpoint) / EVAL_DIR / source.checkpoint.name
     return Path("eval") / (source.path.stem if source.kind == "onnx" else source.path.name)
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import yaml
 
 from facealign.runs import checkpoint
-from facealign.spec.schema import JOB_FILE
+from facealign.runs.layout import JOB_FILE
 from facealign.data.schemes import scheme_for
 from facealign.data.transforms import BOX_CROP_FRAMING, crop_framing
 from facealign.models.specs import ModelSpec, get_model_spec

@@ -33,10 +33,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from facealign.spec.schema import JOB_FILE
+from facealign.runs.layout import CHECKPOINTS_DIR, JOB_FILE
 from facealign.train.dist import average_over_ranks
 
-CHECKPOINTS_DIR = "checkpoints"  # inside a run directory
 LATEST = "latest"
 PREFIX = "ckpt-"
 MODEL_FILE, RANK_STATS_FILE, OPTIMIZER_FILE = "model.params", "rank_stats.params", "optimizer.params"

@@ -26,7 +26,8 @@ import socket
 import time
 from pathlib import Path
 
-LOCK_FILE = ".lock"
+from facealign.runs.layout import LOCK_FILE
+
 
 
 class RunLocked(RuntimeError):

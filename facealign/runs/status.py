@@ -14,34 +14,16 @@ has a Slurm job, else from ``exit.json`` and the run lock), or "new" for a run n
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from facealign.spec.schema import EXIT_FILE, JOB_FILE
+from facealign.runs.layout import (EXIT_FILE, JOB_FILE, LOG_FILE, PROGRESS_FILE, SLURM_FILE, SWEEP_FILE,  # noqa: F401
+                                   read_json, write_json)
 from facealign.runs.lock import RunLock
-
-PROGRESS_FILE = "progress.json"
-SLURM_FILE = "slurm.json"
-SWEEP_FILE = "sweep.json"
 STATES = ("new", "queued", "running", "requeued", "finished", "failed", "cancelled")
-
-
-def write_json(path: Path, obj) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
-def read_json(path: Path):
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def read_progress(run_dir: Path) -> dict:
@@ -131,7 +113,7 @@ def last_error(run_dir: Path) -> str | None:
     if ended and ended.get("code") not in (0, 75):
         return str(ended.get("reason"))
     try:
-        lines = (run_dir / "log.txt").read_text().strip().splitlines()
+        lines = (run_dir / LOG_FILE).read_text().strip().splitlines()
         return lines[-1] if lines else None
     except OSError:
         return None

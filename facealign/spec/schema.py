@@ -26,11 +26,10 @@ from pathlib import Path
 import yaml
 
 from facealign.data.schemes import SCHEMES
+from facealign.runs.layout import EXIT_FILE, JOB_FILE  # noqa: F401  (named there; re-exported for one release)
 from facealign.train.losses import LOSSES
 
 
-JOB_FILE = "job.yaml"  # the resolved spec a run directory keeps (dump_job)
-EXIT_FILE = "exit.json"  # how the run's last trainer ended (code, reason), for the launchers
 
 
 class SpecError(ValueError):

@@ -30,8 +30,9 @@ from facealign.spec import components
 from facealign.platform import gpu_probe
 from facealign.runs import status as runs
 from facealign.runs.artifact import ArtifactError
-from facealign.runs.checkpoint import CHECKPOINTS_DIR, CheckpointError, CheckpointManager, CheckpointWriteError
-from facealign.spec.schema import EXIT_FILE, JOB_FILE, JobSpec, SpecError, dump_job, spec_hash
+from facealign.runs.checkpoint import CheckpointError, CheckpointManager, CheckpointWriteError
+from facealign.runs.layout import CHECKPOINTS_DIR, EXIT_FILE, JOB_FILE, LOG_FILE, TB_DIR, write_json
+from facealign.spec.schema import JobSpec, SpecError, dump_job, spec_hash
 from facealign.data.records import DataError
 from facealign.platform.gpu_probe import GPUProbeFailed
 from facealign.runs.lock import RunLock, RunLocked
@@ -60,7 +61,7 @@ class Log:
 
     def __init__(self, run_dir: Path, primary: bool):
         self.primary = primary
-        self.fh = open(run_dir / "log.txt", "a") if primary else None
+        self.fh = open(run_dir / LOG_FILE, "a") if primary else None
 
     def close(self):
         if self.fh is not None:
@@ -132,9 +133,7 @@ def _record_exit(holder: dict, run_dir: Path, code: int, reason: str) -> None:
 
 
 def write_exit(path: Path, code: int, reason: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"code": code, "reason": reason, "time": time.time()}) + "\n")
-    os.replace(tmp, path)
+    write_json(path, {"code": code, "reason": reason, "time": time.time()}, indent=None)
 
 
 def _train(spec: JobSpec, run_dir: Path, on_finish, closing: contextlib.ExitStack, holder: dict) -> tuple[int, str]:
@@ -174,7 +173,7 @@ def _train(spec: JobSpec, run_dir: Path, on_finish, closing: contextlib.ExitStac
     if locked:
         raise RunLocked(locked)
     if world.is_primary:
-        (run_dir / "tb").mkdir(parents=True, exist_ok=True)
+        (run_dir / TB_DIR).mkdir(parents=True, exist_ok=True)
         dump_job(spec, run_dir / JOB_FILE)
     dist.barrier()  # the run directory exists before any rank looks into it
     log = Log(run_dir, world.is_primary)
@@ -272,7 +271,7 @@ def _train(spec: JobSpec, run_dir: Path, on_finish, closing: contextlib.ExitStac
         from tensorboardX import SummaryWriter
 
         # purge_step drops events a previous attempt wrote after this checkpoint, so curves never fold back
-        writer = SummaryWriter(str(run_dir / "tb"), purge_step=step if found else None)
+        writer = SummaryWriter(str(run_dir / TB_DIR), purge_step=step if found else None)
         closing.callback(writer.close)
     validation = components.validation_record(spec)
     validator = Validator(validation, info, world, ctx)
