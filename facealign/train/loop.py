@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from dataclasses import dataclass, field
 import os
 import signal
 import sys
@@ -36,6 +37,7 @@ from facealign.spec.schema import JobSpec, SpecError, dump_job, spec_hash
 from facealign.data.records import DataError
 from facealign.platform.gpu_probe import GPUProbeFailed
 from facealign.runs.lock import RunLock, RunLocked
+from facealign.train.state import TrainState
 
 EXIT_OK, EXIT_ERROR, EXIT_SPEC, EXIT_REQUEUE = 0, 1, 2, 75
 
@@ -106,29 +108,32 @@ def train(spec: JobSpec, run_dir: Path, on_finish=None) -> int:
     exit 1: in ``$FACEALIGN_EXIT_FILE`` when a launcher set it, and in ``<run>/exit.json`` once it
     holds the run directory (a trainer turned away by the lock writes nothing there).
     """
-    holder = {}  # _train sets "rank0", and "locked" once rank 0 holds the run directory
+    world, holds_run = None, False
     with contextlib.ExitStack() as closing:
         try:
-            code, reason = _train(spec, run_dir, on_finish, closing, holder)
+            world = set_up_world(spec)
+            check_world_size(spec, world)
+            holds_run = lock_run_dir(spec, run_dir, world, closing)
+            code, reason = run_job(build(spec, run_dir, world, closing), on_finish)
         except BaseException as e:
             code = 130 if isinstance(e, KeyboardInterrupt) else exit_code_for(e)
             known = isinstance(e, (SpecError, CheckpointError, ArtifactError, RunLocked, NonFiniteLoss, DataError,
                                    CheckpointWriteError, GPUProbeFailed))
-            _record_exit(holder, run_dir, code, str(e) if known else f"{type(e).__name__}: {e}")
+            record_exit(world, holds_run, run_dir, code, str(e) if known else f"{type(e).__name__}: {e}")
             raise
-        _record_exit(holder, run_dir, code, reason)
+        record_exit(world, holds_run, run_dir, code, reason)
         return code
 
 
-def _record_exit(holder: dict, run_dir: Path, code: int, reason: str) -> None:
+def record_exit(world, holds_run: bool, run_dir: Path, code: int, reason: str) -> None:
     """Rank 0: the launcher's file if it set one, and the run's own exit.json (facealign-launch status reads
     it) once this trainer holds the run directory."""
-    if not holder.get("rank0"):
+    if world is None or not world.is_primary:
         return
     target = os.environ.get("FACEALIGN_EXIT_FILE")
     if target:
         write_exit(Path(target), code, reason)
-    if holder.get("locked"):
+    if holds_run:
         write_exit(run_dir / EXIT_FILE, code, reason)
 
 
@@ -136,39 +141,36 @@ def write_exit(path: Path, code: int, reason: str) -> None:
     write_json(path, {"code": code, "reason": reason, "time": time.time()}, indent=None)
 
 
-def _train(spec: JobSpec, run_dir: Path, on_finish, closing: contextlib.ExitStack, holder: dict) -> tuple[int, str]:
-    # --- set-up ------------------------------------------------------------------------------------
+# --- the steps of a run, in the order they happen -----------------------------------------------------
+
+def set_up_world(spec: JobSpec):
+    """The CPU's ISA, the Horovod knobs, Horovod itself: this rank's world."""
     from facealign.platform import cpu_isa
     from facealign.train import dist
 
-    isa = cpu_isa.enable()  # before MXNet is imported (dist.init imports it)
+    cpu_isa.enable()  # before MXNet is imported (dist.init imports it)
     os.environ.update(components.runtime_env(spec))  # the launchers set them too; Horovod reads them at init
-    world = dist.init(cpu=not spec.resources.gpus_per_node)
-    holder["rank0"] = world.is_primary
+    return dist.init(cpu=not spec.resources.gpus_per_node)
+
+
+def check_world_size(spec: JobSpec, world) -> None:
     if world.size != spec.world_size:
         raise SpecError(f"resources give a world of {spec.resources.nodes} node(s) x "
                         f"{spec.resources.tasks_per_node} task(s) = {spec.world_size} rank(s), but {world.size} "
                         f"were started; launch -np {spec.world_size} or set resources.tasks_per_node")
-    stop = StopFlag()
-    import mxnet as mx
-    from mxnet import autograd
 
-    from facealign.runs.artifact import load_pretrained
-    from facealign.data.loader import TrainLoader
-    from facealign.train.losses import stacked_loss
-    from facealign.models import build_model, initialize
-    from facealign.train.optim import count_nonfinite, lr_at, make_trainer, optimizer_state, total_steps
-    from facealign.train.validation import Validator, draw_faces
 
-    # One trainer per run directory: rank 0 locks it before writing anything, for the run's life.
+def lock_run_dir(spec: JobSpec, run_dir: Path, world, closing) -> bool:
+    """One trainer per run directory: rank 0 locks it before writing anything, for the run's life; every
+    rank learns whether it could. True on the rank that holds it."""
+    from facealign.train import dist
+
     locked = None
     if world.is_primary:
         try:
             closing.callback(RunLock(run_dir, spec.run.lock_wait).acquire().release)
         except RunLocked as e:
             locked = str(e)
-        else:
-            holder["locked"] = True
     locked = dist.broadcast_object(locked, "facealign.run_lock")
     if locked:
         raise RunLocked(locked)
@@ -176,332 +178,497 @@ def _train(spec: JobSpec, run_dir: Path, on_finish, closing: contextlib.ExitStac
         (run_dir / TB_DIR).mkdir(parents=True, exist_ok=True)
         dump_job(spec, run_dir / JOB_FILE)
     dist.barrier()  # the run directory exists before any rank looks into it
+    return world.is_primary
+
+
+@dataclass
+class Run:
+    """One rank's run: the spec, the world and what was built from them. The loop changes none of it but
+    ``progress`` (rank 0's record for facealign-launch status); where the run stands is ``TrainState``."""
+
+    spec: JobSpec
+    run_dir: Path
+    world: object
+    ctx: object
+    log: Log
+    stop: StopFlag
+    loader: object
+    net: object
+    trainer: object
+    scaler: object  # the dynamic loss scale, or None
+    ckpt: CheckpointManager
+    validator: object
+    stats: object  # every rank's BatchNorm statistics
+    writer: object  # TensorBoard (rank 0), or None
+    codec: object
+    loss_settings: object
+    model_spec: object
+    info: object
+    validation: dict  # what state.json records of the run's validation
+    steps_per_epoch: int
+    last_step: int
+    trainable: list = field(default_factory=list)
+    progress: dict = field(default_factory=dict)
+
+    @property
+    def accumulation(self) -> int:
+        return self.spec.optim.grad_accumulation
+
+    def samples_per_step(self) -> int:
+        return self.spec.data.batch_size * self.world.size * self.accumulation
+
+    def lr(self, step: int) -> float:
+        from facealign.train.optim import lr_at
+
+        return lr_at(step, self.spec, self.steps_per_epoch, self.world.size)
+
+
+def build(spec: JobSpec, run_dir: Path, world, closing) -> Run:
+    """The log, the GPU probe, the loader, the network and its trainer, the checkpoints and the validator."""
+    from facealign.platform import cpu_isa
+    from facealign.data.loader import TrainLoader
+    from facealign.models import build_model, initialize
+    from facealign.runs.artifact import load_pretrained
+    from facealign.train import amp, dist
+    from facealign.train.optim import make_trainer, total_steps
+    from facealign.train.validation import Validator
+
+    stop = StopFlag()
     log = Log(run_dir, world.is_primary)
     closing.callback(log.close)
     ctx = dist.device(world, spec.resources.gpus_per_node)
-    threads = os.environ.get("OMP_NUM_THREADS", "default")
-    log(f"rank 0 of {world.size} on {ctx}; run directory {run_dir}; OMP_NUM_THREADS={threads}; "
-        f"SLURM_RESTART_COUNT={os.environ.get('SLURM_RESTART_COUNT', '0')}; {cpu_isa.cpu_model()}, {isa.describe()}; "
-        f"{components.describe_runtime_env(os.environ)}")
+    log(f"rank 0 of {world.size} on {ctx}; run directory {run_dir}; "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'default')}; "
+        f"SLURM_RESTART_COUNT={os.environ.get('SLURM_RESTART_COUNT', '0')}; {cpu_isa.cpu_model()}, "
+        f"{cpu_isa.enable().describe()}; {components.describe_runtime_env(os.environ)}")
     # every rank probes its GPU before anything is built; all stop together if any cannot run MXNet
     failures = [f for f in dist.allgather_object(_probe(ctx), "facealign.gpu_probe") if f]
     if failures:
         log(f"the GPU probe failed on {len(failures)} of {world.size} rank(s): {failures[0]}")
         raise GPUProbeFailed(failures[0])
 
-    d = spec.data
+    d, accumulation = spec.data, spec.optim.grad_accumulation
     codec = components.codec(spec)
-    loss_settings = components.loss_settings(spec)
     loader = TrainLoader(d.train, batch_size=d.batch_size, codec=codec, rank=world.rank, world_size=world.size,
                          seed=spec.run.seed, cfg=components.sample_config(spec), workers=d.workers,
                          prefetch=d.prefetch)
     closing.callback(loader.close)
-    accumulation = spec.optim.grad_accumulation
     steps_per_epoch = loader.steps_per_epoch // accumulation
     if steps_per_epoch < 1:
         raise SpecError(f"data.train: {loader.steps_per_epoch} batch(es) per epoch cannot fill one step of "
                         f"{accumulation} accumulated batches")
-    last_step = total_steps(spec, steps_per_epoch)
-
-    from facealign.train import amp
 
     if spec.optim.amp != "off":  # must patch MXNet's operators before the network is built
         amp.init(spec.optim.amp)
     model_spec = components.model_spec(spec)
-    info = components.model_info(spec)
     net = initialize(build_model(model_spec), ctx=ctx, seed=spec.run.seed)
     if spec.model.pretrained:  # a checkpoint's, an export's or a reference release's parameters
         report = load_pretrained(net, spec.model.pretrained, ctx)
         log(f"initialised {len(report['loaded'])} parameters from {spec.model.pretrained}; "
             f"{len(report['kept'])} keep their initialisation")
     net.hybridize(static_alloc=True)  # static_shape as well would double the memory for ~10% speed
+    trainable = [p for p in net.collect_params().values() if p.grad_req != "null"]
     if accumulation > 1:
-        for p in net.collect_params().values():
-            if p.grad_req != "null":
-                p.grad_req = "add"
-    trainer = make_trainer(net, spec)
-    # dynamic loss scaling (with float16 AMP by default), decided collectively below rather than by
-    # amp.init_trainer's per-rank check; bfloat16 has float32's range and needs none
-    scaler = components.loss_scale(spec)
-
-    # --- resume ------------------------------------------------------------------------------------
-    metric = spec.metric_name()
+        for p in trainable:
+            p.grad_req = "add"
     ckpt = CheckpointManager(run_dir / CHECKPOINTS_DIR, writer=world.is_primary, keep_last=spec.checkpoint.keep_last,
-                             keep_best=spec.checkpoint.keep_best, metric=metric, mode=spec.checkpoint.mode, log=log)
-    ckpt.tidy(log)
-    # rank 0 lists the checkpoints that verify (latest first) for all; every rank decodes the same files,
-    # and if any rank cannot, all fall back to the next one together
-    candidates = [str(p) for p in ckpt.candidates(log)] if spec.checkpoint.resume == "auto" and world.is_primary \
-        else []
+                             keep_best=spec.checkpoint.keep_best, metric=spec.metric_name(), mode=spec.checkpoint.mode,
+                             log=log)
+    writer = None
+    if world.is_primary and spec.logging.tensorboard:
+        from tensorboardX import SummaryWriter
+
+        # purge_step (set at resume) drops events a previous attempt wrote after the checkpoint
+        writer = closing.enter_context(_LazyWriter(SummaryWriter, str(run_dir / TB_DIR)))
+    info, validation = components.model_info(spec), components.validation_record(spec)
+    # dynamic loss scaling (with float16 AMP by default), decided collectively rather than by
+    # amp.init_trainer's per-rank check; bfloat16 has float32's range and needs none
+    return Run(spec=spec, run_dir=run_dir, world=world, ctx=ctx, log=log, stop=stop, loader=loader, net=net,
+               trainer=make_trainer(net, spec), scaler=components.loss_scale(spec), ckpt=ckpt,
+               validator=Validator(validation, info, world, ctx), validation=validation,
+               stats=dist.RunningStats(net, world), writer=writer, codec=codec,
+               loss_settings=components.loss_settings(spec), model_spec=model_spec, info=info,
+               steps_per_epoch=steps_per_epoch, last_step=total_steps(spec, steps_per_epoch), trainable=trainable)
+
+
+class _LazyWriter:
+    """tensorboardX's SummaryWriter, opened once the resume step is known (its ``purge_step``)."""
+
+    def __init__(self, factory, logdir: str):
+        self.factory, self.logdir, self.writer = factory, logdir, None
+
+    def open(self, purge_step: int | None) -> None:
+        self.writer = self.factory(self.logdir, purge_step=purge_step)
+
+    def __getattr__(self, name):
+        return getattr(self.writer, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.writer is not None:
+            self.writer.close()
+
+
+def resume(run: Run) -> TrainState:
+    """The newest checkpoint every rank can load, or the start (rank 0's initialisation broadcast).
+
+    Rank 0 lists the checkpoints that verify (latest first) for all; every rank decodes the same files,
+    and if any rank cannot, all fall back to the next one together."""
+    from facealign.train import dist
+
+    run.ckpt.tidy(run.log)
+    primary, log = run.world.is_primary, run.log
+    candidates = [str(p) for p in run.ckpt.candidates(log)] if run.spec.checkpoint.resume == "auto" and primary else []
     candidates = dist.broadcast_object(candidates, "facealign.resume")
-    step, epoch, batch_in_epoch, last_metrics, found, skipped = 0, 0, 0, {}, None, {"total": 0, "by_file": {}}
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+    state, found = TrainState(restarts=restarts), None
     for candidate in map(Path, candidates):
         try:
-            decoded, problem = ckpt.read(candidate), None
+            decoded, problem = run.ckpt.read(candidate), None
         except CheckpointError as e:
             decoded, problem = None, str(e)
         if dist.allreduce(1.0 if problem else 0.0)[0]:
             log(f"checkpoint {candidate} cannot be loaded ({problem or 'on another rank'}); falling back to the "
                 f"previous one")
             continue
-        same_world = decoded["state"].get("world_size") == world.size
-        state = ckpt.apply(candidate, decoded, net, trainer, ctx, fingerprint=model_spec.fingerprint(),
-                           rank=world.rank if same_world else None)
-        step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        last_metrics = state.get("metrics", {})
-        skipped = state.get("data_skipped", skipped)
-        if scaler is not None:
-            scaler.load(state.get("loss_scale"))
-        found = candidate
-        log(f"resumed from {found}: step {step}, epoch {epoch}, batch {batch_in_epoch} of the epoch")
+        same_world = decoded["state"].get("world_size") == run.world.size
+        record = run.ckpt.apply(candidate, decoded, run.net, run.trainer, run.ctx,
+                                fingerprint=run.model_spec.fingerprint(), rank=run.world.rank if same_world else None)
+        # where the run stands for `facealign-launch status` (facealign.runs.status); the best survives restarts
+        run.progress = runs.read_progress(run.run_dir) if primary else {}
+        state, found = TrainState.resumed(record, primary=primary, progress=run.progress, restarts=restarts), candidate
+        if run.scaler is not None:
+            run.scaler.load(state.loss_scale)
+        log(f"resumed from {found}: step {state.step}, epoch {state.epoch}, batch {state.batch_in_epoch} of the "
+            f"epoch")
         break
-    ckpt.repoint(found, log)
+    run.ckpt.repoint(found, log)
     if found is None:
         if candidates:
             log("no checkpoint of this run could be loaded: training starts from the beginning")
         import horovod.mxnet as hvd
 
-        hvd.broadcast_parameters(net.collect_params(), root_rank=0)  # rank 0's initialisation everywhere
-    # skipped records: this rank's own since the start (rank 0 carries the run's earlier ones forward)
-    my_skips = dict(skipped["by_file"]) if world.is_primary else {}
-    skipped_total = int(skipped["total"])
-    trainable = [p for p in net.collect_params().values() if p.grad_req != "null"]
-    writer = None
-    if world.is_primary and spec.logging.tensorboard:
-        from tensorboardX import SummaryWriter
+        hvd.broadcast_parameters(run.net.collect_params(), root_rank=0)  # rank 0's initialisation everywhere
+    if run.writer is not None:
+        run.writer.open(state.step if found else None)
+    return state
 
-        # purge_step drops events a previous attempt wrote after this checkpoint, so curves never fold back
-        writer = SummaryWriter(str(run_dir / TB_DIR), purge_step=step if found else None)
-        closing.callback(writer.close)
-    validation = components.validation_record(spec)
-    validator = Validator(validation, info, world, ctx)
-    stats = dist.RunningStats(net, world)
 
-    def validate():
-        """Validation with the rank-averaged BatchNorm statistics; each rank's own come back after."""
-        with stats.swapped(stats.average(stats.gather())):
-            return validator.run(net)
-
-    def checkpoint_state(metrics):
-        return {"epoch": epoch, "batch_in_epoch": batch_in_epoch, "samples_seen": step * d.batch_size * world.size
-                * accumulation, "world_size": world.size, "model": model_spec.to_dict(),
-                "model_fingerprint": model_spec.fingerprint(), "model_info": info.to_dict(),
-                "validation": validation, "spec_hash": spec_hash(spec), "metrics": metrics,
-                "data_skipped": skipped_record(),
-                "lr": lr_at(max(step - 1, 0), spec, steps_per_epoch, world.size),
-                "loss_scale": scaler.state() if scaler is not None else None,
-                "versions": {"mxnet": mx.__version__}}
-
-    def skipped_record():
-        by_file = {}
-        for counts in dist.allgather_object(my_skips, "facealign.skipped"):
-            for f, n in counts.items():
-                by_file[f] = by_file.get(f, 0) + n
-        return {"total": skipped_total, "by_file": by_file}
-
-    def diverged(what: str, detail: str) -> NonFiniteLoss:
-        """Stop on a non-finite loss or gradient at step + 1: the weights after ``step`` produced it, so the
-        checkpoint holding them (if one was saved at ``step``) is set aside, and a restart resumes before."""
-        aside = ckpt.at_step(step) if world.is_primary else None
-        note = ""
-        if aside is not None:
-            moved = ckpt.set_aside(aside)
-            left = ckpt.checkpoints()
-            note = (f"; checkpoint {aside.name} holds the weights that produced it: set aside as {moved.name}; a "
-                    f"restart resumes from {left[-1].name if left else 'the beginning'}")
-        message = dist.broadcast_object(f"{what} at step {step + 1} (epoch {epoch}; {detail}); stopped before the update"
-                                        + (note or "; the last checkpoint is intact"), "facealign.diverged")
-        log(message, all_ranks=True)
-        return NonFiniteLoss(message)
-
-    # where the run stands, for `facealign-launch status` (facealign.runs); the best survives restarts
-    progress = runs.read_progress(run_dir) if world.is_primary and found else {}
-    best = {"metric": metric, "best": progress.get("best"), "best_step": progress.get("best_step")}
-
-    def record_progress(**fields):
-        if world.is_primary:  # kept here and written whole: no read-back per progress line
-            progress.update(last_step=last_step, epoch=epoch, restarts=restarts, **best, **fields)
-            runs.record_progress(run_dir, progress)
-
-    def note_validation(metrics, at_step):
-        value = metrics.get(metric) if metric else None
-        if value is not None and (best["best"] is None or (value < best["best"] if spec.checkpoint.mode == "min"
-                                                           else value > best["best"])):
-            best.update(best=float(value), best_step=at_step)
-
-    restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
-    record_progress(step=step)
-    eval_every = spec.eval.every_steps or steps_per_epoch
-    ckpt_every = spec.checkpoint.every_steps or steps_per_epoch
-    dropped = loader.sampler.dropped_per_epoch
-    log(f"{spec.model.name} ({model_spec.num_stacks} stacks, {d.num_points} points, {d.input_size}->"
-        f"{d.heatmap_size}); {len(loader.records)} training faces"
-        f"{f' ({dropped} left out of each epoch: not a whole step)' if dropped else ''}, {steps_per_epoch} steps/epoch, "
-        f"batch {d.batch_size} x {world.size} rank(s) x {accumulation}; training to step {last_step}"
-        + (f"; dynamic loss scale {scaler.value:g} (skips agreed by all ranks)" if scaler is not None else ""))
-    if step == 0 and validator.sets:
-        metrics, images = validate()
-        note_validation(metrics, 0)
-        log("before training: " + ", ".join(f"{k} {v * 100:.2f}%" for k, v in metrics.items()))
-        if writer:
-            for k, v in metrics.items():
-                writer.add_scalar(f"val/{k}", v, 0)
-
-    # --- the loop ----------------------------------------------------------------------------------
-    exit_code, window = EXIT_OK, {"t": time.perf_counter(), "wait": 0.0, "images": 0, "loss": None, "n": 0}
-    start_step, start_time, pending_skips = step, time.perf_counter(), 0
-    while step < last_step:
-        batches = loader.epoch(epoch, start_step=batch_in_epoch * accumulation)
-        for micro, batch in enumerate(batches, start=1):
-            # forward and backward; DistributedTrainer allreduces the gradients inside step()
-            data = mx.nd.array(batch.images, ctx=ctx, dtype="float32")
-            target = mx.nd.array(batch.heatmaps, ctx=ctx)
-            with autograd.record():  # the loss in float32 whatever the network computed in
-                loss, stack_losses = stacked_loss(net(data), target, settings=loss_settings,
-                                                  stack_weights=spec.loss.stack_weights)
-                if scaler is not None:
-                    loss = loss * scaler.value
-            autograd.backward(loss)
-            window["wait"] += batch.wait_s
-            window["images"] += len(batch.indices)
-            for file, index, why in batch.skips:  # this rank's, as they happen
-                my_skips[file] = my_skips.get(file, 0) + 1
-                log(f"skipped record {index} of {file}: {why}", all_ranks=True)
-            pending_skips += len(batch.skips)
-            if micro % accumulation:
-                continue
-            # The vote, before the update: every rank learns at the same step whether any rank was
-            # signalled, saw a non-finite loss or gradient, or skipped records (one rank raising alone
-            # would leave the others waiting in an allreduce). Under loss scaling a non-finite loss or
-            # gradient on any rank is an overflow: every rank skips this update and scales down.
-            values = np.array([l.asscalar() for l in stack_losses])
-            bad_grads = count_nonfinite(p.grad(ctx) for p in trainable)
-            signalled, nonfinite, nonfinite_grads, skips_now = dist.allreduce(
-                [1.0 if stop.signal else 0.0, 0.0 if np.isfinite(values).all() else 1.0, float(bad_grads),
-                 float(pending_skips)])
-            pending_skips = 0
-            overflow = scaler is not None and bool(nonfinite or nonfinite_grads)
-            if overflow and scaler.at_minimum:
-                raise diverged("non-finite loss or gradients at the smallest loss scale",
-                               f"scale {scaler.value:g}, {int(nonfinite_grads)} gradient arrays over the ranks")
-            if nonfinite and not overflow:
-                raise diverged("non-finite loss", f"rank 0's stack losses {values.tolist()}")
-            if nonfinite_grads and not overflow:
-                raise diverged("non-finite gradients", f"{int(nonfinite_grads)} arrays over the ranks")
-            skipped_total += int(skips_now)
-            drawn = (step + 1) * d.batch_size * world.size * accumulation
-            limit = d.max_skipped
-            if limit is not None and skipped_total > (limit if limit >= 1 else limit * drawn):
-                by_file = skipped_record()["by_file"]
-                worst = ", ".join(f"{f}: {n}" for f, n in sorted(by_file.items(), key=lambda t: -t[1])[:3])
-                message = (f"{skipped_total} records skipped by step {step + 1} ({skipped_total / drawn:.1%} of the "
-                           f"{drawn} drawn), more than data.max_skipped = {limit:g}; most in {worst}")
-                log(message, all_ranks=True)
-                raise DataError(message)
-            stopping = signalled > 0
-            trainer.set_learning_rate(lr_at(step, spec, steps_per_epoch, world.size))
-            if overflow:  # on every rank alike: no allreduce, no update, the batch counts as seen
-                net.collect_params().zero_grad()
-                log(f"overflow at step {step + 1} ({int(nonfinite_grads)} non-finite gradient arrays over the "
-                    f"ranks): update skipped on every rank; loss scale {scaler.value:g} -> "
-                    f"{max(scaler.value / scaler.factor, scaler.min_value):g}")
-            else:
-                # the loss is a mean already: average over the micro-batches only (and divide the scale out)
-                trainer.step(accumulation * (scaler.value if scaler is not None else 1))
-                if accumulation > 1:
-                    net.collect_params().zero_grad()
-            if scaler is not None:
-                scaler.update(overflow)
-            step += 1
-            batch_in_epoch += 1
-            if not overflow:
-                window["loss"] = values if window["loss"] is None else window["loss"] + values
-                window["n"] += 1
-            end_of_epoch = batch_in_epoch == steps_per_epoch
-            if step % spec.logging.every_steps == 0 or step == last_step or stopping:
-                elapsed = time.perf_counter() - window["t"]
-                ips = window["images"] * world.size / max(elapsed, 1e-9)
-                mean_loss = window["loss"] / window["n"] if window["n"] else np.full(len(values), np.nan)
-                lr = lr_at(step - 1, spec, steps_per_epoch, world.size)
-                eta = (time.perf_counter() - start_time) / max(step - start_step, 1) * (last_step - step)
-                log(f"step {step}/{last_step} epoch {epoch} [{batch_in_epoch}/{steps_per_epoch}] loss "
-                    f"{mean_loss.sum():.5f} ({' '.join(f'{v:.5f}' for v in mean_loss)}) lr {lr:.3g} "
-                    f"img/s {ips:.1f} data-wait {100 * window['wait'] / max(elapsed, 1e-9):.0f}% eta {_fmt_time(eta)}")
-                if writer:
-                    writer.add_scalar("train/loss", float(mean_loss.sum()), step)
-                    for i, v in enumerate(mean_loss):
-                        writer.add_scalar(f"train/loss_stack{i}", float(v), step)
-                    writer.add_scalar("train/lr", lr, step)
-                    writer.add_scalar("perf/images_per_s", ips, step)
-                    writer.add_scalar("perf/data_wait", window["wait"] / max(elapsed, 1e-9), step)
-                    writer.add_scalar("data/skipped", skipped_total, step)
-                    if scaler is not None:
-                        writer.add_scalar("train/loss_scale", scaler.value, step)
-                record_progress(step=step, images_per_s=ips, eta_s=eta)
-                window = {"t": time.perf_counter(), "wait": 0.0, "images": 0, "loss": None, "n": 0}
-            metrics = None
-            if validator.sets and (step % eval_every == 0 or step == last_step):
-                metrics, images = validate()
-                note_validation(metrics, step)
-                record_progress(step=step)
-                log(f"validation at step {step}: " + ", ".join(f"{k} {v * 100:.2f}%" for k, v in metrics.items()))
-                if writer:
-                    for k, v in metrics.items():
-                        writer.add_scalar(f"val/{k}", v, step)
-                    if images is not None and spec.logging.images:
-                        faces, heatmaps = draw_faces(*images, codec.peak)
-                        writer.add_image("val/faces", faces, step, dataformats="HWC")
-                        writer.add_image("val/heatmaps", heatmaps, step, dataformats="HWC")
-                last_metrics = metrics
-            if end_of_epoch:
-                epoch, batch_in_epoch = epoch + 1, 0
-            if step % ckpt_every == 0 or step == last_step or end_of_epoch or stopping:
-                # never commit weights or optimizer state that are not finite, on any rank
-                bad = dist.allreduce(float(count_nonfinite([p.data(ctx) for p in net.collect_params().values()]
-                                                           + list(optimizer_state(trainer)[0].values()))))[0]
-                if bad:
-                    previous = ckpt.checkpoints()[-1].name if world.is_primary and ckpt.checkpoints() else None
-                    message = dist.broadcast_object(
-                        f"the parameters or optimizer state after step {step} are not finite ({int(bad)} arrays over "
-                        f"the ranks): not checkpointed; " + (f"the last checkpoint {previous} is intact" if previous
-                                                            else "no checkpoint yet: a restart begins from the start"),
-                        "facealign.nonfinite_state")
-                    log(message, all_ranks=True)
-                    raise NonFiniteLoss(message)
-                failure = None
-                try:
-                    ckpt.save(step, net, trainer, checkpoint_state(metrics or last_metrics),
-                              running_stats=stats.gather())
-                except CheckpointWriteError as e:
-                    failure = str(e)
-                # nobody runs ahead (or exits) before the checkpoint is committed, and all learn if it was not
-                failure = dist.broadcast_object(failure, "facealign.checkpoint_saved")
-                if failure:
-                    log(failure, all_ranks=True)
-                    raise CheckpointWriteError(failure)
-            if writer:
-                writer.flush()
-            if stopping:
-                log(f"stopping at step {step} on {stop.signal or 'another rank'}'s signal; checkpoint saved; "
-                    f"exit {EXIT_REQUEUE} (requeue)", all_ranks=True)
-                exit_code = EXIT_REQUEUE
-                break
-            if step >= last_step or end_of_epoch:
-                break
-        if exit_code == EXIT_REQUEUE:
-            break
+def run_job(run: Run, on_finish) -> tuple[int, str]:
+    """Resume, validate the start, train, finish: the exit code and the reason rank 0 records."""
+    state = resume(run)
+    record_progress(run, state)
+    describe(run)
+    if state.step == 0 and run.validator.sets:
+        metrics = validate(run, state)
+        run.log("before training: " + ", ".join(f"{k} {v * 100:.2f}%" for k, v in metrics.items()))
+    code = train_loop(run, state)
     if on_finish is not None:
-        on_finish(net, world)
-    record_progress(step=step)
-    if exit_code == EXIT_OK:
-        reason = f"finished at step {step}: " + json.dumps({k: round(v, 6) for k, v in last_metrics.items()})
-        log(reason)
-        if writer:  # TensorBoard's HParams dashboard: a sweep's runs side by side
-            writer.add_hparams(components.hyperparameters(spec, world.size, runs.sweep_overrides(run_dir)),
-                               {**{f"hparam/{k}": float(v) for k, v in last_metrics.items()},
-                                **({f"hparam/best_{metric}": best["best"]} if best["best"] is not None else {})},
-                               name="hparams", global_step=step)
-    else:
-        reason = f"stopped at step {step} on a signal ({stop.signal or 'another rank'}); checkpoint saved; requeue"
-    return exit_code, reason
+        on_finish(run.net, run.world)
+    return code, finish(run, state, code)
 
+
+def train_loop(run: Run, state: TrainState) -> int:
+    """The loop: every optimizer step, and on its boundaries logging, validation and collective checkpoints."""
+    spec, window = run.spec, Window()
+    eval_every = spec.eval.every_steps or run.steps_per_epoch
+    ckpt_every = spec.checkpoint.every_steps or run.steps_per_epoch
+    started = (state.step, time.perf_counter())
+    while state.step < run.last_step:
+        batches = run.loader.epoch(state.epoch, start_step=state.batch_in_epoch * run.accumulation)
+        for micro, batch in enumerate(batches, start=1):
+            values = forward_backward(run, state, batch, window)
+            if micro % run.accumulation:
+                continue
+            vote = vote_on_step(run, state, values)  # every rank agrees: stop, diverged, overflowed, skipped
+            optimizer_step(run, state, vote)
+            window.add(values, vote.overflow)
+            end_of_epoch = state.batch_in_epoch == run.steps_per_epoch
+            if state.step % spec.logging.every_steps == 0 or state.step == run.last_step or vote.stopping:
+                report(run, state, window, started, len(values))
+                window = Window()
+            if run.validator.sets and (state.step % eval_every == 0 or state.step == run.last_step):
+                state.metrics = metrics = validate(run, state)  # the checkpoints' until the next
+                run.log(f"validation at step {state.step}: "
+                        + ", ".join(f"{k} {v * 100:.2f}%" for k, v in metrics.items()))
+            if end_of_epoch:
+                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+            if (state.step % ckpt_every == 0 or state.step == run.last_step or end_of_epoch or vote.stopping):
+                checkpoint_collectively(run, state)
+            if run.writer is not None:
+                run.writer.flush()
+            if vote.stopping:
+                run.log(f"stopping at step {state.step} on {run.stop.signal or 'another rank'}'s signal; checkpoint "
+                        f"saved; exit {EXIT_REQUEUE} (requeue)", all_ranks=True)
+                return EXIT_REQUEUE
+            if state.step >= run.last_step or end_of_epoch:
+                break
+    return EXIT_OK
+
+
+# --- one optimizer step -------------------------------------------------------------------------------
+
+@dataclass
+class Window:
+    """What the progress line between two reports averages."""
+
+    t: float = field(default_factory=time.perf_counter)
+    wait: float = 0.0
+    images: int = 0
+    loss: object = None  # the stacks' summed losses
+    n: int = 0
+
+    def add(self, values, overflow: bool) -> None:
+        if not overflow:
+            self.loss = values if self.loss is None else self.loss + values
+            self.n += 1
+
+
+@dataclass(frozen=True)
+class Vote:
+    """What every rank learned in the step's allreduce."""
+
+    stopping: bool
+    overflow: bool
+    nonfinite_grads: int
+
+
+def forward_backward(run: Run, state: TrainState, batch, window: Window):
+    """One micro-batch: forward, the loss in float32 whatever the network computed in, backward; this
+    rank's skipped records counted. Returns the stacks' losses (DistributedTrainer allreduces gradients
+    inside ``optimizer_step``)."""
+    import mxnet as mx
+    from mxnet import autograd
+
+    from facealign.train.losses import stacked_loss
+
+    data = mx.nd.array(batch.images, ctx=run.ctx, dtype="float32")
+    target = mx.nd.array(batch.heatmaps, ctx=run.ctx)
+    with autograd.record():
+        loss, stack_losses = stacked_loss(run.net(data), target, settings=run.loss_settings,
+                                          stack_weights=run.spec.loss.stack_weights)
+        if run.scaler is not None:
+            loss = loss * run.scaler.value
+    autograd.backward(loss)
+    window.wait += batch.wait_s
+    window.images += len(batch.indices)
+    for file, index, why in batch.skips:  # this rank's, as they happen
+        state.my_skips[file] = state.my_skips.get(file, 0) + 1
+        run.log(f"skipped record {index} of {file}: {why}", all_ranks=True)
+    state.pending_skips += len(batch.skips)
+    return np.array([l.asscalar() for l in stack_losses])
+
+
+def vote_on_step(run: Run, state: TrainState, values) -> Vote:
+    """The vote, before the update: every rank learns at the same step whether any rank was signalled, saw a
+    non-finite loss or gradient, or skipped records (one rank raising alone would leave the others waiting
+    in an allreduce). Under loss scaling a non-finite loss or gradient on any rank is an overflow: every
+    rank skips this update and scales down. Raises on divergence and past ``data.max_skipped``."""
+    from facealign.train import dist
+    from facealign.train.optim import count_nonfinite
+
+    bad_grads = count_nonfinite(p.grad(run.ctx) for p in run.trainable)
+    signalled, nonfinite, nonfinite_grads, skips_now = dist.allreduce(
+        [1.0 if run.stop.signal else 0.0, 0.0 if np.isfinite(values).all() else 1.0, float(bad_grads),
+         float(state.pending_skips)])
+    state.pending_skips = 0
+    scaler = run.scaler
+    overflow = scaler is not None and bool(nonfinite or nonfinite_grads)
+    if overflow and scaler.at_minimum:
+        raise diverged(run, state, "non-finite loss or gradients at the smallest loss scale",
+                       f"scale {scaler.value:g}, {int(nonfinite_grads)} gradient arrays over the ranks")
+    if nonfinite and not overflow:
+        raise diverged(run, state, "non-finite loss", f"rank 0's stack losses {values.tolist()}")
+    if nonfinite_grads and not overflow:
+        raise diverged(run, state, "non-finite gradients", f"{int(nonfinite_grads)} arrays over the ranks")
+    state.skipped_total += int(skips_now)
+    check_skip_limit(run, state)
+    return Vote(stopping=signalled > 0, overflow=overflow, nonfinite_grads=int(nonfinite_grads))
+
+
+def check_skip_limit(run: Run, state: TrainState) -> None:
+    """``data.max_skipped`` (a count, or a share of the records drawn) stops the run with the worst files."""
+    drawn = (state.step + 1) * run.samples_per_step()
+    limit = run.spec.data.max_skipped
+    if limit is not None and state.skipped_total > (limit if limit >= 1 else limit * drawn):
+        by_file = skipped_record(run, state)["by_file"]
+        worst = ", ".join(f"{f}: {n}" for f, n in sorted(by_file.items(), key=lambda t: -t[1])[:3])
+        message = (f"{state.skipped_total} records skipped by step {state.step + 1} "
+                   f"({state.skipped_total / drawn:.1%} of the {drawn} drawn), more than data.max_skipped = "
+                   f"{limit:g}; most in {worst}")
+        run.log(message, all_ranks=True)
+        raise DataError(message)
+
+
+def optimizer_step(run: Run, state: TrainState, vote: Vote) -> None:
+    """The allreduced update, or on an overflow the same skip on every rank (the batch counts as seen)."""
+    scaler = run.scaler
+    run.trainer.set_learning_rate(run.lr(state.step))
+    if vote.overflow:
+        run.net.collect_params().zero_grad()
+        run.log(f"overflow at step {state.step + 1} ({vote.nonfinite_grads} non-finite gradient arrays over the "
+                f"ranks): update skipped on every rank; loss scale {scaler.value:g} -> "
+                f"{max(scaler.value / scaler.factor, scaler.min_value):g}")
+    else:
+        # the loss is a mean already: average over the micro-batches only (and divide the scale out)
+        run.trainer.step(run.accumulation * (scaler.value if scaler is not None else 1))
+        if run.accumulation > 1:
+            run.net.collect_params().zero_grad()
+    if scaler is not None:
+        scaler.update(vote.overflow)
+    state.step += 1
+    state.batch_in_epoch += 1
+
+
+def diverged(run: Run, state: TrainState, what: str, detail: str) -> NonFiniteLoss:
+    """Stop on a non-finite loss or gradient at step + 1: the weights after ``step`` produced it, so the
+    checkpoint holding them (if one was saved at ``step``) is set aside, and a restart resumes before."""
+    from facealign.train import dist
+
+    ckpt = run.ckpt
+    aside = ckpt.at_step(state.step) if run.world.is_primary else None
+    note = ""
+    if aside is not None:
+        moved = ckpt.set_aside(aside)
+        left = ckpt.checkpoints()
+        note = (f"; checkpoint {aside.name} holds the weights that produced it: set aside as {moved.name}; a "
+                f"restart resumes from {left[-1].name if left else 'the beginning'}")
+    message = dist.broadcast_object(f"{what} at step {state.step + 1} (epoch {state.epoch}; {detail}); stopped before "
+                                    f"the update" + (note or "; the last checkpoint is intact"), "facealign.diverged")
+    run.log(message, all_ranks=True)
+    return NonFiniteLoss(message)
+
+
+def skipped_record(run: Run, state: TrainState) -> dict:
+    """The run's skipped records over all ranks: the total, and per file."""
+    from facealign.train import dist
+
+    by_file = {}
+    for counts in dist.allgather_object(state.my_skips, "facealign.skipped"):
+        for f, n in counts.items():
+            by_file[f] = by_file.get(f, 0) + n
+    return {"total": state.skipped_total, "by_file": by_file}
+
+
+# --- on the step boundaries ---------------------------------------------------------------------------
+
+def report(run: Run, state: TrainState, window: Window, started: tuple, stacks: int) -> None:
+    """The progress line, its TensorBoard scalars and the progress record."""
+    elapsed = time.perf_counter() - window.t
+    ips = window.images * run.world.size / max(elapsed, 1e-9)
+    mean_loss = window.loss / window.n if window.n else np.full(stacks, np.nan)
+    lr = run.lr(state.step - 1)
+    eta = (time.perf_counter() - started[1]) / max(state.step - started[0], 1) * (run.last_step - state.step)
+    run.log(f"step {state.step}/{run.last_step} epoch {state.epoch} [{state.batch_in_epoch}/{run.steps_per_epoch}] "
+            f"loss {mean_loss.sum():.5f} ({' '.join(f'{v:.5f}' for v in mean_loss)}) lr {lr:.3g} img/s {ips:.1f} "
+            f"data-wait {100 * window.wait / max(elapsed, 1e-9):.0f}% eta {_fmt_time(eta)}")
+    w = run.writer
+    if w is not None:
+        w.add_scalar("train/loss", float(mean_loss.sum()), state.step)
+        for i, v in enumerate(mean_loss):
+            w.add_scalar(f"train/loss_stack{i}", float(v), state.step)
+        w.add_scalar("train/lr", lr, state.step)
+        w.add_scalar("perf/images_per_s", ips, state.step)
+        w.add_scalar("perf/data_wait", window.wait / max(elapsed, 1e-9), state.step)
+        w.add_scalar("data/skipped", state.skipped_total, state.step)
+        if run.scaler is not None:
+            w.add_scalar("train/loss_scale", run.scaler.value, state.step)
+    record_progress(run, state, images_per_s=ips, eta_s=eta)
+
+
+def validate(run: Run, state: TrainState) -> dict:
+    """Validation with the rank-averaged BatchNorm statistics (each rank's own come back after): the metrics,
+    noted as the best where they are, in TensorBoard and in the progress record."""
+    from facealign.train.validation import draw_faces
+
+    with run.stats.swapped(run.stats.average(run.stats.gather())):
+        metrics, images = run.validator.run(run.net)
+    metric = run.spec.metric_name()
+    state.note_metric(metrics.get(metric) if metric else None, run.spec.checkpoint.mode)
+    record_progress(run, state)
+    w = run.writer
+    if w is not None:
+        for k, v in metrics.items():
+            w.add_scalar(f"val/{k}", v, state.step)
+        if state.step and images is not None and run.spec.logging.images:
+            faces, heatmaps = draw_faces(*images, run.codec.peak)
+            w.add_image("val/faces", faces, state.step, dataformats="HWC")
+            w.add_image("val/heatmaps", heatmaps, state.step, dataformats="HWC")
+    return metrics
+
+
+def checkpoint_collectively(run: Run, state: TrainState) -> None:
+    """Never commit weights or optimizer state that are not finite, on any rank; nobody runs ahead (or
+    exits) before the checkpoint is committed, and all learn if it was not."""
+    import mxnet as mx
+
+    from facealign.train import dist
+    from facealign.train.optim import count_nonfinite, optimizer_state
+
+    params = run.net.collect_params().values()
+    bad = dist.allreduce(float(count_nonfinite([p.data(run.ctx) for p in params]
+                                               + list(optimizer_state(run.trainer)[0].values()))))[0]
+    if bad:
+        previous = run.ckpt.checkpoints()[-1].name if run.world.is_primary and run.ckpt.checkpoints() else None
+        message = dist.broadcast_object(
+            f"the parameters or optimizer state after step {state.step} are not finite ({int(bad)} arrays over the "
+            f"ranks): not checkpointed; " + (f"the last checkpoint {previous} is intact" if previous
+                                            else "no checkpoint yet: a restart begins from the start"),
+            "facealign.nonfinite_state")
+        run.log(message, all_ranks=True)
+        raise NonFiniteLoss(message)
+    state.loss_scale = run.scaler.state() if run.scaler is not None else None
+    facts = {"world_size": run.world.size, "model": run.model_spec.to_dict(),
+             "model_fingerprint": run.model_spec.fingerprint(), "model_info": run.info.to_dict(),
+             "validation": run.validation, "spec_hash": spec_hash(run.spec),
+             "versions": {"mxnet": mx.__version__}}
+    record = state.record(facts, samples_per_step=run.samples_per_step(), lr=run.lr(max(state.step - 1, 0)),
+                          data_skipped=skipped_record(run, state))
+    failure = None
+    try:
+        run.ckpt.save(state.step, run.net, run.trainer, record, running_stats=run.stats.gather())
+    except CheckpointWriteError as e:
+        failure = str(e)
+    failure = dist.broadcast_object(failure, "facealign.checkpoint_saved")
+    if failure:
+        run.log(failure, all_ranks=True)
+        raise CheckpointWriteError(failure)
+
+
+def record_progress(run: Run, state: TrainState, **fields) -> None:
+    """Rank 0: where the run stands, for `facealign-launch status` (kept here and written whole)."""
+    if run.world.is_primary:
+        run.progress.update(last_step=run.last_step, epoch=state.epoch, restarts=state.restarts,
+                            metric=run.spec.metric_name(), best=state.best, best_step=state.best_step,
+                            step=state.step, **fields)
+        runs.record_progress(run.run_dir, run.progress)
+
+
+def describe(run: Run) -> None:
+    d, spec = run.spec.data, run.spec
+    dropped = run.loader.sampler.dropped_per_epoch
+    run.log(f"{spec.model.name} ({run.model_spec.num_stacks} stacks, {d.num_points} points, {d.input_size}->"
+            f"{d.heatmap_size}); {len(run.loader.records)} training faces"
+            f"{f' ({dropped} left out of each epoch: not a whole step)' if dropped else ''}, {run.steps_per_epoch} "
+            f"steps/epoch, batch {d.batch_size} x {run.world.size} rank(s) x {run.accumulation}; training to step "
+            f"{run.last_step}" + (f"; dynamic loss scale {run.scaler.value:g} (skips agreed by all ranks)"
+                                  if run.scaler is not None else ""))
+
+
+def finish(run: Run, state: TrainState, code: int) -> str:
+    """The last progress record and, for a finished run, its line and TensorBoard's HParams (a sweep's runs
+    side by side). Returns the reason rank 0 records."""
+    record_progress(run, state)
+    if code != EXIT_OK:
+        return f"stopped at step {state.step} on a signal ({run.stop.signal or 'another rank'}); checkpoint saved; requeue"
+    reason = f"finished at step {state.step}: " + json.dumps({k: round(v, 6) for k, v in state.metrics.items()})
+    run.log(reason)
+    if run.writer is not None:
+        metric = run.spec.metric_name()
+        run.writer.add_hparams(components.hyperparameters(run.spec, run.world.size, runs.sweep_overrides(run.run_dir)),
+                               {**{f"hparam/{k}": float(v) for k, v in state.metrics.items()},
+                                **({f"hparam/best_{metric}": state.best} if state.best is not None else {})},
+                               name="hparams", global_step=state.step)
+    return reason
