@@ -226,3 +226,23 @@ def test_the_batch_step_learns_horovods_build_without_importing_mxnet():
     assert said.strip() == "mpi False"  # this machine's Horovod: Gloo only (install.sh)
     # Horovod's runner is the batch step's (the rendezvous); its MXNet extension and MXNet are not
     assert not {m for m in loaded if m.startswith(("mxnet", "horovod.mxnet", "cv2"))}
+
+
+def test_no_function_is_longer_than_100_lines_and_the_loop_fits_a_screen():
+    long = []
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 100:
+                long.append(f"{name}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
+    assert not long, long
+    loop = next(n for n in ast.walk(ast.parse((REPO / "facealign/train/loop.py").read_text()))
+                if isinstance(n, ast.FunctionDef) and n.name == "train_loop")
+    assert loop.end_lineno - loop.lineno + 1 <= 60
+
+
+def test_the_loop_keeps_no_state_in_closures():
+    """Where a run stands is TrainState; no function of the loop defines a function inside it."""
+    tree = ast.parse((REPO / "facealign/train/loop.py").read_text())
+    nested = [f"{outer.name}.{inner.name}" for outer in tree.body if isinstance(outer, ast.FunctionDef)
+              for inner in ast.walk(outer) if isinstance(inner, ast.FunctionDef) and inner is not outer]
+    assert not nested, nested

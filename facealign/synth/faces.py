@@ -248,20 +248,30 @@ def render_face(seed: int, index: int, size: int = CANVAS) -> SyntheticFace:
     light /= np.linalg.norm(light)
     ambient = rng.uniform(0.3, 0.6)
 
-    def col(rgb, shade=1.0):
-        return tuple(float(v) for v in np.clip(np.asarray(rgb) * shade, 0, 255))
+    _draw_head(img, rng, lm, project, offset, head_c, R, f, roll, skin, hair, ambient)
+    hidden = _draw_skin(img, lm, ex, lm_cam, ex_cam, skin, light, ambient, f)
+    _draw_features(img, rng, lm, hidden, skin, hair, ambient, f, roll)
+    _draw_occluders(img, rng, lm, skin, f)
+    return SyntheticFace(image=_blur_and_noise(img, rng), landmarks=lm.astype(np.float32), pose=(yaw, pitch, roll))
 
-    def poly(points):
-        return np.round(points[:, :2] * _ONE).astype(np.int32)
 
+def _col(rgb, shade=1.0):
+    return tuple(float(v) for v in np.clip(np.asarray(rgb) * shade, 0, 255))
+
+
+def _poly(points):
+    return np.round(points[:, :2] * _ONE).astype(np.int32)
+
+
+def _draw_head(img, rng, lm, project, offset, head_c, R, f, roll, skin, hair, ambient) -> None:
     # Neck, head and hair: behind the face mesh.
     jaw_l, jaw_r = lm[5, :2] * 0.85 + lm[11, :2] * 0.15, lm[11, :2] * 0.85 + lm[5, :2] * 0.15
     down = np.array([-math.sin(math.radians(roll)), math.cos(math.radians(roll))])
     neck = np.array([jaw_l - down * f * 0.3, jaw_r - down * f * 0.3, jaw_r + down * f * 1.6, jaw_l + down * f * 1.6])
-    cv2.fillConvexPoly(img, poly(neck), col(skin, ambient + 0.15), cv2.LINE_AA, _SHIFT)
+    cv2.fillConvexPoly(img, _poly(neck), _col(skin, ambient + 0.15), cv2.LINE_AA, _SHIFT)
     center, axes, angle = _ellipsoid_silhouette(R, f, head_c)
     cv2.ellipse(img, (int(center[0]), int(center[1])), (int(axes[0]), int(axes[1])), angle, 0, 360,
-                col(skin, ambient + 0.3), -1, cv2.LINE_AA)
+                _col(skin, ambient + 0.3), -1, cv2.LINE_AA)
     if rng.random() < 0.85:  # hair over the top and back of the head
         cap = []
         for th in np.linspace(0, 2 * np.pi, 24, endpoint=False):
@@ -274,9 +284,11 @@ def render_face(seed: int, index: int, size: int = CANVAS) -> SyntheticFace:
                     cap.append(p)
         cap_px, _ = project(np.array(cap))
         cap_px[:, :2] += offset
-        hull = cv2.convexHull(poly(cap_px))
-        cv2.fillConvexPoly(img, hull, col(hair, rng.uniform(0.7, 1.0)), cv2.LINE_AA, _SHIFT)
+        hull = cv2.convexHull(_poly(cap_px))
+        cv2.fillConvexPoly(img, hull, _col(hair, rng.uniform(0.7, 1.0)), cv2.LINE_AA, _SHIFT)
 
+
+def _draw_skin(img, lm, ex, lm_cam, ex_cam, skin, light, ambient, f) -> np.ndarray:
     # Face mesh far to near (painter's algorithm), then the features on top, each only where no
     # nearer skin triangle covers it (a z-test): at large yaw the nose hides the far eye, while the
     # skin around a feature never buries it.
@@ -291,9 +303,11 @@ def render_face(seed: int, index: int, size: int = CANVAS) -> SyntheticFace:
     tris, shades = tris[front], (ambient + (1 - ambient) * np.maximum(normals @ light, 0))[front]
     order = np.argsort(verts[tris, 2].mean(1))
     for t in order:
-        cv2.fillConvexPoly(img, poly(verts[tris[t]]), col(skin, shades[t]), cv2.LINE_AA, _SHIFT)
-    hidden = _occluded(lm, verts, tris, margin=0.04 * f)
+        cv2.fillConvexPoly(img, _poly(verts[tris[t]]), _col(skin, shades[t]), cv2.LINE_AA, _SHIFT)
+    return _occluded(lm, verts, tris, margin=0.04 * f)
 
+
+def _draw_features(img, rng, lm, hidden, skin, hair, ambient, f, roll) -> None:
     items = []  # (depth, kind, payload): features, near ones last
     for eye in _EYES:
         if hidden[eye].mean() < 0.5:
@@ -320,46 +334,49 @@ def render_face(seed: int, index: int, size: int = CANVAS) -> SyntheticFace:
             width = np.linalg.norm(p[3, :2] - p[0, :2])
             if width < 3:
                 continue
-            cv2.fillPoly(img, [poly(p)], col((240, 238, 232), ambient + 0.5), cv2.LINE_AA, _SHIFT)
+            cv2.fillPoly(img, [_poly(p)], _col((240, 238, 232), ambient + 0.5), cv2.LINE_AA, _SHIFT)
             x0, y0 = np.floor(p[:, :2].min(0)).astype(int) - 2
             x1, y1 = np.ceil(p[:, :2].max(0)).astype(int) + 3
             x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, img.shape[1]), min(y1, img.shape[0])
             if x1 > x0 and y1 > y0:
                 roi = img[y0:y1, x0:x1]
                 mask = np.zeros(roi.shape[:2], np.uint8)
-                cv2.fillPoly(mask, [poly(p - [x0, y0, 0])], 255, cv2.LINE_AA, _SHIFT)
+                cv2.fillPoly(mask, [_poly(p - [x0, y0, 0])], 255, cv2.LINE_AA, _SHIFT)
                 iris = roi.copy()
                 centre = p[:, :2].mean(0) + gaze * width * 0.3 - [x0, y0]
                 r = 0.3 * width
-                cv2.circle(iris, tuple(int(v * _ONE) for v in centre), int(r * _ONE), col(iris_colour),
+                cv2.circle(iris, tuple(int(v * _ONE) for v in centre), int(r * _ONE), _col(iris_colour),
                            -1, cv2.LINE_AA, _SHIFT)
                 cv2.circle(iris, tuple(int(v * _ONE) for v in centre), int(r * 0.45 * _ONE), (10, 10, 10),
                            -1, cv2.LINE_AA, _SHIFT)
                 m = (mask.astype(np.float32) / 255)[..., None]
                 roi[:] = (iris * m + roi * (1 - m)).astype(np.uint8)
-            cv2.polylines(img, [poly(p[:4])], False, (25, 20, 20), line_w + 1, cv2.LINE_AA, _SHIFT)
-            cv2.polylines(img, [poly(p[[3, 4, 5, 0]])], False, col(skin, 0.45), line_w, cv2.LINE_AA, _SHIFT)
+            cv2.polylines(img, [_poly(p[:4])], False, (25, 20, 20), line_w + 1, cv2.LINE_AA, _SHIFT)
+            cv2.polylines(img, [_poly(p[[3, 4, 5, 0]])], False, _col(skin, 0.45), line_w, cv2.LINE_AA, _SHIFT)
         elif kind == 2:
-            cv2.polylines(img, [poly(lm[payload])], False, col(hair, 0.6), brow_w, cv2.LINE_AA, _SHIFT)
+            cv2.polylines(img, [_poly(lm[payload])], False, _col(hair, 0.6), brow_w, cv2.LINE_AA, _SHIFT)
         elif kind == 3:
-            cv2.fillPoly(img, [poly(lm[_OUTER_LIPS])], col(lip_colour, ambient + 0.45), cv2.LINE_AA, _SHIFT)
+            cv2.fillPoly(img, [_poly(lm[_OUTER_LIPS])], _col(lip_colour, ambient + 0.45), cv2.LINE_AA, _SHIFT)
             inner = lm[_INNER_MOUTH]
             opening = np.linalg.norm(inner[2, :2] - inner[6, :2])
             if opening > 2:
-                cv2.fillPoly(img, [poly(inner)], (45, 20, 22), cv2.LINE_AA, _SHIFT)
+                cv2.fillPoly(img, [_poly(inner)], (45, 20, 22), cv2.LINE_AA, _SHIFT)
                 if opening > 6:  # upper teeth
                     teeth = np.vstack([inner[1:4], (inner[3] * 0.7 + inner[5] * 0.3), (inner[1] * 0.7 + inner[7] * 0.3)])
-                    cv2.fillPoly(img, [poly(teeth)], (225, 222, 210), cv2.LINE_AA, _SHIFT)
-            cv2.polylines(img, [poly(inner[[0, 1, 2, 3, 4]])], False, (60, 30, 30), line_w, cv2.LINE_AA, _SHIFT)
+                    cv2.fillPoly(img, [_poly(teeth)], (225, 222, 210), cv2.LINE_AA, _SHIFT)
+            cv2.polylines(img, [_poly(inner[[0, 1, 2, 3, 4]])], False, (60, 30, 30), line_w, cv2.LINE_AA, _SHIFT)
         else:
             for a, b in ((31, 32), (34, 35)):
                 c = (lm[a, :2] + lm[b, :2]) / 2
                 axes_n = (max(1, int(np.linalg.norm(lm[a, :2] - lm[b, :2]) * 0.5)), max(1, int(f * 0.02)))
-                cv2.ellipse(img, (int(c[0]), int(c[1])), axes_n, roll, 0, 360, col(skin, 0.3), -1, cv2.LINE_AA)
+                cv2.ellipse(img, (int(c[0]), int(c[1])), axes_n, roll, 0, 360, _col(skin, 0.3), -1, cv2.LINE_AA)
 
+
+def _draw_occluders(img, rng, lm, skin, f) -> None:
+    line_w = max(1, int(round(f * 0.02)))
     # Accessories and occluders, drawn over everything.
     if rng.random() < 0.1:  # glasses
-        colour = col(rng.uniform(0, 80, 3))
+        colour = _col(rng.uniform(0, 80, 3))
         centres = [lm[e, :2].mean(0) for e in _EYES]
         rad = int(max(3, 0.75 * np.linalg.norm(lm[39, :2] - lm[36, :2])))
         for c in centres:
@@ -370,13 +387,15 @@ def render_face(seed: int, index: int, size: int = CANVAS) -> SyntheticFace:
     for _ in range(rng.integers(0, 3) if rng.random() < 0.35 else 0):
         c = lm[rng.integers(68), :2] + rng.normal(0, 0.1 * f, 2)
         axes_o = tuple(int(v) for v in rng.uniform(0.1, 0.4, 2) * f)
-        colour = col(skin * rng.uniform(0.8, 1.1)) if rng.random() < 0.4 else col(rng.uniform(0, 255, 3))
+        colour = _col(skin * rng.uniform(0.8, 1.1)) if rng.random() < 0.4 else _col(rng.uniform(0, 255, 3))
         if rng.random() < 0.5:
             cv2.ellipse(img, (int(c[0]), int(c[1])), axes_o, rng.uniform(0, 180), 0, 360, colour, -1, cv2.LINE_AA)
         else:
             cv2.rectangle(img, (int(c[0] - axes_o[0]), int(c[1] - axes_o[1])),
                           (int(c[0] + axes_o[0]), int(c[1] + axes_o[1])), colour, -1)
 
+
+def _blur_and_noise(img, rng) -> np.ndarray:
     if rng.random() < 0.5:
         img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.4, 1.6))
     noise = rng.uniform(0, 6)
@@ -385,4 +404,4 @@ def render_face(seed: int, index: int, size: int = CANVAS) -> SyntheticFace:
         n = np.empty(img.shape, np.int16)
         cv2.randn(n, 0, noise)
         img = cv2.add(img, n, dtype=cv2.CV_8U)
-    return SyntheticFace(image=img, landmarks=lm.astype(np.float32), pose=(yaw, pitch, roll))
+    return img
