@@ -52,7 +52,8 @@ def _imports(name: str, path: Path, modules: dict) -> set[tuple[str, ast.AST]]:
 
 def _moved(path: Path) -> bool:
     """An old import path kept for one release (facealign._moved.alias): not part of the layout."""
-    return "from facealign._moved import alias" in path.read_text()
+    text = path.read_text()
+    return "from facealign._moved import alias" in text or text.startswith('"""Moved')
 
 
 def _graph():
@@ -246,3 +247,19 @@ def test_the_loop_keeps_no_state_in_closures():
     nested = [f"{outer.name}.{inner.name}" for outer in tree.body if isinstance(outer, ast.FunctionDef)
               for inner in ast.walk(outer) if isinstance(inner, ast.FunctionDef) and inner is not outer]
     assert not nested, nested
+
+
+def test_moved_modules_keep_their_old_path_with_a_warning():
+    code = ("import warnings\nwarnings.simplefilter('always')\ncaught = []\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    from facealign import config, scoring, checkpoint, artifact, inference\n"
+            "    import facealign.spec.schema, facealign.evaluation.scoring, facealign.runs.checkpoint\n"
+            "    assert config is facealign.spec.schema and scoring is facealign.evaluation.scoring\n"
+            "    assert checkpoint is facealign.runs.checkpoint and callable(artifact.load_network)\n"
+            "    assert inference.Predictor.__module__ == 'facealign.serve.predictor'\n"
+            "    from facealign.train import main\n"
+            "    import sys\n"
+            "    print(len({str(x.message) for x in w if issubclass(x.category, DeprecationWarning) and 'moved to' in str(x.message)}),"
+            " file=sys.stderr)")
+    _, said = _fresh_modules(code)
+    assert said.strip().splitlines()[-1] == "6", said
