@@ -263,3 +263,10 @@ def test_moved_modules_keep_their_old_path_with_a_warning():
             " file=sys.stderr)")
     _, said = _fresh_modules(code)
     assert said.strip().splitlines()[-1] == "6", said
+
+
+def test_the_runs_know_the_files_not_the_training():
+    """A run directory's modules (checkpoints among them) import nothing of training or serving."""
+    graph, _ = _graph()
+    direct = {t for m in _in("facealign.runs", graph) for t in graph[m]}
+    assert not _in("facealign.train", direct) and not _in("facealign.serve", direct), sorted(direct)

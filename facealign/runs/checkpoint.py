@@ -34,7 +34,6 @@ import numpy as np
 import yaml
 
 from facealign.runs.layout import CHECKPOINTS_DIR, JOB_FILE
-from facealign.train.dist import average_over_ranks
 
 LATEST = "latest"
 PREFIX = "ckpt-"
@@ -69,6 +68,11 @@ def _write_json(path: Path, obj) -> None:
         json.dump(obj, fh, indent=1, sort_keys=True)
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def average_over_ranks(gathered: list[dict]) -> dict:
+    """The element-wise mean of per-rank {name: array} dicts (``RunningStats.gather``'s output)."""
+    return {k: sum(g[k] for g in gathered) / len(gathered) for k in gathered[0]}
 
 
 # --- what a path is --------------------------------------------------------------------------------
@@ -201,7 +205,7 @@ class CheckpointManager:
         import mxnet as mx
 
         from facealign.models import structural_parameters
-        from facealign.train.optim import optimizer_state
+        from facealign.runs.optimizer_state import optimizer_state
 
         name = f"{PREFIX}{step:09d}"
         final = self.dir / name
@@ -407,7 +411,7 @@ class CheckpointManager:
         model or optimizer is a ``CheckpointError`` that says so (never silently mixed in).
         """
         from facealign.models import structural_parameters
-        from facealign.train.optim import load_optimizer_state
+        from facealign.runs.optimizer_state import load_optimizer_state
 
         state = decoded["state"]
         if fingerprint is not None and state.get("model_fingerprint") != fingerprint:

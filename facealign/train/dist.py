@@ -93,11 +93,6 @@ def allgather_object(obj, name: str) -> list:
     return [json.loads(joined[starts[r]:starts[r + 1]]) for r in range(size)]
 
 
-def average_over_ranks(gathered: list[dict]) -> dict:
-    """The element-wise mean of per-rank {name: array} dicts (``RunningStats.gather``'s output)."""
-    return {k: sum(g[k] for g in gathered) / len(gathered) for k in gathered[0]}
-
-
 def barrier() -> None:
     allreduce(0.0)
 
@@ -141,6 +136,8 @@ class RunningStats:
 
     @staticmethod
     def average(gathered: list[dict]) -> dict:
+        from facealign.runs.checkpoint import average_over_ranks
+
         return average_over_ranks(gathered)
 
     def current(self) -> dict:

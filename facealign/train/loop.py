@@ -605,7 +605,8 @@ def checkpoint_collectively(run: Run, state: TrainState) -> None:
     import mxnet as mx
 
     from facealign.train import dist
-    from facealign.train.optim import count_nonfinite, optimizer_state
+    from facealign.runs.optimizer_state import optimizer_state
+    from facealign.train.optim import count_nonfinite
 
     params = run.net.collect_params().values()
     bad = dist.allreduce(float(count_nonfinite([p.data(run.ctx) for p in params]
