@@ -41,10 +41,12 @@ def parse_args(argv=None):
 
 
 def _args(precision, check, calibration, onnx, max_drift, check_samples=64):
-    """What facealign-export's command line would give export.export_reduced."""
-    return argparse.Namespace(precision=precision, check=str(check), calibration=str(calibration), onnx=onnx,
-                              calibration_samples=32, calib_mode="entropy", check_samples=check_samples,
-                              max_drift=max_drift)
+    """The export facealign-export's command line would ask for."""
+    from facealign.serve.export import ReducedExport
+
+    return ReducedExport(precision=precision, check=str(check), calibration=str(calibration), onnx=onnx,
+                         calibration_samples=32, calib_mode="entropy", check_samples=check_samples,
+                         max_drift=max_drift)
 
 
 def packages(net, info, root: Path, faces: Path, max_drift: float, log) -> dict:

@@ -142,3 +142,31 @@ def pytest_collection_modifyitems(config, items):
                 or SLOW_FIXTURES & set(getattr(item, "fixturenames", ()))
                 or item.module.__name__ in SLOW_MODULES):
             item.add_marker(pytest.mark.slow)
+
+
+# The tiny job most trainer tests run: hg2-d3-cab at width 32 and depth 1 on 32 -> 16 pixel procedural faces.
+TINY_JOB = {
+    "run": {"name": "tiny", "seed": 3},
+    "data": {"batch_size": 4, "input_size": 32, "heatmap_size": 16},
+    "model": {"name": "hg2-d3-cab", "width": 32, "depth": 1},
+    "optim": {"lr": 1.0e-3},
+    "resources": {"nodes": 1, "tasks_per_node": 1},
+}
+
+
+def write_tiny_job(path, sets, **sections):
+    """``TINY_JOB`` on the packed sets under ``sets`` (``train``, and ``val`` when packed), with each section
+    updated by ``sections`` (a value of None removes that key); written to ``path`` as YAML."""
+    import yaml
+
+    sets = Path(sets)
+    job = {k: dict(v) for k, v in TINY_JOB.items()}
+    job["data"]["train"] = [str(sets / "train")]
+    if (sets / "val.rec").exists():
+        job["data"]["val"] = {"synth": str(sets / "val")}
+    for section, values in sections.items():
+        merged = {**job.get(section, {}), **values}
+        job[section] = {k: v for k, v in merged.items() if v is not None}
+    path = Path(path)
+    path.write_text(yaml.safe_dump(job))
+    return path

@@ -13,9 +13,8 @@ import time
 import mxnet as mx
 import numpy as np
 import pytest
-import yaml
 
-from conftest import BIN, REPO, corrupt_copy, rank_process, run_cli, wait_for_step
+from conftest import BIN, REPO, corrupt_copy, rank_process, run_cli, wait_for_step, write_tiny_job
 from facealign.runs.checkpoint import CheckpointManager, verify
 from facealign.data.pack import main as pack_main
 from facealign.data.records import RecordFile
@@ -34,21 +33,14 @@ def data(tmp_path_factory):
 
 
 def _job(records, tmp_path, ranks=1, **sections):
-    job = {"run": {"name": "fault", "seed": 3, "lock_wait": 1},
-           "data": {"train": [str(records / "train")], "val": {"synth": str(records / "val")}, "batch_size": 4,
-                    "input_size": 32, "heatmap_size": 16, "workers": 0},
-           "model": {"name": "hg2-d3-cab", "width": 32, "depth": 1},
-           "optim": {"lr": 1.0e-3},
-           "schedule": {"kind": "step", "unit": "step", "length": 200},
-           "checkpoint": {"every_steps": 2, "keep_last": 5},
-           "eval": {"every_steps": 1000, "batch_size": 8},
-           "logging": {"every_steps": 1, "tensorboard": False},
-           "resources": {"nodes": 1, "tasks_per_node": ranks}}
+    """The tiny job with a long step schedule, checkpoints every 2 steps and no TensorBoard."""
+    fault = {"run": {"name": "fault", "lock_wait": 1}, "data": {"workers": 0},
+             "schedule": {"kind": "step", "unit": "step", "length": 200},
+             "checkpoint": {"every_steps": 2, "keep_last": 5}, "eval": {"every_steps": 1000, "batch_size": 8},
+             "logging": {"every_steps": 1, "tensorboard": False}, "resources": {"tasks_per_node": ranks}}
     for section, values in sections.items():
-        job[section] = {**job.get(section, {}), **values}
-    path = tmp_path / f"job-{len(list(tmp_path.glob('job-*')))}.yaml"
-    path.write_text(yaml.safe_dump(job))
-    return path
+        fault[section] = {**fault.get(section, {}), **values}
+    return write_tiny_job(tmp_path / f"job-{len(list(tmp_path.glob('job-*')))}.yaml", records, **fault)
 
 
 def _train(job, run_dir, *sets, ranks=1, timeout=300):

@@ -2,9 +2,8 @@
 import subprocess
 
 import pytest
-import yaml
 
-from conftest import BIN, run_cli
+from conftest import BIN, run_cli, write_tiny_job
 from facealign.platform.gpu_probe import NGC_IMAGE, BuildFacts, DeviceFacts, covers, explain
 
 CU112 = BuildFacts(version="1.9.1", distribution="mxnet-cu112", cuda=True, cudnn=True, nccl=True, cuda_version="11.2",
@@ -70,14 +69,10 @@ def test_eval_and_infer_on_a_gpu_this_mxnet_cannot_use_exit_2_with_one_line(trai
 
 @pytest.mark.horovod
 def test_every_rank_stops_before_training_when_its_gpu_fails_the_probe(synth_sets, tmp_path):
-    job = {"run": {"name": "gpu", "seed": 1},
-           "data": {"train": [str(synth_sets / "train")], "batch_size": 4, "input_size": 32, "heatmap_size": 16,
-                    "workers": 1},
-           "model": {"name": "hg2-d3-cab", "width": 32, "depth": 1},
-           "resources": {"nodes": 1, "tasks_per_node": 2, "gpus_per_node": 2, "fusion_threshold_mb": 32,
-                         "cycle_time_ms": 2.5, "hierarchical_allreduce": True, "cudnn_autotune": 0}}
-    path = tmp_path / "gpu.yaml"
-    path.write_text(yaml.safe_dump(job))
+    path = write_tiny_job(tmp_path / "gpu.yaml", synth_sets, run={"name": "gpu", "seed": 1},
+                          data={"workers": 1, "val": None}, optim={"lr": None},
+                          resources={"tasks_per_node": 2, "gpus_per_node": 2, "fusion_threshold_mb": 32,
+                                     "cycle_time_ms": 2.5, "hierarchical_allreduce": True, "cudnn_autotune": 0})
     proc = subprocess.run([str(BIN / "facealign-launch"), "local", str(path), "-np", "2", "--run-dir",
                            str(tmp_path / "run")], capture_output=True, text=True, timeout=300,
                           env={"PATH": f"{BIN}:/usr/bin:/bin", "OMP_NUM_THREADS": "1"})

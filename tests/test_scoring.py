@@ -8,10 +8,9 @@ import sys
 import cv2
 import numpy as np
 import pytest
-import yaml
 from skimage.transform import SimilarityTransform
 
-from conftest import BIN, REPO, run_cli
+from conftest import BIN, REPO, run_cli, write_tiny_job
 from facealign.runs import artifact
 from facealign.serve import loading
 from facealign.runs import checkpoint
@@ -133,17 +132,10 @@ def box_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("boxrun")
     assert pack_main(["--synthetic", "32", "--seed", "41", "--quiet", str(root / "train")]) == 0
     assert pack_main(["--synthetic", "12", "--seed", "42", "--quiet", str(root / "val")]) == 0
-    job = {"run": {"name": "boxrun", "seed": 2},
-           "data": {"train": [str(root / "train")], "val": {"synth": str(root / "val")}, "batch_size": 4,
-                    "input_size": 32, "heatmap_size": 16, "workers": 0},
-           "model": {"name": "hg2-d3-cab", "width": 32, "depth": 1},
-           "optim": {"lr": 1.0e-3},
-           "schedule": {"kind": "step", "unit": "step", "length": 6},
-           "checkpoint": {"every_steps": 3},
-           "eval": {"every_steps": 3, "batch_size": 5, "crop": "box"},
-           "logging": {"every_steps": 3, "tensorboard": False},
-           "resources": {"nodes": 1, "tasks_per_node": 1}}
-    (root / "job.yaml").write_text(yaml.safe_dump(job))
+    write_tiny_job(root / "job.yaml", root, run={"name": "boxrun", "seed": 2}, data={"workers": 0},
+                   schedule={"kind": "step", "unit": "step", "length": 6}, checkpoint={"every_steps": 3},
+                   eval={"every_steps": 3, "batch_size": 5, "crop": "box"},
+                   logging={"every_steps": 3, "tensorboard": False})
     proc = subprocess.run([sys.executable, "-m", "facealign.train", "--job", str(root / "job.yaml"), "--run-dir",
                            str(root / "run")], capture_output=True, text=True, timeout=600, cwd=REPO,
                           env={**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{BIN}:{os.environ['PATH']}"})

@@ -10,7 +10,7 @@ import time
 import pytest
 import yaml
 
-from conftest import BIN, REPO, pack_synthetic_sets
+from conftest import BIN, REPO, pack_synthetic_sets, write_tiny_job
 from tb_events import scalars
 
 pytestmark = pytest.mark.slurm
@@ -33,20 +33,11 @@ def data(tmp_path_factory):
 
 
 def tiny_job(data, path, **resources):
-    job = {
-        "run": {"name": "tiny", "seed": 3},
-        "data": {"train": [str(data / "train")], "val": {"synth": str(data / "val")}, "batch_size": 4,
-                 "input_size": 32, "heatmap_size": 16, "workers": 1, "prefetch": 2, "augment": {"base_size": 256}},
-        "model": {"name": "hg2-d3-cab", "width": 32, "depth": 1},
-        "optim": {"lr": 1.0e-3},
-        "schedule": {"kind": "cosine", "unit": "epoch", "length": 2},
-        "checkpoint": {"every_steps": 4, "keep_last": 2},
-        "eval": {"every_steps": 8, "batch_size": 8},
-        "logging": {"every_steps": 2},
-        "resources": {"nodes": 1, "tasks_per_node": 2, "cpus_per_task": 1, "time": "00:10:00", **resources},
-    }
-    path.write_text(yaml.safe_dump(job))
-    return path
+    return write_tiny_job(path, data, data={"workers": 1, "prefetch": 2, "augment": {"base_size": 256}},
+                          schedule={"kind": "cosine", "unit": "epoch", "length": 2},
+                          checkpoint={"every_steps": 4, "keep_last": 2}, eval={"every_steps": 8, "batch_size": 8},
+                          logging={"every_steps": 2},
+                          resources={"tasks_per_node": 2, "cpus_per_task": 1, "time": "00:10:00", **resources})
 
 
 ENV = {**os.environ, "FACEALIGN_LAUNCH_PYTHON": sys.executable}

@@ -13,7 +13,7 @@ import psutil
 import pytest
 import yaml
 
-from conftest import REPO, rank_process, wait_for_step
+from conftest import REPO, rank_process, wait_for_step, write_tiny_job
 from facealign.runs.checkpoint import CheckpointManager
 from facealign.data.pack import main as pack_main
 from tb_events import images, read_events, scalars
@@ -29,22 +29,11 @@ def tiny_job(tmp_path_factory):
     root = tmp_path_factory.mktemp("tinyjob")
     assert pack_main(["--synthetic", "64", "--seed", "1", "--quiet", str(root / "train")]) == 0
     assert pack_main(["--synthetic", "16", "--seed", "2", "--quiet", str(root / "val")]) == 0
-    job = {
-        "run": {"name": "tiny", "seed": 3},
-        "data": {"train": [str(root / "train")], "val": {"synth": str(root / "val")}, "batch_size": 4,
-                 "input_size": 32, "heatmap_size": 16, "workers": 1, "prefetch": 2,
-                 "augment": {"base_size": 256, "color": 0.2}},
-        "model": {"name": "hg2-d3-cab", "width": 32, "depth": 1},
-        "optim": {"lr": 1.0e-3},
-        "schedule": {"kind": "cosine", "unit": "epoch", "length": 50},
-        "checkpoint": {"every_steps": 2, "keep_last": 2},
-        "eval": {"every_steps": 4, "batch_size": 8},
-        "logging": {"every_steps": 1, "images": 2},
-        "resources": {"nodes": 1, "tasks_per_node": 2},
-    }
-    path = root / "tiny.yaml"
-    path.write_text(yaml.safe_dump(job))
-    return path
+    return write_tiny_job(root / "tiny.yaml", root,
+                          data={"workers": 1, "prefetch": 2, "augment": {"base_size": 256, "color": 0.2}},
+                          schedule={"kind": "cosine", "unit": "epoch", "length": 50},
+                          checkpoint={"every_steps": 2, "keep_last": 2}, eval={"every_steps": 4, "batch_size": 8},
+                          logging={"every_steps": 1, "images": 2}, resources={"tasks_per_node": 2})
 
 
 def _cmd(job, run_dir, probe_dir, *sets):

@@ -48,7 +48,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from facealign.evaluation.report import CHOICES, UsageError, default_out, evaluate_model, write_comparison
+from facealign.evaluation.report import CHOICES, EvalOptions, UsageError, default_out, evaluate_model, write_comparison
 
 
 def parse_args(argv=None):
@@ -128,14 +128,17 @@ def main(argv=None) -> int:
                   for p in ([path for path, _ in sweep_members(Path(m))] if (Path(m) / SWEEP_FILE).exists() else [m])]
         sources = [artifact.resolve(m, which=args.which, model_name=args.model_name, log=log) for m in models]
         several = len(sources) > 1
-        reports = []
+        options = EvalOptions(protocol=args.protocol, landmark_type=args.landmark_type, decode=args.decode,
+                              flip=args.flip, backend=args.backend, batch_size=args.batch_size,
+                              max_samples=args.max_samples, tensorboard=not args.no_tensorboard, quiet=args.quiet)
+        evaluations = []
         for source in sources:
             out = default_out(source) if several or not args.out else Path(args.out)
             out.mkdir(parents=True, exist_ok=True)
             backend = loading.load_backend(source, args.backend, args.gpu)
-            reports.append(evaluate_model(source, backend, args, sets, margins, out, device))
+            evaluations.append(evaluate_model(source, backend, options, sets, margins, out, device))
         if several:
-            write_comparison(reports, Path(args.out or "eval/compare"))
+            write_comparison(evaluations, Path(args.out or "eval/compare"))
     except (artifact.ArtifactError, GPUProbeFailed, DataError, ScoringError, UsageError, FileNotFoundError) as e:
         print(f"facealign-eval: {e}", file=sys.stderr)
         return 2

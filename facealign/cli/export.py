@@ -42,7 +42,7 @@ import sys
 from facealign.runs import artifact
 from facealign.runs.artifact import PRECISIONS, ArtifactError
 from facealign.serve import loading
-from facealign.serve.export import export_package, export_reduced
+from facealign.serve.export import ReducedExport, export_package, export_reduced
 
 
 def parse_args(argv=None):
@@ -88,7 +88,11 @@ def main(argv=None) -> int:
         if args.precision == "float32":
             export_package(net, source.info, args.out, onnx=args.onnx, log=log)
         else:
-            export_reduced(net, source.info, args.out, args, log=log)
+            options = ReducedExport(precision=args.precision, check=args.check, check_samples=args.check_samples,
+                                    max_drift=args.max_drift, calibration=args.calibration,
+                                    calibration_samples=args.calibration_samples, calib_mode=args.calib_mode,
+                                    onnx=args.onnx)
+            export_reduced(net, source.info, args.out, options, log=log)
     except (ArtifactError, DataError, ScoringError) as e:
         print(f"facealign-export: {e}", file=sys.stderr)
         return 2

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -182,7 +183,31 @@ def format_comparison(reports: list[dict]) -> str:
 
 # --- one model ------------------------------------------------------------------------------------
 
-def plan(source, args, sets: dict, margins: dict) -> list[tuple]:
+@dataclass(frozen=True)
+class EvalOptions:
+    """How ``facealign-eval`` scores a model (its command line's options, typed)."""
+
+    protocol: str = "both"  # one of CHOICES
+    landmark_type: str | None = None  # "2d" / "3d": the reference protocol's quantisation; None: the model's
+    decode: str = "subpixel"  # the standard protocol's decoding
+    flip: bool = False  # the standard protocol's flip test
+    backend: str = "mxnet"
+    batch_size: int = 16
+    max_samples: int | None = None
+    tensorboard: bool = True  # a run's checkpoints: eval scalars and figures in its tb/
+    quiet: bool = False  # no progress bar
+
+
+@dataclass
+class Evaluation:
+    """One model's evaluation: the report (as report.json holds it) and each set's scores by tag, which
+    the comparison of several models draws its curves from."""
+
+    report: dict
+    results: dict = field(default_factory=dict)  # tag -> (label, facealign.evaluation.scoring result)
+
+
+def plan(source, args: EvalOptions, sets: dict, margins: dict) -> list[tuple]:
     """[(set name, prefix, Protocol, flip, batch size, max samples)] for one model."""
     from facealign.evaluation.scoring import Protocol, reference_protocol
 
@@ -228,12 +253,9 @@ def validation_record(source) -> dict:
     return legacy_validation_record(source.location)
 
 
-def evaluate_model(source, backend, args, sets, margins, out: Path, device: str) -> dict:
-    from tqdm import tqdm
-
-    from facealign.data.loader import RecordSet
-    from facealign.evaluation.scoring import check_records, score, yaw_bin_masks
-
+def evaluate_model(source, backend, args: EvalOptions, sets, margins, out: Path, device: str) -> Evaluation:
+    """Score one model on every planned set and protocol; writes report.json, report.md, the CED figures,
+    the per-image predictions and (for a run's checkpoint) TensorBoard."""
     info = source.info
     dims = {"2d": 2, "3d": 3}.get(args.landmark_type, info.landmark_dims)
     primary = primary_norm(dims)
@@ -242,55 +264,16 @@ def evaluate_model(source, backend, args, sets, margins, out: Path, device: str)
               "model_name": info.name, "backend": args.backend, "device": device, "landmark_dims": dims,
               "primary_norm": primary, "results": []}
     tb = None
-    if source.checkpoint is not None and not args.no_tensorboard:
+    if source.checkpoint is not None and args.tensorboard:
         from tensorboardX import SummaryWriter
 
         from facealign.runs import checkpoint
 
         tb = SummaryWriter(str(checkpoint.run_of(source.checkpoint) / TB_DIR))
-    results = {}
+    evaluation = Evaluation(report)
     try:
-        for set_name, prefix, protocol, flip, batch_size, limit in plan(source, args, sets, margins):
-            records = RecordSet([prefix])
-            check_records(records, info, set_name)
-            n = len(records) if limit is None else min(len(records), limit)
-            label = f"{set_name} ({protocol.name}{' + flip' if flip else ''})"
-            with tqdm(total=n, desc=f"[eval] {label}", unit="face", file=sys.stderr,
-                      disable=args.quiet or not sys.stderr.isatty()) as bar:
-                result = score(backend, info, records, protocol, set_name=set_name, indices=range(n),
-                               batch_size=batch_size, flip=flip, pad=protocol.name == "train",
-                               progress=lambda done: bar.update(done - bar.n))
-            summary = {"set": set_name, "protocol": protocol.name, "flip": flip, "decode": protocol.decode,
-                       **summarise(result)}
-            report["results"].append(summary)
-            tag = f"{set_name}_{protocol.name}{'_flip' if flip else ''}"
-            results[tag] = (label, result)
-            pixels = save_figure(ced_figure({norm: result.nme[norm] for norm in NORMALISATIONS},
-                                            f"{info.name}: {label}, {n} faces"), out / f"ced_{tag}")
-            per_image = [{"index": i, "source": src, "yaw": result.yaws[j],
-                          "pred": np.round(result.pred[j], 3).tolist(), "gt": np.round(result.gt[j], 3).tolist(),
-                          "nme": {k: float(v[j]) for k, v in result.nme.items()}}
-                         for j, (i, src) in enumerate(zip(result.indices, result.sources))]
-            (out / f"predictions_{tag}.json").write_text(json.dumps(per_image))
-            print(f"[eval] {source.label}: {label}: NME {100 * summary['by_norm'][primary]['nme']:.3f}% ({primary}), "
-                  f"{summary['images_per_s']:.1f} images/s", flush=True)
-            yaw_pixels = None
-            if summary["by_yaw"]:
-                curves = {f"yaw {label} ({int(inside.sum())} faces)": result.nme[primary][inside]
-                          for label, inside in yaw_bin_masks(result.yaws) if inside.any()}
-                yaw_pixels = save_figure(ced_figure(curves, f"{info.name}: {label}, {primary} NME by yaw"),
-                                         out / f"ced_{tag}_yaw")
-            if tb is not None:
-                step = source.step or 0
-                for norm, row in summary["by_norm"].items():
-                    tb.add_scalar(f"eval/{tag}/nme_{norm}", row["nme"], step)
-                    tb.add_scalar(f"eval/{tag}/auc@0.10_{norm}", row["auc@0.10"], step)
-                tb.add_image(f"eval/{tag}/ced", pixels, step, dataformats="HWC")
-                if yaw_pixels is not None:
-                    for b, v in summary["by_yaw"][primary].items():
-                        if v["nme"] is not None:
-                            tb.add_scalar(f"eval/{tag}/nme_{primary}_yaw_{b}", v["nme"], step)
-                    tb.add_image(f"eval/{tag}/ced_yaw", yaw_pixels, step, dataformats="HWC")
+        for job in plan(source, args, sets, margins):
+            score_one(source, backend, args, job, out, tb, evaluation)
     finally:
         if tb is not None:
             tb.close()
@@ -299,8 +282,58 @@ def evaluate_model(source, backend, args, sets, margins, out: Path, device: str)
     (out / "report.md").write_text(table + "\n")
     print("\n" + table)
     print(f"\n[eval] report, CED curves and per-image predictions in {out}")
-    report["_results"] = results
-    return report
+    return evaluation
+
+
+def score_one(source, backend, args: EvalOptions, job: tuple, out: Path, tb, evaluation: Evaluation) -> None:
+    """One set under one protocol: its summary in the report, its figures, predictions and scalars."""
+    from tqdm import tqdm
+
+    from facealign.data.loader import RecordSet
+    from facealign.evaluation.scoring import check_records, score, yaw_bin_masks
+
+    info, report, primary = source.info, evaluation.report, evaluation.report["primary_norm"]
+    set_name, prefix, protocol, flip, batch_size, limit = job
+    records = RecordSet([prefix])
+    check_records(records, info, set_name)
+    n = len(records) if limit is None else min(len(records), limit)
+    label = f"{set_name} ({protocol.name}{' + flip' if flip else ''})"
+    with tqdm(total=n, desc=f"[eval] {label}", unit="face", file=sys.stderr,
+              disable=args.quiet or not sys.stderr.isatty()) as bar:
+        result = score(backend, info, records, protocol, set_name=set_name, indices=range(n),
+                       batch_size=batch_size, flip=flip, pad=protocol.name == "train",
+                       progress=lambda done: bar.update(done - bar.n))
+    summary = {"set": set_name, "protocol": protocol.name, "flip": flip, "decode": protocol.decode,
+               **summarise(result)}
+    report["results"].append(summary)
+    tag = f"{set_name}_{protocol.name}{'_flip' if flip else ''}"
+    evaluation.results[tag] = (label, result)
+    pixels = save_figure(ced_figure({norm: result.nme[norm] for norm in NORMALISATIONS},
+                                    f"{info.name}: {label}, {n} faces"), out / f"ced_{tag}")
+    per_image = [{"index": i, "source": src, "yaw": result.yaws[j],
+                  "pred": np.round(result.pred[j], 3).tolist(), "gt": np.round(result.gt[j], 3).tolist(),
+                  "nme": {k: float(v[j]) for k, v in result.nme.items()}}
+                 for j, (i, src) in enumerate(zip(result.indices, result.sources))]
+    (out / f"predictions_{tag}.json").write_text(json.dumps(per_image))
+    print(f"[eval] {source.label}: {label}: NME {100 * summary['by_norm'][primary]['nme']:.3f}% ({primary}), "
+          f"{summary['images_per_s']:.1f} images/s", flush=True)
+    yaw_pixels = None
+    if summary["by_yaw"]:
+        curves = {f"yaw {label} ({int(inside.sum())} faces)": result.nme[primary][inside]
+                  for label, inside in yaw_bin_masks(result.yaws) if inside.any()}
+        yaw_pixels = save_figure(ced_figure(curves, f"{info.name}: {label}, {primary} NME by yaw"),
+                                 out / f"ced_{tag}_yaw")
+    if tb is not None:
+        step = source.step or 0
+        for norm, row in summary["by_norm"].items():
+            tb.add_scalar(f"eval/{tag}/nme_{norm}", row["nme"], step)
+            tb.add_scalar(f"eval/{tag}/auc@0.10_{norm}", row["auc@0.10"], step)
+        tb.add_image(f"eval/{tag}/ced", pixels, step, dataformats="HWC")
+        if yaw_pixels is not None:
+            for b, v in summary["by_yaw"][primary].items():
+                if v["nme"] is not None:
+                    tb.add_scalar(f"eval/{tag}/nme_{primary}_yaw_{b}", v["nme"], step)
+            tb.add_image(f"eval/{tag}/ced_yaw", yaw_pixels, step, dataformats="HWC")
 
 
 def default_out(source) -> Path:
@@ -311,23 +344,23 @@ def default_out(source) -> Path:
     return Path("eval") / (source.path.stem if source.kind == "onnx" else source.path.name)
 
 
-def write_comparison(reports: list[dict], out: Path) -> None:
+def write_comparison(evaluations: list[Evaluation], out: Path) -> None:
     """One table and, per set and protocol, one CED figure with a curve per model (primary normalisation)."""
     out.mkdir(parents=True, exist_ok=True)
     tags = []
-    for report in reports:
-        tags += [t for t in report["_results"] if t not in tags]
+    for e in evaluations:
+        tags += [t for t in e.results if t not in tags]
     for tag in tags:
         curves, label = {}, tag
-        for report in reports:
-            if tag in report["_results"]:
-                label, result = report["_results"][tag]
-                curves[report["label"]] = result.nme[report["primary_norm"]]
+        for e in evaluations:
+            if tag in e.results:
+                label, result = e.results[tag]
+                curves[e.report["label"]] = result.nme[e.report["primary_norm"]]
         save_figure(ced_figure(curves, f"{label}: {len(curves)} models"), out / f"ced_{tag}")
+    reports = [e.report for e in evaluations]
     table = format_comparison(reports)
     (out / "compare.md").write_text(table + "\n")
-    (out / "compare.json").write_text(json.dumps([{k: v for k, v in r.items() if k != "_results"} for r in reports],
-                                                 indent=1))
+    (out / "compare.json").write_text(json.dumps(reports, indent=1))
     print("\n" + table)
     print(f"\n[eval] comparison of {len(reports)} models in {out}")
 

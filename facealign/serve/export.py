@@ -39,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -209,7 +210,21 @@ def drift_check(a: float, reduced, info: ModelInfo, records, limit: int, label: 
     return {"float32_nme": float(a), "nme": float(b), "relative_drift": float(drift), "faces": n}
 
 
-def export_reduced(net, info: ModelInfo, out_dir, args, log=print) -> dict:
+@dataclass(frozen=True)
+class ReducedExport:
+    """A bfloat16 or int8 export and how it is checked (``facealign-export``'s options, typed)."""
+
+    precision: str  # bfloat16 or int8
+    check: str | None  # held-out packed records: float32's NME against the export's
+    check_samples: int = 200
+    max_drift: float = 0.02  # the relative NME loss refused
+    calibration: str | None = None  # int8: packed records whose faces set the ranges
+    calibration_samples: int = 64
+    calib_mode: str = "entropy"
+    onnx: bool = False  # int8: also an onnxruntime QDQ model
+
+
+def export_reduced(net, info: ModelInfo, out_dir, args: ReducedExport, log=print) -> dict:
     """A bfloat16 or int8 package, checked against float32 on held-out faces; written only if it passes."""
     import shutil
     import tempfile
