@@ -33,7 +33,7 @@ def parse_args(argv=None):
 
 
 def score(checkpoint, spec, val_prefix) -> float:
-    """Mean NME on the validation faces under the run's own validation protocol (facealign.scoring, as the
+    """Mean NME on the validation faces under the run's own validation protocol (facealign.evaluation.scoring, as the
     trainer scores): of the demo model freshly initialised as the trainer does, or of a checkpoint."""
     import mxnet as mx
 

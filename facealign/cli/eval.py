@@ -14,7 +14,7 @@ release (model-symbol.json + model-0000.params), or a sweep directory
 (facealign-launch sweep: its members, compared). Test sets are packed RecordIO
 prefixes (facealign-pack), named by their file name or ``name=path``.
 
-Protocols (facealign.scoring):
+Protocols (facealign.evaluation.scoring):
   reference  the reference's test_rec_nme.py exactly (seed-spec §6.2): the record warped to an
              aligned square canvas of its height (five-point similarity onto the ArcFace template,
              x2 + 80 on a 384 canvas) and kept as uint8, then warped to the crop: the aligned
@@ -29,7 +29,7 @@ Protocols (facealign.scoring):
              batch, sample limit): reproduces the validation NME the trainer logged.
   both       reference and standard (the default); all: the three.
 
-Every normalisation is reported side by side (see facealign.metrics): eye_centre (the
+Every normalisation is reported side by side (see facealign.evaluation.metrics): eye_centre (the
 reference's 2D figure), inter_ocular, inter_pupil, box (the reference's 3D figure) and
 box_diag. Where the records carry their head pose (AFLW2000-3D, procedural faces), NME is also
 reported per |yaw| bin ([0, 30), [30, 60), [60, 90] degrees) with the bins' balanced mean, as

@@ -14,7 +14,7 @@ landmarks x, y in image pixels, per-landmark scores) and, unless --no-draw, the
 annotated images; per video ``<name>.json`` (per frame) and ``<name>_landmarks.avi``.
 In videos the detector runs every --detect-every frames and the faces are
 tracked from their landmarks in between. --smooth steadies each face's landmarks over
-the frames: one-euro (the default; the One Euro filter, facealign.smoothing: --min-cutoff
+the frames: one-euro (the default; the One Euro filter, facealign.serve.smoothing: --min-cutoff
 Hz at rest, --beta for how fast it follows motion), ema A (A the weight of the previous
 frame) or off. Each face's filter starts afresh when its track is lost. Detections
 scoring below --min-box-score (dlib's HOG score; default 0) are dropped; every kept

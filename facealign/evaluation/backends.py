@@ -2,7 +2,7 @@
 
 ``MXNetBackend`` wraps a Gluon network (a zoo model, a reloaded checkpoint or an
 export's ``SymbolBlock``) on one MXNet device; ``OnnxBackend`` runs an exported
-ONNX model with onnxruntime. Scoring (``facealign.scoring``) takes either.
+ONNX model with onnxruntime. Scoring (``facealign.evaluation.scoring``) takes either.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 
 
 def mx_context(gpu: int | None):
-    """``mx.gpu(gpu)``, probed (facealign.gpu_probe: raises GPUProbeFailed naming the GPU, the build and
+    """``mx.gpu(gpu)``, probed (facealign.platform.gpu_probe: raises GPUProbeFailed naming the GPU, the build and
     the route when it cannot run this MXNet), or the CPU for None or a negative index."""
     import mxnet as mx
 

@@ -2,7 +2,7 @@
 
     crop -> network (a backend) -> decode -> map back through the crop -> NME against the truth
 
-Training validation (``facealign.validation``), ``facealign-eval`` and the
+Training validation (``facealign.train.validation``), ``facealign-eval`` and the
 ``Predictor`` all run ``predict_crops``; validation and evaluation score with
 ``score``. How a record becomes a crop, how heatmaps are decoded and what the
 truth is are the *protocol*, always an argument:
@@ -21,7 +21,7 @@ truth is are the *protocol*, always an argument:
              framing, no quantisation, sub-pixel decoding (``decode`` selectable).
 
 NME is computed in the record's pixels for every normalisation of
-``facealign.metrics``, with the model's landmark scheme; ``yaw_bins`` groups it
+``facealign.evaluation.metrics``, with the model's landmark scheme; ``yaw_bins`` groups it
 by head yaw where the records carry their pose (AFLW2000-3D's reporting).
 """
 from __future__ import annotations
@@ -168,7 +168,7 @@ def prepare(records, index: int, protocol: Protocol, info, set_name: str, cfg: S
 
 def score(backend, info, records, protocol: Protocol, *, set_name: str, indices=None, batch_size: int = 16,
           flip: bool = False, pad: bool = False, keep_first: bool = False, progress=None) -> Score:
-    """Score ``backend`` (a model described by ``info``: facealign.artifact.ModelInfo) on
+    """Score ``backend`` (a model described by ``info``: facealign.runs.artifact.ModelInfo) on
     ``records[indices]`` (default: all) under ``protocol``. ``flip`` averages with the mirrored
     crops; ``progress(n)`` is called with the number of faces done."""
     indices = list(range(len(records))) if indices is None else [int(i) for i in indices]

@@ -7,7 +7,7 @@
 Kinds, told apart by what the path holds:
 
   run         a run directory (``checkpoints/`` inside): its ``best`` or ``latest`` valid checkpoint
-  checkpoint  one checkpoint directory (``ckpt-<step>/``, facealign.checkpoint's layout)
+  checkpoint  one checkpoint directory (``ckpt-<step>/``, facealign.runs.checkpoint's layout)
   export      an export package (``facealign-export``)::
 
                   model-symbol.json, model-0000.params   the hybridised network (``SymbolBlock.imports``),

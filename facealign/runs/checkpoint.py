@@ -13,8 +13,8 @@ Layout under ``<run>/checkpoints``::
     latest                     the name of the newest committed checkpoint (replaced atomically)
 
 ``state.json`` also records what serving needs without the job spec: ``model_info``
-(``facealign.artifact.ModelInfo``), ``validation`` (the run's validation protocol,
-``facealign.scoring``) and ``ranking`` (the metric and mode that pick ``best``).
+(``facealign.runs.artifact.ModelInfo``), ``validation`` (the run's validation protocol,
+``facealign.evaluation.scoring``) and ``ranking`` (the metric and mode that pick ``best``).
 
 Only the writer (rank 0) writes: into ``.tmp-ckpt-<step>``, fsync, then an
 atomic rename and an fsync of the directory, then the ``latest`` pointer, and

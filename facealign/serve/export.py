@@ -9,12 +9,12 @@
 
 An export package is a directory that needs neither the training code nor the
 job spec to run: the hybridised network (``model-symbol.json``, ``model-0000.params``),
-its ``facealign-model.yaml`` (facealign.artifact.ModelInfo) and, with --onnx,
-``model.onnx`` for onnxruntime; facealign.artifact describes the layout.
+its ``facealign-model.yaml`` (facealign.runs.artifact.ModelInfo) and, with --onnx,
+``model.onnx`` for onnxruntime; facealign.runs.artifact describes the layout.
 
 The reference's released checkpoints (``model-symbol.json`` / ``model-0000.params``,
 MXNet Module names, seed-spec §11.5) load into our networks through a name map
-(facealign.artifact): our parameter names are the reference's layer names, so the
+(facealign.runs.artifact): our parameter names are the reference's layer names, so the
 map strips Module's ``arg:`` / ``aux:`` prefixes and renames BatchNorm's
 ``moving_mean`` / ``moving_var`` to Gluon's ``running_mean`` / ``running_var``.
 
@@ -52,7 +52,7 @@ from facealign.runs.artifact import ONNX_FILE, PARAMS_FILE, SYMBOL_FILE, Artifac
 # --- export packages -------------------------------------------------------------------------------
 
 def export_package(net, info: ModelInfo, out_dir, *, onnx: bool = False, log=print) -> dict:
-    """Write the package (facealign.artifact's layout); with ``onnx`` also model.onnx, checked against MXNet.
+    """Write the package (facealign.runs.artifact's layout); with ``onnx`` also model.onnx, checked against MXNet.
 
     Returns {"files": [...], "onnx_rel_diff": max |onnxruntime - MXNet| / max |MXNet|, or None}.
     """

@@ -5,7 +5,7 @@ and ``batchnorm_folded`` rewrite the exported graph's JSON; ``bfloat16_inference
 together with AMP and oneDNN's fusion.
 
 MXNet is imported inside the functions: processes choose the CPU's ISA and MXNet's engine before it is
-imported (facealign.cpu_isa).
+imported (facealign.platform.cpu_isa).
 """
 from __future__ import annotations
 

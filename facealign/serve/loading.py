@@ -59,7 +59,7 @@ def load_network(source: ModelSource, ctx):
 
 
 def load_backend(source: ModelSource, backend: str = "mxnet", gpu: int | None = None):
-    """A crops -> heatmaps callable for ``source`` (facealign.backends)."""
+    """A crops -> heatmaps callable for ``source`` (facealign.evaluation.backends)."""
     from facealign.evaluation.backends import MXNetBackend, OnnxBackend, mx_context
 
     if backend == "onnxruntime":

@@ -2,17 +2,17 @@
 
     >>> from facealign import Predictor
     >>> p = Predictor.from_checkpoint("runs/demo")                 # best checkpoint of a run, on the CPU
-    >>> p.detector = make_detector("dlib")                          # facealign.detect
+    >>> p.detector = make_detector("dlib")                          # facealign.serve.detect
     >>> pred = p.predict(image_rgb)                                # faces found by the detector
     >>> pred = p.predict(image_rgb, boxes=[[x0, y0, x1, y1]])     # or boxes from your own detector
     >>> pred.landmarks                                             # (faces, K, 2) image pixels, x first
 
-A predictor is a *backend* (facealign.backends: anything mapping a batch of
+A predictor is a *backend* (facealign.evaluation.backends: anything mapping a batch of
 N x 3 x S x S raw RGB crops to the last stack's N x K x H x W heatmaps: a Gluon
 network, an exported symbol package, or an ONNX model run by onnxruntime) plus
-the model's facts (``facealign.artifact.ModelInfo``: sizes, landmark scheme,
+the model's facts (``facealign.runs.artifact.ModelInfo``: sizes, landmark scheme,
 the crop framing it was trained with). A face box becomes a square crop (an
-affine M); the crops go through ``facealign.scoring.predict_crops``, the same
+affine M); the crops go through ``facealign.evaluation.scoring.predict_crops``, the same
 network, decoding and mapping back that validation and ``facealign-eval`` use.
 """
 from __future__ import annotations
@@ -64,8 +64,8 @@ class Prediction:
 class Predictor:
     """Face boxes in, landmarks out.
 
-    ``backend``: a crops -> heatmaps callable (facealign.backends); ``info``: the model's
-    facts (facealign.artifact.ModelInfo). ``flip``: average the heatmaps of the crop and of
+    ``backend``: a crops -> heatmaps callable (facealign.evaluation.backends); ``info``: the model's
+    facts (facealign.runs.artifact.ModelInfo). ``flip``: average the heatmaps of the crop and of
     its mirror image (re-labelled by the landmark scheme) before decoding. ``refine``: after
     the first pass, crop again around the predicted landmarks that many times (a detector's
     box is framed differently from the landmark boxes the model was trained on).

@@ -82,7 +82,7 @@ def sample_config(spec: JobSpec) -> SampleConfig:
 
 
 def loss_settings(spec: JobSpec) -> LossSettings:
-    """``loss.*``, the targets' peak and the heatmap side, as facealign.losses takes them."""
+    """``loss.*``, the targets' peak and the heatmap side, as facealign.train.losses takes them."""
     fields = {f.name for f in dataclasses.fields(LossSettings)} - {"peak", "heatmap_size"}
     return LossSettings(peak=spec.data.peak, heatmap_size=spec.data.heatmap_size,
                         **{name: getattr(spec.loss, name) for name in fields})

@@ -10,7 +10,7 @@ stacks, a world size the resources cannot give). ``dump_job`` writes the
 resolved spec (every default filled in) that a run directory keeps.
 
 Sections: run, data, model, loss, optim, schedule, checkpoint, eval, logging,
-resources. ``docs`` below each field says what it does; ``facealign.config``
+resources. ``docs`` below each field says what it does; ``facealign.spec.schema``
 is the reference for the format.
 """
 from __future__ import annotations
@@ -196,7 +196,7 @@ class ResourcesSpec:
     time: str = _f("02:00:00", "Slurm time limit")
     partition: typing.Optional[str] = _f(None, "Slurm partition")
     # what a GPU cluster tunes: set as environment variables by the launchers before any rank starts
-    # (facealign.components.runtime_env); None leaves Horovod's and MXNet's own default
+    # (facealign.spec.components.runtime_env); None leaves Horovod's and MXNet's own default
     fusion_threshold_mb: typing.Optional[int] = _f(
         None, "Horovod tensor fusion buffer in MB (HOROVOD_FUSION_THRESHOLD; Horovod's default 128, 0 disables)", ge=0)
     cycle_time_ms: typing.Optional[float] = _f(

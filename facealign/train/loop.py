@@ -86,7 +86,7 @@ def _fmt_time(s: float) -> str:
 
 
 def _probe(ctx) -> str | None:
-    """This rank's GPU probe (facealign.gpu_probe), as a message or None."""
+    """This rank's GPU probe (facealign.platform.gpu_probe), as a message or None."""
     import socket
 
     failure = gpu_probe.check(ctx, socket.gethostname())

@@ -26,7 +26,7 @@ LOSSES = ("mse", "awing", "star")
 
 @dataclass(frozen=True)
 class LossSettings:
-    """The settings of ``loss.*`` the functions take (facealign.components builds it)."""
+    """The settings of ``loss.*`` the functions take (facealign.spec.components builds it)."""
 
     kind: str = "mse"
     peak: float = 20.0  # the targets' peak value

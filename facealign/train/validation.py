@@ -1,4 +1,4 @@
-"""Validation during training: sharded over ranks, scored by facealign.scoring, reduced with allreduce."""
+"""Validation during training: sharded over ranks, scored by facealign.evaluation.scoring, reduced with allreduce."""
 from __future__ import annotations
 
 import cv2
