@@ -1,46 +1,7 @@
-"""``facealign-eval``: NME, AUC and failure rates of models on packed test sets, on one device.
-
-    facealign-eval runs/hg2-d3-cab --data data/2d/ibug data/2d/cofw_testset data/2d/300W
-    facealign-eval models/model-hg2d3-cab-3d --data data/3d/AFLW2000-3D --protocol reference --landmark-type 3d
-    facealign-eval runs/demo --protocol train               # the run's own validation, as state.json recorded it
-    facealign-eval exported/demo --data synthetic=data/synth_val --protocol standard --flip --gpu 0
-    facealign-eval exported/demo/model.onnx --data data/synth_val --backend onnxruntime
-    facealign-eval runs/a runs/b exported/c --data data/2d/ibug --out eval/compare   # one comparison
-    facealign-eval runs/demo-recipes --data synthetic=data/synth_val --protocol standard  # a sweep's members
-
-MODEL is a run directory (its best checkpoint, or --which latest), a checkpoint
-directory, an export package or .onnx file (facealign-export), a reference
-release (model-symbol.json + model-0000.params), or a sweep directory
-(facealign-launch sweep: its members, compared). Test sets are packed RecordIO
-prefixes (facealign-pack), named by their file name or ``name=path``.
-
-Protocols (facealign.evaluation.scoring):
-  reference  the reference's test_rec_nme.py exactly (seed-spec §6.2): the record warped to an
-             aligned square canvas of its height (five-point similarity onto the ArcFace template,
-             x2 + 80 on a 384 canvas) and kept as uint8, then warped to the crop: the aligned
-             landmark box with the set's top margin (ibug 36, cofw_testset 45, 300W 40, else
-             30 px), 1.2 x its side around its integer centre; ground truth quantised in the crop
-             (floor for --landmark-type 2d, round for 3d); integer argmax of the bilinearly
-             up-sampled heatmap. Its published numbers are reproduced under this protocol.
-  standard   one warp: a square crop of the ground-truth landmark box at the model's training
-             framing, no quantisation, --decode subpixel (default), dark or reference; --flip averages
-             with the mirrored crop.
-  train      a run's own validation protocol as its checkpoint recorded it (crop, decoding, sets,
-             batch, sample limit): reproduces the validation NME the trainer logged.
-  both       reference and standard (the default); all: the three.
-
-Every normalisation is reported side by side (see facealign.evaluation.metrics): eye_centre (the
-reference's 2D figure), inter_ocular, inter_pupil, box (the reference's 3D figure) and
-box_diag. Where the records carry their head pose (AFLW2000-3D, procedural faces), NME is also
-reported per |yaw| bin ([0, 30), [30, 60), [60, 90] degrees) with the bins' balanced mean, as
-3D results are published. Written to --out (default: <run>/eval/<checkpoint>/ or eval/<model>/):
-report.json, report.md, ced_<set>_<protocol>.png/.pdf (and ced_<set>_<protocol>_yaw),
-predictions_<set>_<protocol>.json;
-for a run, the figures also go to its TensorBoard under eval/. With several models, each
-gets its own report and --out (default eval/compare) gets compare.md, compare.json and one
-CED figure per set and protocol with a curve per model.
-
-Exit status: 0 done; 2 a model, test set or option that cannot be used (one line on stderr).
+"""The evaluation report: one model scored on every planned set and protocol (``evaluate_model``), its
+tables, CED figures and per-image predictions, and the comparison of several (``write_comparison``).
+``facealign-eval`` (facealign.cli.eval, whose help describes the protocols, the normalisations and the
+files written) drives it; every number comes from facealign.evaluation.scoring.
 """
 from __future__ import annotations
 

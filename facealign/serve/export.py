@@ -1,38 +1,9 @@
-"""``facealign-export``: trained models out of the training code, and the reference's models in.
-
-    facealign-export runs/demo exported/demo                 # best checkpoint -> symbol + params + YAML
-    facealign-export runs/demo exported/demo --onnx          # ... and model.onnx, checked against MXNet
-    facealign-export models/model-hg2d3-cab exported/hg2     # a reference release, renamed into our network
-    facealign-export runs/demo exported/demo-int8 --precision int8 --calibration data/synth_train \
-        --check data/synth_val --onnx                        # int8 for MXNet and onnxruntime, NME checked
-    facealign-export runs/demo exported/demo-bf16 --precision bfloat16 --check data/synth_val
-
-An export package is a directory that needs neither the training code nor the
-job spec to run: the hybridised network (``model-symbol.json``, ``model-0000.params``),
-its ``facealign-model.yaml`` (facealign.runs.artifact.ModelInfo) and, with --onnx,
-``model.onnx`` for onnxruntime; facealign.runs.artifact describes the layout.
-
-The reference's released checkpoints (``model-symbol.json`` / ``model-0000.params``,
-MXNet Module names, seed-spec §11.5) load into our networks through a name map
-(facealign.runs.artifact): our parameter names are the reference's layer names, so the
-map strips Module's ``arg:`` / ``aux:`` prefixes and renames BatchNorm's
-``moving_mean`` / ``moving_var`` to Gluon's ``running_mean`` / ``running_var``.
-
-Reduced precision (``--precision``): ``int8`` quantises the network with MXNet's
-``quantize_net_v2`` (channel-wise where oneDNN has it; ``--calib-mode entropy`` (the
-default: KL-optimal) or ``naive`` (min/max) thresholds from ``--calibration-samples`` faces of ``--calibration``; the
-ops without an int8 kernel, UpSampling among them, stay float32 between a dequantise
-and a quantise) and, with ``--onnx``, writes a statically quantised QDQ model.onnx
-through onnxruntime's quantiser (per channel, uint8 activations, int8 weights).
-``bfloat16`` converts the network with AMP and fuses it with oneDNN (``mixed_precision``), for
-CPUs with AVX512-BF16 or AMX. Both take float32 pixels in and give float32 heatmaps out; the
-package records its precision, and every loader takes it as it is. A reduced export
-scores float32 and itself on the held-out faces of ``--check`` (the standard protocol)
-and is refused, with nothing written, when its NME rises more than ``--max-drift``
-(relative, default 2%).
-
-Exit status: 0 written; 2 a model that cannot be exported, or an export that loses more accuracy
-than --max-drift allows (one line on stderr).
+"""Export packages: a trained model out of the training code (``export_package``: the hybridised
+network, ``facealign-model.yaml``, and ONNX), and reduced-precision ones (``export_reduced``: int8
+through MXNet's quantiser and onnxruntime's, bfloat16 through AMP and oneDNN's fusion), checked
+against float32 on held-out faces and written only when they pass. ``facealign-export``
+(facealign.cli.export, whose help says what each precision does) drives it; facealign.runs.artifact
+describes the package layout and the reference's name map.
 """
 from __future__ import annotations
 
