@@ -14,9 +14,8 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from conftest import BIN, REPO, corrupt_copy, rank_process, run_cli, wait_for_step, write_tiny_job
+from conftest import BIN, REPO, corrupt_copy, pack_synthetic_sets, rank_process, run_cli, wait_for_step, write_tiny_job
 from facealign.runs.checkpoint import CheckpointManager, verify
-from facealign.data.pack import main as pack_main
 from facealign.data.records import RecordFile
 from tb_events import scalars
 from launcher.local import horovodrun_command, trainer_command
@@ -26,10 +25,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MXNET_CPU_WORKER_NTHREADS": "1", "
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("faultdata")
-    assert pack_main(["--synthetic", "64", "--seed", "1", "--quiet", str(root / "train")]) == 0
-    assert pack_main(["--synthetic", "8", "--seed", "2", "--quiet", str(root / "val")]) == 0
-    return root
+    return pack_synthetic_sets(tmp_path_factory.mktemp("faultdata"), train=64, val=8)
 
 
 def _job(records, tmp_path, ranks=1, **sections):

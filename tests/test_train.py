@@ -13,9 +13,8 @@ import psutil
 import pytest
 import yaml
 
-from conftest import REPO, rank_process, wait_for_step, write_tiny_job
+from conftest import REPO, pack_synthetic_sets, rank_process, wait_for_step, write_tiny_job
 from facealign.runs.checkpoint import CheckpointManager
-from facealign.data.pack import main as pack_main
 from tb_events import images, read_events, scalars
 from launcher.local import horovodrun_command
 
@@ -26,9 +25,7 @@ PROBE = REPO / "tests" / "train_probe.py"
 @pytest.fixture(scope="module")
 def tiny_job(tmp_path_factory):
     """64 synthetic training faces, 16 for validation, a small 2-stack hourglass at 32 -> 16: 8 steps an epoch."""
-    root = tmp_path_factory.mktemp("tinyjob")
-    assert pack_main(["--synthetic", "64", "--seed", "1", "--quiet", str(root / "train")]) == 0
-    assert pack_main(["--synthetic", "16", "--seed", "2", "--quiet", str(root / "val")]) == 0
+    root = pack_synthetic_sets(tmp_path_factory.mktemp("tinyjob"), train=64, val=16)
     return write_tiny_job(root / "tiny.yaml", root,
                           data={"workers": 1, "prefetch": 2, "augment": {"base_size": 256, "color": 0.2}},
                           schedule={"kind": "cosine", "unit": "epoch", "length": 50},
