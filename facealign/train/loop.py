@@ -114,7 +114,7 @@ def train(spec: JobSpec, run_dir: Path, on_finish=None) -> int:
             world = set_up_world(spec)
             check_world_size(spec, world)
             holds_run = lock_run_dir(spec, run_dir, world, closing)
-            code, reason = run_job(build(spec, run_dir, world, closing), on_finish)
+            code, reason = run_job(build(spec, run_dir, world, closing), on_finish, closing)
         except BaseException as e:
             code = 130 if isinstance(e, KeyboardInterrupt) else exit_code_for(e)
             known = isinstance(e, (SpecError, CheckpointError, ArtifactError, RunLocked, NonFiniteLoss, DataError,
@@ -199,7 +199,7 @@ class Run:
     ckpt: CheckpointManager
     validator: object
     stats: object  # every rank's BatchNorm statistics
-    writer: object  # TensorBoard (rank 0), or None
+    writer: object  # TensorBoard (rank 0, opened after the resume), or None
     codec: object
     loss_settings: object
     model_spec: object
@@ -274,41 +274,27 @@ def build(spec: JobSpec, run_dir: Path, world, closing) -> Run:
     ckpt = CheckpointManager(run_dir / CHECKPOINTS_DIR, writer=world.is_primary, keep_last=spec.checkpoint.keep_last,
                              keep_best=spec.checkpoint.keep_best, metric=spec.metric_name(), mode=spec.checkpoint.mode,
                              log=log)
-    writer = None
-    if world.is_primary and spec.logging.tensorboard:
-        from tensorboardX import SummaryWriter
-
-        # purge_step (set at resume) drops events a previous attempt wrote after the checkpoint
-        writer = closing.enter_context(_LazyWriter(SummaryWriter, str(run_dir / TB_DIR)))
     info, validation = components.model_info(spec), components.validation_record(spec)
     # dynamic loss scaling (with float16 AMP by default), decided collectively rather than by
     # amp.init_trainer's per-rank check; bfloat16 has float32's range and needs none
     return Run(spec=spec, run_dir=run_dir, world=world, ctx=ctx, log=log, stop=stop, loader=loader, net=net,
                trainer=make_trainer(net, spec), scaler=components.loss_scale(spec), ckpt=ckpt,
                validator=Validator(validation, info, world, ctx), validation=validation,
-               stats=dist.RunningStats(net, world), writer=writer, codec=codec,
+               stats=dist.RunningStats(net, world), writer=None, codec=codec,
                loss_settings=components.loss_settings(spec), model_spec=model_spec, info=info,
                steps_per_epoch=steps_per_epoch, last_step=total_steps(spec, steps_per_epoch), trainable=trainable)
 
 
-class _LazyWriter:
-    """tensorboardX's SummaryWriter, opened once the resume step is known (its ``purge_step``)."""
+def open_writer(run: Run, state: TrainState, closing):
+    """Rank 0's TensorBoard writer, once the resume step is known: ``purge_step`` drops the events a previous
+    attempt wrote after that checkpoint, so curves never fold back."""
+    if not (run.world.is_primary and run.spec.logging.tensorboard):
+        return None
+    from tensorboardX import SummaryWriter
 
-    def __init__(self, factory, logdir: str):
-        self.factory, self.logdir, self.writer = factory, logdir, None
-
-    def open(self, purge_step: int | None) -> None:
-        self.writer = self.factory(self.logdir, purge_step=purge_step)
-
-    def __getattr__(self, name):
-        return getattr(self.writer, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self.writer is not None:
-            self.writer.close()
+    writer = SummaryWriter(str(run.run_dir / TB_DIR), purge_step=state.step or None)
+    closing.callback(writer.close)
+    return writer
 
 
 def resume(run: Run) -> TrainState:
@@ -351,14 +337,13 @@ def resume(run: Run) -> TrainState:
         import horovod.mxnet as hvd
 
         hvd.broadcast_parameters(run.net.collect_params(), root_rank=0)  # rank 0's initialisation everywhere
-    if run.writer is not None:
-        run.writer.open(state.step if found else None)
     return state
 
 
-def run_job(run: Run, on_finish) -> tuple[int, str]:
+def run_job(run: Run, on_finish, closing) -> tuple[int, str]:
     """Resume, validate the start, train, finish: the exit code and the reason rank 0 records."""
     state = resume(run)
+    run.writer = open_writer(run, state, closing)
     record_progress(run, state)
     describe(run)
     if state.step == 0 and run.validator.sets:
