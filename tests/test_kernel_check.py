@@ -128,3 +128,14 @@ def test_the_zoo_trains_at_its_own_size():
     cases = [Case(m, None, mode, small=False) for m in list_models() for mode in ("float32", "bfloat16")]
     outcomes = sweep(cases)
     assert len(outcomes) == len(list_models()) * 2 and not _failures(outcomes)
+
+
+def test_a_bad_alignment_variable_is_one_line():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", "import facealign.models.layers"], capture_output=True, text=True,
+                          env={**__import__("os").environ, "FACEALIGN_ONEDNN_CONCAT_ALIGNMENT": "abc"}, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == ("FACEALIGN_ONEDNN_CONCAT_ALIGNMENT='abc': expected a whole number of channels >= 1 "
+                                   "(16, the default, keeps oneDNN's concats to whole blocks)")

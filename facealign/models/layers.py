@@ -70,7 +70,11 @@ def scale(F, x, channels: int, factor: float):
 # fails ("could not construct a sub-memory") or divides by zero (SIGFPE). A 16-aligned offset is whole
 # on every ISA. FACEALIGN_ONEDNN_CONCAT_ALIGNMENT=1 gives every concat to oneDNN: how to see whether a
 # newer MXNet still needs this (python -m facealign.platform.kernel_check).
-CONCAT_ALIGNMENT = int(os.environ.get("FACEALIGN_ONEDNN_CONCAT_ALIGNMENT", "16"))
+_RAW_ALIGNMENT = os.environ.get("FACEALIGN_ONEDNN_CONCAT_ALIGNMENT", "16")
+if not _RAW_ALIGNMENT.isdigit() or int(_RAW_ALIGNMENT) < 1:
+    raise SystemExit(f"FACEALIGN_ONEDNN_CONCAT_ALIGNMENT={_RAW_ALIGNMENT!r}: expected a whole number of channels "
+                     f">= 1 (16, the default, keeps oneDNN's concats to whole blocks)")
+CONCAT_ALIGNMENT = int(_RAW_ALIGNMENT)
 
 
 def concat_channels(F, pieces, channels):
