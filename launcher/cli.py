@@ -105,6 +105,29 @@ def render(spec, job: Path, overrides, run_dir: Path, extra=(), container=None, 
     return "\n".join(lines) + "\n"
 
 
+def failure_cost(spec, run_dir: Path) -> str:
+    """What a lost node leaves and costs: the world sizes the job may go on with, and the work redone after a
+    restart (the checkpoint interval, in minutes at the speed the run last logged when it exists)."""
+    from facealign.runs import status as runs
+
+    counts, per_node = spec.node_counts(), spec.resources.tasks_per_node
+    fewer = " or ".join(f"{n} node(s) = {n * per_node} rank(s)" for n in counts[1:])
+    elastic = (f"on a lost node it goes on with {fewer}, the same training" if fewer
+               else "a lost node requeues it (resources.min_nodes allows no fewer nodes)")
+    global_batch = spec.data.batch_size * spec.world_size * spec.optim.grad_accumulation
+    every = spec.checkpoint.every_steps or components.epoch_steps(spec)
+    interval = (f"{every} step(s)" if spec.checkpoint.every_steps else
+                f"one epoch ({every} steps)" if every else "one epoch")
+    ips = runs.read_progress(run_dir).get("images_per_s")
+    if every and ips:
+        interval += f", {every * global_batch / ips / 60:.1f} min at the {ips:.1f} img/s {run_dir.name} last logged"
+    stall = f"a rank silent for {spec.run.stall_timeout_s:g} s ends the step" if spec.run.stall_timeout_s \
+        else "no stall timeout"
+    return (f"  world sizes: {', '.join(map(str, spec.world_sizes()))} rank(s); {elastic}; up to "
+            f"{spec.run.max_restarts} restart(s) in the allocation; a failure redoes at most the checkpoint "
+            f"interval, {interval}; {stall}")
+
+
 def run_local(spec, job: Path, overrides, run_dir: Path, np_: int, output=None) -> int:
     """The job through horovodrun here; the trainer's own exit status as rank 0 recorded it. ``output``: a file
     for the ranks' output (default: this process's)."""
@@ -237,6 +260,7 @@ def main(argv=None) -> int:
         print(f"{job}: ok. {spec.model.name}; world {r.nodes} node(s) x {r.tasks_per_node} task(s) = "
               f"{spec.world_size} rank(s), {r.gpus_per_node} GPU(s)/node, {r.cpus_per_task} CPU(s)/task, "
               f"time {r.time}; batch {spec.data.batch_size} per rank")
+        print(failure_cost(spec, run_dir_of(spec, None)))
         return 0
     run_dir = run_dir_of(spec, args.run_dir)
     if args.command == "render":
@@ -244,10 +268,10 @@ def main(argv=None) -> int:
                                 args.container_mount, args.container_runtime))
         return 0
     if args.command == "local":
-        if args.np != spec.world_size:
-            print(f"facealign-launch: -np {args.np} but {job} asks for {r.nodes} x {r.tasks_per_node} = "
-                  f"{spec.world_size} rank(s); use -np {spec.world_size} or --set resources.tasks_per_node={args.np}",
-                  file=sys.stderr)
+        try:  # fewer ranks than the nominal world go on with the same training (docs/faults.md)
+            spec.check_ranks(args.np)
+        except SpecError as e:
+            print(f"facealign-launch: {job}: -np {args.np}: {e}", file=sys.stderr)
             return 2
         return run_local(spec, job, args.set, run_dir, args.np)
     # submit

@@ -7,12 +7,16 @@ from pathlib import Path
 
 
 def sbatch_lines(spec, job_name: str, output: str, extra=(), array: str | None = None) -> list[str]:
-    """#SBATCH lines: the spec's resources, preemption (USR2 120 s before the limit, requeue, appended log)."""
+    """#SBATCH lines: the spec's resources (a node range from ``min_nodes``, kept on a node failure), preemption
+    (USR2 120 s before the limit, requeue, appended log)."""
     r = spec.resources
     lines = [f"#SBATCH --job-name={job_name}"]
     if array:
         lines.append(f"#SBATCH --array={array}")
-    lines += [f"#SBATCH --nodes={r.nodes}", f"#SBATCH --ntasks-per-node={r.tasks_per_node}",
+    # a range lets Slurm start (or requeue) the job on fewer nodes; --no-kill keeps the allocation when a node
+    # fails, so launcher.slurm can restart the ranks on the nodes left
+    nodes = f"{spec.min_nodes}-{r.nodes}" if spec.min_nodes < r.nodes else f"{r.nodes}"
+    lines += [f"#SBATCH --nodes={nodes}", "#SBATCH --no-kill", f"#SBATCH --ntasks-per-node={r.tasks_per_node}",
               f"#SBATCH --cpus-per-task={r.cpus_per_task}", f"#SBATCH --time={r.time}"]
     if r.gpus_per_node:
         lines.append(f"#SBATCH --gres=gpu:{r.gpus_per_node}")

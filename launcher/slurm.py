@@ -147,8 +147,9 @@ def horovod_has_mpi() -> bool:
         return False
 
 
-def check_world(job: Path, overrides, ntasks: int, nnodes: int):
-    """The job spec's world against the allocation, before any rank starts (no MXNet needed)."""
+def check_allocation(job: Path, overrides, nodes: list[str], per_node: list[int]):
+    """The job spec against the allocation, before any rank starts (no MXNet needed): ``tasks_per_node``
+    tasks on each node, and from ``resources.min_nodes`` to ``nodes`` nodes."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from facealign.spec.schema import SpecError, load_job
 
@@ -157,92 +158,190 @@ def check_world(job: Path, overrides, ntasks: int, nnodes: int):
     except SpecError as e:
         raise SystemExit(f"launcher: {e}")
     r = spec.resources
-    if spec.world_size != ntasks or r.nodes != nnodes:
+    span = f"{spec.min_nodes} to {r.nodes}" if spec.min_nodes < r.nodes else f"{r.nodes}"
+    if any(c != r.tasks_per_node for c in per_node) or not spec.min_nodes <= len(nodes) <= r.nodes:
         raise SystemExit(
-            f"launcher: {job} asks for {r.nodes} node(s) x {r.tasks_per_node} task(s) = {spec.world_size} rank(s), "
-            f"but this allocation has {nnodes} node(s) and {ntasks} task(s); submit it with facealign-launch "
-            f"submit (which sets --nodes/--ntasks-per-node from the spec) or fix resources")
+            f"launcher: {job} asks for {span} node(s) x {r.tasks_per_node} task(s) = {spec.world_size} rank(s), "
+            f"but this allocation has {len(nodes)} node(s) and {sum(per_node)} task(s); submit it with "
+            f"facealign-launch submit (which sets --nodes/--ntasks-per-node from the spec) or fix resources")
     return spec
 
 
+def usable_nodes(spec, nodes: list[str]) -> list[str]:
+    """The first of ``nodes`` in a count the job can run on (facealign.spec: a count that divides ``nodes``)."""
+    fits = [k for k in spec.node_counts() if k <= len(nodes)]
+    return nodes[:fits[0]] if fits else []
+
+
+# sinfo's node states that cannot run a step (a "*" suffix: the node does not respond)
+DEAD_STATES = ("down", "drain", "drained", "draining", "fail", "failing", "future", "unknown", "powered_down",
+               "powering_down", "maint", "reboot", "not_responding")
+
+
+def nodes_still_up(job_id: str, nodes: list[str]) -> list[str]:
+    """Which of the allocation's ``nodes`` the controller still gives this job and reports usable (the batch
+    environment keeps naming a node after it failed)."""
+    out = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True)
+    held = dict(kv.split("=", 1) for kv in out.stdout.split() if "=" in kv).get("NodeList")
+    held = set(expand_nodelist(held)) if held and held != "(null)" else set(nodes)
+    states = subprocess.run(["sinfo", "-h", "-N", "-n", ",".join(nodes), "-o", "%N %T"], capture_output=True,
+                            text=True).stdout.split("\n")
+    state = dict(line.split(None, 1) for line in states if line.strip())
+    up = []
+    for n in nodes:
+        word = state.get(n, "unknown").strip().lower()
+        if n in held and not word.endswith("*") and not any(word.startswith(d) for d in DEAD_STATES):
+            up.append(n)
+    return up
+
+
+def may_requeue(job_id: str) -> bool:
+    out = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout
+    return "Requeue=1" in out
+
+
+def requeue(job_id: str) -> int:
+    requeued = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
+    if requeued.returncode != 0:
+        say(f"scontrol requeue failed: {requeued.stderr.strip()}; resubmit to resume")
+        return EXIT_REQUEUE
+    time.sleep(30)  # Slurm ends this script when the requeue takes effect
+    return 0
+
+
 def train(args) -> int:
+    """Start the ranks, and after a lost rank or node start them again on what is left of the allocation,
+    from the last checkpoint, up to ``run.max_restarts`` times (docs/faults.md)."""
     env = os.environ
     if "SLURM_JOB_ID" not in env:
         raise SystemExit("launcher: not inside a Slurm allocation (no SLURM_JOB_ID); use facealign-launch local")
-    nodes = expand_nodelist(env["SLURM_JOB_NODELIST"])
-    ntasks = int(env.get("SLURM_NTASKS", "1"))
+    job_id = env["SLURM_JOB_ID"]
+    allocated = expand_nodelist(env["SLURM_JOB_NODELIST"])
+    per_node = tasks_per_node(env)
     restart = int(env.get("SLURM_RESTART_COUNT", "0"))
-    say(f"job {env['SLURM_JOB_ID']} on {len(nodes)} node(s) {','.join(nodes)}, {ntasks} task(s); "
+    say(f"job {job_id} on {len(allocated)} node(s) {','.join(allocated)}, {sum(per_node)} task(s); "
         f"SLURM_RESTART_COUNT={restart}")
-    spec = check_world(Path(args.job), args.set, ntasks, len(nodes))
-    run_dir = args.run_dir or str(Path(spec.run.out_root) / spec.run.name)
-    say(f"run directory {run_dir}; TensorBoard: tensorboard --logdir {Path(run_dir) / 'tb'}")
-    if not args.dry_run:  # which Slurm job this start of the run is, for facealign-launch status
-        from facealign.runs import status as runs
+    spec = check_allocation(Path(args.job), args.set, allocated, per_node)
+    run_dir = Path(args.run_dir or Path(spec.run.out_root) / spec.run.name)
+    say(f"run directory {run_dir}; TensorBoard: tensorboard --logdir {run_dir / 'tb'}")
+    from facealign.runs import status as runs
 
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
-        runs.record_slurm(Path(run_dir))
+    if not args.dry_run:  # which Slurm job this start of the run is, for facealign-launch status
+        run_dir.mkdir(parents=True, exist_ok=True)
+        runs.record_slurm(run_dir)
+    nodes = usable_nodes(spec, allocated)
+    if len(nodes) < len(allocated):
+        say(f"{len(allocated)} node(s) allocated; the job runs on node counts {spec.node_counts()}: using "
+            f"{','.join(nodes)}")
+    restarts = 0
+    while True:
+        code, ended, failed_at = run_step(spec, args, run_dir, nodes)
+        if code == 0 or args.dry_run:
+            return code
+        if code == EXIT_REQUEUE:
+            say(f"the ranks checkpointed and stopped (exit {EXIT_REQUEUE}); requeueing job {job_id}")
+            return requeue(job_id)
+        if ended is not None and not ended.get("lost_peer"):  # the trainer's own word: nothing a restart mends
+            say(f"training exited with {code}: {ended.get('reason')}")
+            return code
+        up = nodes_still_up(job_id, allocated)
+        lost = [n for n in nodes if n not in up]
+        why = (ended or {}).get("reason") or f"the step ended with {code} and rank 0 recorded no exit"
+        if restarts >= spec.run.max_restarts:
+            say(f"a rank or node was lost again ({why}), after {restarts} restart(s): run.max_restarts = "
+                f"{spec.run.max_restarts} reached; exit 1")
+            return 1
+        following = usable_nodes(spec, up)
+        if len(up) < spec.min_nodes or not following:
+            if may_requeue(job_id):
+                say(f"{len(up)} node(s) left ({','.join(lost)} lost), fewer than resources.min_nodes = "
+                    f"{spec.min_nodes}; requeueing job {job_id}")
+                return requeue(job_id)
+            say(f"{len(up)} node(s) left ({','.join(lost)} lost), fewer than resources.min_nodes = {spec.min_nodes}, "
+                f"and the job may not requeue; exit 1")
+            return 1
+        restarts += 1
+        step = runs.latest_checkpoint_step(run_dir)
+        record = {"restart": restarts, "lost_nodes": lost, "reason": why, "nodes": following,
+                  "world_size": len(following) * spec.resources.tasks_per_node,
+                  "was": len(nodes) * spec.resources.tasks_per_node, "from_step": step,
+                  "seconds": round(time.time() - failed_at, 1), "time": time.time()}
+        runs.record_restart(run_dir, record)
+        say(f"restart {restarts} of {spec.run.max_restarts}: " + (f"lost node(s) {','.join(lost)}" if lost else
+            "a rank was lost, its node is still up") + f"; world size {record['was']} -> {record['world_size']} on "
+            f"{','.join(following)}; resuming from step {step}; {record['seconds']:.0f} s since the step ended ({why})")
+        nodes = following
+
+
+def run_step(spec, args, run_dir: Path, nodes: list[str]) -> tuple[int, dict | None, float]:
+    """One srun step of the ranks on ``nodes``: (its exit status, rank 0's exit record or None, when it ended)."""
+    import tempfile
+
+    from facealign.runs.layout import read_json
+    from facealign.spec import components
+
+    env = os.environ
+    ntasks = len(nodes) * spec.resources.tasks_per_node
     # Containers (docker/README.md): srun options (Pyxis) or a command prefix (Apptainer), and the
     # interpreter on the tasks (the image's)
     options, prefix, task_python = task_setup()
     if os.environ.get("FACEALIGN_CONTAINER"):
         say(f"tasks run in {os.environ['FACEALIGN_CONTAINER']} "
             f"({container_runtime(os.environ['FACEALIGN_CONTAINER'], os.environ.get('FACEALIGN_CONTAINER_RUNTIME'))})")
-    train_cmd = [task_python, "-m", "facealign.train", "--job", args.job, "--run-dir", run_dir]
+    train_cmd = [task_python, "-m", "facealign.train", "--job", args.job, "--run-dir", str(run_dir)]
     for s in args.set:
         train_cmd += ["--set", s]
-    srun = ["srun", "--kill-on-bad-exit=1", "--export=ALL", f"--ntasks={ntasks}", *options]
+    srun = ["srun", "--kill-on-bad-exit=1", "--export=ALL", f"--nodes={len(nodes)}", f"--nodelist={','.join(nodes)}",
+            f"--ntasks={ntasks}", f"--ntasks-per-node={spec.resources.tasks_per_node}", *options]
     mode = os.environ.get("FACEALIGN_LAUNCH", "auto")
     if mode == "auto":
         mode = "mpi" if horovod_has_mpi() and "pmix" in _srun_mpi_types() else "gloo"
-    from facealign.spec import components
-
     child_env = {**env, **components.runtime_env(spec)}  # the spec's Horovod/MXNet knobs, before any rank
+    child_env.setdefault("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
     server = None
     if mode == "mpi":
         cmd = srun + ["--mpi=pmix"] + prefix + train_cmd
     elif mode == "gloo":
-        from horovod.runner.common.util import hosts
-        from horovod.runner.http.http_server import RendezvousServer
-
-        per_node = tasks_per_node(env)
         cmd = srun + prefix + [task_python, "-m", "launcher.slurm", "worker", "--"] + train_cmd
-        if args.dry_run:  # before the rendezvous server starts
-            print(shlex.join(cmd))
-            return 0
-        iface = default_iface(len(nodes))
-        addr = interface_address(iface)
-        plan = hosts.get_host_assignments(hosts.parse_hosts(",".join(f"{n}:{c}" for n, c in zip(nodes, per_node))),
-                                          ntasks)
-        server = RendezvousServer(verbose=0)
-        port = server.start()
-        server.init(plan)
-        child_env.update({"HOROVOD_GLOO_RENDEZVOUS_ADDR": addr, "HOROVOD_GLOO_RENDEZVOUS_PORT": str(port),
-                          "HOROVOD_CONTROLLER": "gloo", "HOROVOD_CPU_OPERATIONS": "gloo",
-                          "HOROVOD_GLOO_IFACE": iface, "NCCL_SOCKET_IFNAME": iface,
-                          "FACEALIGN_NODES": ",".join(nodes), "FACEALIGN_TASKS_PER_NODE": ",".join(map(str, per_node))})
-        say(f"Gloo rendezvous at {addr}:{port} on {iface}")
+        if not args.dry_run:  # the rendezvous server starts only for a real step
+            server, gloo_env = start_rendezvous(nodes, spec.resources.tasks_per_node)
+            child_env.update(gloo_env)
     else:
         raise SystemExit(f"launcher: FACEALIGN_LAUNCH must be auto, gloo or mpi, got {mode!r}")
-    child_env.setdefault("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
     if args.dry_run:
         print(shlex.join(cmd))
-        return 0
+        return 0, None, time.time()
     say(f"{mode}: {shlex.join(cmd)}")
-    proc = subprocess.Popen(cmd, env=child_env)
-    code = proc.wait()
-    if server is not None:
-        server.stop()
-    if code == EXIT_REQUEUE:
-        say(f"the ranks checkpointed and stopped (exit {EXIT_REQUEUE}); requeueing job {env['SLURM_JOB_ID']}")
-        requeue = subprocess.run(["scontrol", "requeue", env["SLURM_JOB_ID"]], capture_output=True, text=True)
-        if requeue.returncode != 0:
-            say(f"scontrol requeue failed: {requeue.stderr.strip()}; resubmit to resume")
-            return EXIT_REQUEUE
-        time.sleep(30)  # Slurm ends this script when the requeue takes effect
-        return 0
-    say(f"training exited with {code}")
-    return code
+    # rank 0's own word on how the ranks ended (srun reports any task's failure as its own)
+    with tempfile.TemporaryDirectory(prefix="facealign-step-") as tmp:
+        exit_file = Path(tmp) / "exit.json"
+        child_env["FACEALIGN_EXIT_FILE"] = str(exit_file)
+        try:
+            code = subprocess.Popen(cmd, env=child_env).wait()
+        finally:
+            if server is not None:
+                server.stop()
+        return code, read_json(exit_file), time.time()
+
+
+def start_rendezvous(nodes: list[str], per_node: int):
+    """Horovod's Gloo rendezvous server for one step (what ``horovodrun --gloo`` runs on its host), and the
+    variables that point the ranks at it."""
+    from horovod.runner.common.util import hosts
+    from horovod.runner.http.http_server import RendezvousServer
+
+    iface = default_iface(len(nodes))
+    addr = interface_address(iface)
+    plan = hosts.get_host_assignments(hosts.parse_hosts(",".join(f"{n}:{per_node}" for n in nodes)),
+                                      len(nodes) * per_node)
+    server = RendezvousServer(verbose=0)
+    port = server.start()
+    server.init(plan)
+    say(f"Gloo rendezvous at {addr}:{port} on {iface}")
+    return server, {"HOROVOD_GLOO_RENDEZVOUS_ADDR": addr, "HOROVOD_GLOO_RENDEZVOUS_PORT": str(port),
+                    "HOROVOD_CONTROLLER": "gloo", "HOROVOD_CPU_OPERATIONS": "gloo", "HOROVOD_GLOO_IFACE": iface,
+                    "NCCL_SOCKET_IFNAME": iface, "FACEALIGN_NODES": ",".join(nodes),
+                    "FACEALIGN_TASKS_PER_NODE": ",".join([str(per_node)] * len(nodes))}
 
 
 def _srun_mpi_types() -> str:

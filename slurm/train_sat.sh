@@ -14,6 +14,7 @@
 # Hopper needs NVIDIA's MXNet image: docker/README.md).
 #SBATCH --job-name=facealign-sat
 #SBATCH --nodes=1
+#SBATCH --no-kill
 #SBATCH --ntasks-per-node=1
 #SBATCH --gres=gpu:1
 #SBATCH --cpus-per-task=6

@@ -119,11 +119,12 @@ def test_two_ranks_train_identically_and_only_rank_0_writes(tiny_job, tmp_path):
     assert {"val/faces", "val/heatmaps"} <= images(run_dir / "tb")
 
 
-def test_world_size_must_match_the_job(tiny_job, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "facealign.train", "--job", str(tiny_job), "--run-dir",
-                           str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
-    assert "= 2 rank(s), but 1 were started" in proc.stderr
+def test_a_rank_count_that_does_not_divide_the_nominal_world_is_refused(tiny_job, tmp_path):
+    """2 processes cannot stand for a nominal world of 3 (facealign.train.world); fewer that divide it can
+    (tests/test_elastic.py)."""
+    proc = _run(tiny_job, tmp_path / "run", tmp_path / "p", "resources.tasks_per_node=3", timeout=120)
+    assert proc.returncode != 0
+    assert "2 rank(s) were started, but the job's nominal world is 1 node(s) x 3 task(s) = 3 rank(s)" in proc.stderr
 
 
 @pytest.mark.parametrize("amp", ["off", "bfloat16"])

@@ -2,8 +2,9 @@
 
     horovodrun -np 4 python -m facealign.train --job jobs/sat2-d3-cab.yaml --set optim.lr=2e-4
 
-Exit status: 0 finished; 75 stopped by a signal after a checkpoint (requeue); 1 a run-time failure;
-2 a job that cannot start (facealign.train.loop). Each is one line on stderr.
+Exit status: 0 finished; 75 stopped by a signal after a checkpoint (requeue); 1 a run-time failure (a
+lost or stalled rank among them: the launchers restart on it); 2 a job that cannot start
+(facealign.train.loop). Each is one line on stderr.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from facealign.runs.checkpoint import CheckpointError, CheckpointWriteError
 from facealign.runs.lock import RunLocked
 from facealign.spec import components
 from facealign.spec.schema import SpecError
-from facealign.train.loop import NonFiniteLoss, exit_code_for, train, write_exit
+from facealign.train.loop import LostPeer, NonFiniteLoss, exit_code_for, train, write_exit
 
 
 def parse_args(argv=None):
@@ -38,7 +39,7 @@ def main(argv=None) -> int:
         spec = components.load(args.job, args.set, check_files=True)
         return train(spec, Path(args.run_dir or Path(spec.run.out_root) / spec.run.name))
     except (SpecError, CheckpointError, ArtifactError, RunLocked, NonFiniteLoss, DataError, CheckpointWriteError,
-            GPUProbeFailed) as e:
+            GPUProbeFailed, LostPeer) as e:
         print(f"facealign.train: {e}", file=sys.stderr, flush=True)
         code = exit_code_for(e)
         if os.environ.get("FACEALIGN_EXIT_FILE") and os.environ.get("HOROVOD_RANK", "0") == "0" \

@@ -8,6 +8,11 @@ and no rank can wait in an allreduce that the others never reach. A batch is a
 pure function of (seed, epoch, step, rank): resuming at (epoch, step) replays
 exactly the batches an uninterrupted run would have seen.
 
+A process may stand for several ranks of that world (``ranks``): a job that lost a
+node goes on with fewer processes, each drawing the batches of the nominal ranks
+it stands for, micro-batch by micro-batch, in the same order as they would
+(facealign.train.world). The data seen is then the same at any process count.
+
 Augmentation of the sample with global index ``i`` in ``epoch`` draws from
 ``np.random.default_rng((seed, epoch, i))``: independent of rank, worker
 count and timing.
@@ -64,10 +69,25 @@ class ShardedSampler:
         order = order[:self.steps_per_epoch * self.batch_size * self.world_size]
         return order[self.rank::self.world_size]
 
-    def batch_indices(self, epoch: int, step: int) -> np.ndarray:
+    def batch_indices(self, epoch: int, step: int, rank: int | None = None) -> np.ndarray:
+        """Rank ``rank``'s (default: this sampler's) batch at (epoch, step)."""
         if not 0 <= step < self.steps_per_epoch:
             raise IndexError(f"step {step} outside epoch of {self.steps_per_epoch} steps")
+        if rank is not None and rank != self.rank:
+            return ShardedSampler(self.num_records, self.batch_size, rank, self.world_size, self.seed,
+                                  self.shuffle).batch_indices(epoch, step)
         return self.epoch_indices(epoch)[step * self.batch_size:(step + 1) * self.batch_size]
+
+
+def deal(ranks, accumulation: int, start_step: int, steps_per_epoch: int) -> list[tuple[int, int]]:
+    """The (rank, step) order in which a process standing for ``ranks`` draws an epoch's batches from
+    ``start_step`` on: optimizer step by optimizer step (``accumulation`` batches of every rank), each
+    rank's batches together and in its own order, so each rank's BatchNorm statistics see them as its
+    process would have. ``start_step`` is a multiple of ``accumulation``."""
+    out = []
+    for first in range(start_step, steps_per_epoch - accumulation + 1, accumulation):
+        out += [(rank, first + a) for rank in ranks for a in range(accumulation)]
+    return out
 
 
 class RecordSet:
@@ -242,6 +262,7 @@ class Batch:
     indices: np.ndarray  # B global record indices (after any skip substitution)
     epoch: int
     step: int
+    rank: int  # the (nominal) rank whose batch this is
     skips: list  # (file, index in the file, why) of each record skipped for this batch
     wait_s: float  # how long the consumer waited for this batch
 
@@ -276,13 +297,15 @@ class TrainLoader:
 
     def __init__(self, paths, *, batch_size: int, codec: HeatmapCodec, rank: int = 0, world_size: int = 1,
                  seed: int = 0, cfg: SampleConfig = SampleConfig(), workers: int = 0, prefetch: int = 4,
-                 train: bool = True, shuffle: bool | None = None):
+                 train: bool = True, shuffle: bool | None = None, ranks=None, accumulation: int = 1):
         self.paths = [str(paths)] if isinstance(paths, (str, os.PathLike)) else [str(p) for p in paths]
         self.records = RecordSet(self.paths)
         self.cfg, self.codec, self.train, self.seed = cfg, codec, train, seed
         if codec.input_size != cfg.input_size:
             raise ValueError(f"codec input_size {codec.input_size} != sample input_size {cfg.input_size}")
-        self.sampler = ShardedSampler(len(self.records), batch_size, rank, world_size, seed,
+        self.ranks = list(ranks) if ranks is not None else [rank]  # the ranks this process stands for
+        self.accumulation = accumulation
+        self.sampler = ShardedSampler(len(self.records), batch_size, self.ranks[0], world_size, seed,
                                       shuffle=train if shuffle is None else shuffle)
         self.workers, self.prefetch = workers, max(1, prefetch)
         self.stats = {"samples": 0, "fallbacks": 0, "skipped": 0, "skipped_by_file": {}}
@@ -302,38 +325,41 @@ class TrainLoader:
                                              initializer=_init_worker, initargs=(self.paths, self.cfg, os.getpid()))
         return self._pool
 
-    def _submit(self, epoch: int, step: int):
-        indices = self.sampler.batch_indices(epoch, step)
+    def _submit(self, epoch: int, step: int, rank: int):
+        indices = self.sampler.batch_indices(epoch, step, rank)
         if self.workers == 0:
             return _build_batch(self.records, self.cfg, indices, self.train, self.seed, epoch)
         with _trainer_signals_blocked():  # submit may spawn a worker (and the resource tracker)
             return self._ensure_pool().submit(_process_batch, indices, self.train, self.seed, epoch)
 
     def epoch(self, epoch: int, start_step: int = 0):
-        """Yield this rank's batches of ``epoch`` from ``start_step`` on."""
+        """Yield the batches of ``epoch`` from ``start_step`` on of every rank this process stands for
+        (``deal``'s order)."""
+        order = deal(self.ranks, self.accumulation, start_step, self.steps_per_epoch)
         pending = deque()
-        next_step = start_step
-        while next_step < self.steps_per_epoch and len(pending) < self.prefetch:
-            pending.append((next_step, self._submit(epoch, next_step)))
-            next_step += 1
+        upcoming = iter(order)
+        for rank, step in upcoming:
+            pending.append((rank, step, self._submit(epoch, step, rank)))
+            if len(pending) >= self.prefetch:
+                break
         while pending:
-            step, job = pending.popleft()
+            rank, step, job = pending.popleft()
             t0 = time.perf_counter()
             result = job.result() if hasattr(job, "result") else job
             images, points, transforms, used, fallbacks, skipped, errors = result
             heatmaps = self.codec.encode_batch(points)
             wait = time.perf_counter() - t0
-            if next_step < self.steps_per_epoch:  # keep the pipeline full before handing the batch out
-                pending.append((next_step, self._submit(epoch, next_step)))
-                next_step += 1
+            following = next(upcoming, None)  # keep the pipeline full before handing the batch out
+            if following is not None:
+                pending.append((*following, self._submit(epoch, following[1], following[0])))
             self.stats["samples"] += len(used)
             self.stats["fallbacks"] += fallbacks
             self.stats["skipped"] += skipped
             for file, _, _ in errors:
                 self.stats["skipped_by_file"][file] = self.stats["skipped_by_file"].get(file, 0) + 1
             yield Batch(images=np.ascontiguousarray(images.transpose(0, 3, 1, 2)), heatmaps=heatmaps,
-                        landmarks=points, transforms=transforms, indices=used, epoch=epoch, step=step, wait_s=wait,
-                        skips=errors)
+                        landmarks=points, transforms=transforms, indices=used, epoch=epoch, step=step, rank=rank,
+                        wait_s=wait, skips=errors)
 
     def close(self):
         if self._pool is not None:

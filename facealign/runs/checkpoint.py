@@ -402,13 +402,25 @@ class CheckpointManager:
             raise CheckpointError(f"{path / OPTIMIZER_FILE} lacks {len(missing)} optimizer array(s), e.g. {missing[0]}")
         return out
 
+    @staticmethod
+    def rank_stats(decoded: dict, ranks) -> dict[int, dict]:
+        """{rank: that rank's own BatchNorm statistics} for those of ``ranks`` the checkpoint holds (what
+        ``read`` decoded): ``dist.RunningStats.start`` puts them back, so the run continues exactly."""
+        out = {}
+        for rank in ranks:
+            prefix = f"rank{rank}/"
+            own = {k[len(prefix):]: v for k, v in decoded["rank_stats"].items() if k.startswith(prefix)}
+            if own:
+                out[rank] = own
+        return out
+
     def apply(self, path: Path, decoded: dict, net, trainer, ctx, *, fingerprint: str | None = None,
               rank: int | None = None) -> dict:
         """Load what ``read`` decoded into ``net`` and ``trainer``; returns the saved state.
 
-        With ``rank``, that rank's own BatchNorm statistics replace the averaged ones when the
-        checkpoint has them (same world size): the run continues exactly. A checkpoint of another
-        model or optimizer is a ``CheckpointError`` that says so (never silently mixed in).
+        The network gets the rank-averaged BatchNorm statistics, or with ``rank`` that rank's own where
+        the checkpoint has them. A checkpoint of another model or optimizer is a ``CheckpointError`` that
+        says so (never silently mixed in).
         """
         from facealign.models import structural_parameters
         from facealign.runs.optimizer_state import load_optimizer_state
@@ -424,8 +436,7 @@ class CheckpointManager:
             raise CheckpointError(f"{path / MODEL_FILE} does not hold this network's parameters "
                                   f"({len(set(params) - set(arrays))} missing, {len(set(arrays) - set(params))} extra)")
         if rank is not None:
-            own = {k.split("/", 1)[1]: v for k, v in decoded["rank_stats"].items() if k.startswith(f"rank{rank}/")}
-            arrays = {**arrays, **own}
+            arrays = {**arrays, **self.rank_stats(decoded, [rank]).get(rank, {})}
         for k, p in params.items():
             p.set_data(arrays[k].as_in_context(ctx))
         if trainer is not None:

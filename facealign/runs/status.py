@@ -7,7 +7,8 @@ and the status `facealign-launch status` prints. Imports no MXNet (login nodes).
 
 Files (each written whole, atomically; a damaged one reads as missing):
   progress.json        step, last step, epoch, images/s, ETA, best metric and its step, restarts, time
-  slurm.json           the Slurm job of the run's latest start (job id, array job and task, restarts)
+  slurm.json           the Slurm job of the run's latest start (job id, array job and task, requeues, and the
+                       restarts inside the allocation after a lost rank or node)
   sweep.json           in a sweep directory: base spec, grid, zip, fixed overrides, members, array job id
 Run states: queued, running, requeued, finished, failed, cancelled (from squeue/sacct when the run
 has a Slurm job, else from ``exit.json`` and the run lock), or "new" for a run not started yet.
@@ -39,11 +40,30 @@ def record_slurm(run_dir: Path, environ=None) -> None:
     """launcher.slurm at each start of a run in an allocation: which Slurm job it is."""
     env = os.environ if environ is None else environ
     array, task = env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")
+    earlier = read_json(Path(run_dir) / SLURM_FILE) or {}  # a requeued job keeps its restarts in the allocation
     write_json(Path(run_dir) / SLURM_FILE,
                {"job_id": env.get("SLURM_JOB_ID"), "array_job_id": array, "array_task_id": task,
                 "query_id": f"{array}_{task}" if array and task else env.get("SLURM_JOB_ID"),
                 "restart_count": int(env.get("SLURM_RESTART_COUNT", "0") or 0), "nodes": env.get("SLURM_JOB_NODELIST"),
+                "restarts": earlier.get("restarts", []) if earlier.get("job_id") == env.get("SLURM_JOB_ID") else [],
                 "time": time.time()})
+
+
+def record_restart(run_dir: Path, restart: dict) -> None:
+    """launcher.slurm, at each restart inside the allocation: what was lost, the new world size, the step."""
+    record = read_json(Path(run_dir) / SLURM_FILE) or {}
+    record["restarts"] = [*record.get("restarts", []), restart]
+    write_json(Path(run_dir) / SLURM_FILE, record)
+
+
+def latest_checkpoint_step(run_dir: Path) -> int:
+    """The step of the checkpoint a restart resumes from (``latest``), 0 for none. No MXNet."""
+    from facealign.runs.layout import CHECKPOINTS_DIR
+
+    try:
+        return int((Path(run_dir) / CHECKPOINTS_DIR / "latest").read_text().strip().rsplit("-", 1)[1])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def record_submitted(run_dir: Path, job_id: str) -> None:
@@ -66,7 +86,8 @@ class RunStatus:
     best_step: int | None = None
     images_per_s: float | None = None
     eta_s: float | None = None
-    restarts: int = 0
+    restarts: int = 0  # Slurm requeues plus restarts inside the allocation
+    world_sizes: list = field(default_factory=list)  # the ranks that ran, in order (a lost node shrinks it)
     job: str | None = None
     error: str | None = None
 
@@ -138,7 +159,9 @@ def run_status(run_dir: Path, overrides=None, query_slurm: bool = True) -> RunSt
                        metric=progress.get("metric"), best=progress.get("best"), best_step=progress.get("best_step"),
                        images_per_s=progress.get("images_per_s"),
                        eta_s=progress.get("eta_s") if state in ("running", "requeued", "queued") else None,
-                       restarts=int(slurm.get("restart_count", progress.get("restarts", 0)) or 0), job=job)
+                       restarts=int(slurm.get("restart_count", progress.get("restarts", 0)) or 0)
+                       + len(slurm.get("restarts", [])),
+                       world_sizes=[size for _, size in progress.get("world_history", [])], job=job)
     if state == "failed":
         status.error = last_error(run_dir)
     return status
@@ -182,7 +205,7 @@ def _eta(seconds) -> str:
 
 
 def format_table(statuses: list[RunStatus]) -> str:
-    heads = ["run", "overrides", "state", "step", "epoch", "best", "at step", "img/s", "ETA", "restarts"]
+    heads = ["run", "overrides", "state", "step", "epoch", "best", "at step", "img/s", "ETA", "restarts", "ranks"]
     rows = []
     for s in statuses:
         rows.append([s.name, " ".join(s.overrides) or "-", s.state,
@@ -190,7 +213,8 @@ def format_table(statuses: list[RunStatus]) -> str:
                      "-" if s.epoch is None else str(s.epoch),
                      "-" if s.best is None else f"{s.metric} {100 * s.best:.2f}%",
                      "-" if s.best_step is None else str(s.best_step),
-                     "-" if s.images_per_s is None else f"{s.images_per_s:.1f}", _eta(s.eta_s), str(s.restarts)])
+                     "-" if s.images_per_s is None else f"{s.images_per_s:.1f}", _eta(s.eta_s), str(s.restarts),
+                     "->".join(map(str, s.world_sizes)) or "-"])
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(heads)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(heads, widths))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]

@@ -104,7 +104,24 @@ def runtime_env(spec: JobSpec) -> dict:
         env["HOROVOD_HIERARCHICAL_ALLREDUCE"] = "1" if r.hierarchical_allreduce else "0"
     if r.cudnn_autotune is not None:
         env["MXNET_CUDNN_AUTOTUNE_DEFAULT"] = str(r.cudnn_autotune)
+    if spec.run.stall_timeout_s:
+        # Horovod's stall inspector names the missing ranks and, a little after the trainer's own watchdog
+        # (facealign.train.watchdog), shuts Horovod down: a bound where the watchdog's thread could not run
+        env["HOROVOD_STALL_CHECK_TIME_SECONDS"] = str(max(1, min(60, int(spec.run.stall_timeout_s // 2))))
+        env["HOROVOD_STALL_SHUTDOWN_TIME_SECONDS"] = str(int(spec.run.stall_timeout_s) + 30)
     return env
+
+
+def epoch_steps(spec: JobSpec) -> int | None:
+    """Optimizer steps in an epoch of the nominal world (the record files' indexes only; no MXNet), or None
+    where the files cannot be read."""
+    from facealign.data.records import RecordFile
+
+    global_batch = spec.data.batch_size * spec.world_size * spec.optim.grad_accumulation
+    try:
+        return sum(len(RecordFile(p)) for p in spec.data.train) // global_batch
+    except Exception:  # noqa: BLE001  (validate reports bad files itself; this is a figure, not a check)
+        return None
 
 
 def describe_runtime_env(environ) -> str:

@@ -49,6 +49,11 @@ class RunSpec:
     out_root: str = _f("runs", "parent of run directories when --run-dir is not given")
     lock_wait: float = _f(30.0, "seconds a trainer waits for another one to release the run directory "
                                 "(a requeued job while the old one exits), then exits 2 naming it", ge=0)
+    max_restarts: int = _f(3, "times the Slurm launcher restarts the ranks inside the allocation after a lost rank "
+                              "or node (from the last checkpoint, on the nodes still up)", ge=0)
+    stall_timeout_s: typing.Optional[float] = _f(
+        600.0, "a rank that makes no progress in a collective for this long ends the job with one line naming "
+               "the rank and host that stalled (Horovod's stall inspector plus a watchdog); null: never", gt=0)
 
 
 @dataclass(frozen=True)
@@ -190,6 +195,9 @@ class LoggingSpec:
 @dataclass(frozen=True)
 class ResourcesSpec:
     nodes: int = _f(1, "machines", ge=1)
+    min_nodes: typing.Optional[int] = _f(
+        None, "the fewest machines the job may go on with after a node fails (default: nodes); it runs on node "
+              "counts that divide nodes, so every rank count keeps the same training (docs/faults.md)", ge=1)
     tasks_per_node: int = _f(1, "ranks per machine (one per GPU)", ge=1)
     gpus_per_node: int = _f(0, "GPUs per machine (0: CPU training)", ge=0)
     cpus_per_task: int = _f(1, "cores per rank (threads for MXNet and loader workers)", ge=1)
@@ -223,7 +231,33 @@ class JobSpec:
 
     @property
     def world_size(self) -> int:
+        """The nominal world: the ranks the training is defined for, whatever number runs it."""
         return self.resources.nodes * self.resources.tasks_per_node
+
+    @property
+    def min_nodes(self) -> int:
+        return self.resources.min_nodes if self.resources.min_nodes is not None else self.resources.nodes
+
+    def node_counts(self) -> list[int]:
+        """The node counts the job may run on, largest first: from ``min_nodes`` to ``nodes``, those that divide
+        ``nodes`` (each rank then stands for a whole number of nominal ranks: facealign.train.world)."""
+        n = self.resources.nodes
+        return [k for k in range(n, self.min_nodes - 1, -1) if n % k == 0]
+
+    def check_ranks(self, ranks: int) -> None:
+        """A ``SpecError`` unless ``ranks`` processes can run the nominal world's training unchanged: the count
+        must divide it (each nominal rank's micro-batches stay in one process: facealign.train.world)."""
+        nominal = self.world_size
+        if ranks > nominal or nominal % ranks:
+            allowed = [k for k in range(nominal, 0, -1) if nominal % k == 0]
+            raise SpecError(f"{ranks} rank(s) were started, but the job's nominal world is {self.resources.nodes} node(s) "
+                            f"x {self.resources.tasks_per_node} task(s) = {nominal} rank(s), and only a rank count that "
+                            f"divides it keeps the same training; start {' or '.join(map(str, allowed))} rank(s), or "
+                            f"change resources")
+
+    def world_sizes(self) -> list[int]:
+        """The rank counts a Slurm allocation may start, largest first."""
+        return [k * self.resources.tasks_per_node for k in self.node_counts()]
 
     def metric_name(self) -> str | None:
         if self.checkpoint.metric:
@@ -395,6 +429,12 @@ def check_job(spec: JobSpec, source: str, base_dir=None, check_files: bool = Fal
     if spec.schedule.kind == "step" and any(b >= a for a, b in zip(spec.schedule.milestones[1:],
                                                                      spec.schedule.milestones[:-1])):
         fail("schedule.milestones", f"must increase, got {spec.schedule.milestones}")
+    if r.min_nodes is not None and r.min_nodes > r.nodes:
+        fail("resources.min_nodes", f"{r.min_nodes} is more than resources.nodes = {r.nodes}")
+    if r.min_nodes is not None and spec.node_counts() == [r.nodes] and r.min_nodes < r.nodes:
+        fail("resources.min_nodes", f"no node count from {r.min_nodes} to {r.nodes - 1} divides nodes = {r.nodes}, "
+             f"so the job could never go on with fewer nodes (the count must divide nodes for the same training); "
+             f"use min_nodes = {max(k for k in range(1, r.nodes) if r.nodes % k == 0)} or drop it")
     if r.gpus_per_node and r.tasks_per_node > r.gpus_per_node:
         fail("resources.tasks_per_node", f"{r.tasks_per_node} ranks per node cannot each have a GPU with "
              f"gpus_per_node = {r.gpus_per_node}")

@@ -5,8 +5,10 @@ that invariant by never calling these inside rank-dependent branches.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,13 +50,34 @@ def device(world: World, gpus_per_node: int):
     return mx.gpu(0) if len(visible) == 1 else mx.gpu(world.local_rank)
 
 
+_WAITING = [None]  # since when this rank waits in a collective (facealign.train.watchdog asks)
+
+
+@contextlib.contextmanager
+def collective():
+    """Marks a wait for the other ranks: a rank stalled elsewhere is then told from one that waits for it."""
+    outer = _WAITING[0]
+    if outer is None:
+        _WAITING[0] = time.monotonic()
+    try:
+        yield
+    finally:
+        if outer is None:
+            _WAITING[0] = None
+
+
+def waiting_since() -> float | None:
+    return _WAITING[0]
+
+
 def allreduce(value) -> np.ndarray:
     """Sum a NumPy array or scalar over all ranks."""
     import horovod.mxnet as hvd
     import mxnet as mx
 
     arr = mx.nd.array(np.atleast_1d(np.asarray(value, np.float64)), dtype="float64")
-    return hvd.allreduce(arr, op=hvd.Sum).asnumpy()
+    with collective():
+        return hvd.allreduce(arr, op=hvd.Sum).asnumpy()
 
 
 def broadcast_object(obj, name: str, root: int = 0):
@@ -103,29 +126,57 @@ class RunningStats:
     Horovod averages gradients, not BatchNorm statistics: each rank's running
     mean and variance follow its own data. For validation and checkpoints we
     want the rank average (the better estimate, and identical everywhere); for
-    exact resume each rank must get back its own. ``gather()`` collects every
-    rank's values with one allgather; ``average()`` and ``of_rank()`` pick from
+    exact resume each rank must get back its own.
+
+    A process may stand for several nominal ranks (facealign.train.world): it keeps
+    each one's statistics apart, and ``select(rank)`` puts that rank's in the network
+    before its micro-batch's forward pass updates them. ``gather()`` collects every
+    nominal rank's values in rank order with one allgather; ``average()`` picks from
     that; ``swapped(values)`` runs a block with other values in place.
     """
 
-    def __init__(self, net, world: World):
+    def __init__(self, net, world: World, ranks=None):
         self.world = world
         from facealign.models import structural_parameters
 
         self.params = [(k, p) for k, p in sorted(structural_parameters(net).items()) if p.grad_req == "null"]
+        self.ranks = list(ranks) if ranks is not None else [world.rank]
+        self.start()
+
+    def start(self, own: dict | None = None) -> None:
+        """Every nominal rank of this process from ``own`` ({rank: values}, a checkpoint's) where given,
+        else from the network's present values."""
+        base = self.current()
+        own = own or {}
+        self.active = self.ranks[0]
+        self.load(own.get(self.active, base))
+        self.held = {r: own.get(r, base) for r in self.ranks[1:]}  # the ranks not in the network
+
+    def select(self, rank: int) -> None:
+        """Nominal rank ``rank``'s statistics into the network (its forward pass updates them)."""
+        if rank != self.active:
+            self.held[self.active] = self.current()
+            self.load(self.held.pop(rank))
+            self.active = rank
+
+    def mine(self) -> list[dict]:
+        """This process's nominal ranks' values, in rank order."""
+        return [self.current() if r == self.active else self.held[r] for r in self.ranks]
 
     def gather(self) -> list[dict]:
-        """[{structural name: NDArray} for each rank]"""
+        """[{structural name: NDArray} for each nominal rank]"""
         import horovod.mxnet as hvd
         import mxnet as mx
 
         if not self.params:
-            return [{} for _ in range(self.world.size)]
-        flat = mx.nd.concat(*[p.data().reshape(-1) for _, p in self.params], dim=0)
-        every = hvd.allgather(flat.reshape(1, -1), name="facealign.running_stats") if self.world.size > 1 \
-            else flat.reshape(1, -1)
+            return [{} for _ in range(self.world.size * len(self.ranks))]
+        rows = mx.nd.stack(*[mx.nd.concat(*[values[k].reshape(-1).as_in_context(p.data().context) for k, p in self.params],
+                                          dim=0) for values in self.mine()])
+        with collective():
+            every = hvd.allgather(rows, name="facealign.running_stats") if self.world.size > 1 else rows
+            every.wait_to_read()
         out = []
-        for r in range(self.world.size):
+        for r in range(every.shape[0]):
             row, offset, values = every[r], 0, {}
             for k, p in self.params:
                 n = int(p.data().size)
@@ -148,16 +199,11 @@ class RunningStats:
             if k in values:
                 p.set_data(values[k])
 
+    @contextlib.contextmanager
     def swapped(self, values: dict):
-        import contextlib
-
-        @contextlib.contextmanager
-        def ctx():
-            local = self.current()
-            self.load(values)
-            try:
-                yield
-            finally:
-                self.load(local)
-
-        return ctx()
+        local = self.current()
+        self.load(values)
+        try:
+            yield
+        finally:
+            self.load(local)

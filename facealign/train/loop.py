@@ -8,7 +8,9 @@ checkpoints); every rank reads.
 
 Exit status: 0 finished; 75 stopped by SIGTERM/SIGUSR2 after a checkpoint (the
 Slurm templates requeue on it); 1 a run-time failure (a non-finite loss, which
-names the step and leaves the last good checkpoint intact; bad records); 2 a job
+names the step and leaves the last good checkpoint intact; bad records; a rank or
+node that went away or stalled, ``LostPeer``, which rank 0 records as ``lost_peer``
+for the launchers to restart: facealign.train.watchdog); 2 a job
 that cannot start (a bad spec or missing record files, a run directory holding
 another model's checkpoints or locked by another trainer, a ``model.pretrained``
 that is no model, a GPU this MXNet cannot run: facealign.platform.gpu_probe). Each is one
@@ -44,6 +46,10 @@ EXIT_OK, EXIT_ERROR, EXIT_SPEC, EXIT_REQUEUE = 0, 1, 2, 75
 
 class NonFiniteLoss(RuntimeError):
     pass
+
+
+class LostPeer(RuntimeError):
+    """Another rank or its node went away, or stalled: the launchers restart from the last checkpoint."""
 
 
 class StopFlag:
@@ -108,37 +114,74 @@ def train(spec: JobSpec, run_dir: Path, on_finish=None) -> int:
     exit 1: in ``$FACEALIGN_EXIT_FILE`` when a launcher set it, and in ``<run>/exit.json`` once it
     holds the run directory (a trainer turned away by the lock writes nothing there).
     """
-    world, holds_run = None, False
+    world, holds_run, heartbeat = None, False, None
     with contextlib.ExitStack() as closing:
         try:
             world = set_up_world(spec)
-            check_world_size(spec, world)
+            shares = world_shares(spec, world)
             holds_run = lock_run_dir(spec, run_dir, world, closing)
-            code, reason = run_job(build(spec, run_dir, world, closing), on_finish, closing)
+            heartbeat = start_heartbeat(spec, run_dir, world, closing)
+            code, reason = run_job(build(spec, run_dir, world, shares, heartbeat, closing), on_finish, closing)
         except BaseException as e:
             code = 130 if isinstance(e, KeyboardInterrupt) else exit_code_for(e)
             known = isinstance(e, (SpecError, CheckpointError, ArtifactError, RunLocked, NonFiniteLoss, DataError,
                                    CheckpointWriteError, GPUProbeFailed))
-            record_exit(world, holds_run, run_dir, code, str(e) if known else f"{type(e).__name__}: {e}")
+            reason = str(e) if known else f"{type(e).__name__}: {e}"
+            if not known and lost_peer(e):  # one line naming who went away (the ranks that do not answer)
+                first = str(e).replace("MXNetError: ", "").strip().splitlines()[0].split(". ")[0][:200]
+                what = f"a collective failed ({first}): a rank or node went away"
+                reason = heartbeat.census_line(what) if heartbeat is not None else what
+                record_exit(world, holds_run, run_dir, code, reason, lost=True)
+                raise LostPeer(reason) from None
+            record_exit(world, holds_run, run_dir, code, reason)
             raise
         record_exit(world, holds_run, run_dir, code, reason)
         return code
 
 
-def record_exit(world, holds_run: bool, run_dir: Path, code: int, reason: str) -> None:
+# What a collective says when another rank or its node went away (Horovod shut down by a peer's exit or
+# its stall inspector, Gloo's transport losing the peer): the launchers restart on these, and on nothing else
+LOST_PEER_SIGNS = ("Horovod has been shut down", "HorovodInternalError", "Gloo", "gloo", "Connection reset by peer",
+                   "Connection closed by peer", "Broken pipe")
+
+
+def lost_peer(error: BaseException) -> bool:
+    return any(sign in f"{type(error).__name__}: {error}" for sign in LOST_PEER_SIGNS)
+
+
+def record_exit(world, holds_run: bool, run_dir: Path, code: int, reason: str, lost: bool = False) -> None:
     """Rank 0: the launcher's file if it set one, and the run's own exit.json (facealign-launch status reads
-    it) once this trainer holds the run directory."""
+    it) once this trainer holds the run directory. ``lost``: a rank or node went away (restartable)."""
     if world is None or not world.is_primary:
         return
     target = os.environ.get("FACEALIGN_EXIT_FILE")
     if target:
-        write_exit(Path(target), code, reason)
+        write_exit(Path(target), code, reason, lost)
     if holds_run:
-        write_exit(run_dir / EXIT_FILE, code, reason)
+        write_exit(run_dir / EXIT_FILE, code, reason, lost)
 
 
-def write_exit(path: Path, code: int, reason: str) -> None:
-    write_json(path, {"code": code, "reason": reason, "time": time.time()}, indent=None)
+def write_exit(path: Path, code: int, reason: str, lost: bool = False) -> None:
+    write_json(path, {"code": code, "reason": reason, "lost_peer": lost, "time": time.time()}, indent=None)
+
+
+def start_heartbeat(spec: JobSpec, run_dir: Path, world, closing):
+    """Every rank's responder and watchdog (facealign.train.watchdog): a stall ends this process with one line,
+    recorded by rank 0 as a lost peer for the launchers to restart."""
+    from facealign.train.watchdog import Heartbeat
+
+    def on_stall(line: str) -> None:  # on the watchdog's thread, while the main one is stuck
+        print(f"facealign.train: {line}", file=sys.stderr, flush=True)
+        if world.is_primary:
+            with contextlib.suppress(OSError):
+                with open(run_dir / LOG_FILE, "a") as fh:
+                    fh.write(time.strftime("%H:%M:%S ") + line + "\n")
+        record_exit(world, world.is_primary, run_dir, EXIT_ERROR, line, lost=True)
+        os._exit(EXIT_ERROR)
+
+    heartbeat = Heartbeat(world, spec.run.stall_timeout_s, on_stall)
+    closing.callback(heartbeat.close)
+    return heartbeat
 
 
 # --- the steps of a run, in the order they happen -----------------------------------------------------
@@ -153,11 +196,12 @@ def set_up_world(spec: JobSpec):
     return dist.init(cpu=not spec.resources.gpus_per_node)
 
 
-def check_world_size(spec: JobSpec, world) -> None:
-    if world.size != spec.world_size:
-        raise SpecError(f"resources give a world of {spec.resources.nodes} node(s) x "
-                        f"{spec.resources.tasks_per_node} task(s) = {spec.world_size} rank(s), but {world.size} "
-                        f"were started; launch -np {spec.world_size} or set resources.tasks_per_node")
+def world_shares(spec: JobSpec, world):
+    """This process's part of the job's nominal world (facealign.train.world): all of one nominal rank's work
+    when the full world runs, more after a lost node."""
+    from facealign.train.world import shares
+
+    return shares(spec, world.rank, world.size)
 
 
 def lock_run_dir(spec: JobSpec, run_dir: Path, world, closing) -> bool:
@@ -189,6 +233,8 @@ class Run:
     spec: JobSpec
     run_dir: Path
     world: object
+    shares: object  # the nominal ranks this process stands for (facealign.train.world.Shares)
+    heartbeat: object  # this rank's progress, for the watchdog and the other ranks (facealign.train.watchdog)
     ctx: object
     log: Log
     stop: StopFlag
@@ -210,20 +256,17 @@ class Run:
     trainable: list = field(default_factory=list)
     progress: dict = field(default_factory=dict)
 
-    @property
-    def accumulation(self) -> int:
-        return self.spec.optim.grad_accumulation
-
     def samples_per_step(self) -> int:
-        return self.spec.data.batch_size * self.world.size * self.accumulation
+        """The global batch: the nominal world's, at any number of processes."""
+        return self.spec.data.batch_size * self.shares.nominal * self.shares.accumulation
 
     def lr(self, step: int) -> float:
         from facealign.train.optim import lr_at
 
-        return lr_at(step, self.spec, self.steps_per_epoch, self.world.size)
+        return lr_at(step, self.spec, self.steps_per_epoch, self.shares.nominal)
 
 
-def build(spec: JobSpec, run_dir: Path, world, closing) -> Run:
+def build(spec: JobSpec, run_dir: Path, world, shares, heartbeat, closing) -> Run:
     """The log, the GPU probe, the loader, the network and its trainer, the checkpoints and the validator."""
     from facealign.platform import cpu_isa
     from facealign.data.loader import TrainLoader
@@ -249,9 +292,9 @@ def build(spec: JobSpec, run_dir: Path, world, closing) -> Run:
 
     d, accumulation = spec.data, spec.optim.grad_accumulation
     codec = components.codec(spec)
-    loader = TrainLoader(d.train, batch_size=d.batch_size, codec=codec, rank=world.rank, world_size=world.size,
-                         seed=spec.run.seed, cfg=components.sample_config(spec), workers=d.workers,
-                         prefetch=d.prefetch)
+    loader = TrainLoader(d.train, batch_size=d.batch_size, codec=codec, ranks=shares.ranks,
+                         world_size=shares.nominal, accumulation=accumulation, seed=spec.run.seed,
+                         cfg=components.sample_config(spec), workers=d.workers, prefetch=d.prefetch)
     closing.callback(loader.close)
     steps_per_epoch = loader.steps_per_epoch // accumulation
     if steps_per_epoch < 1:
@@ -268,7 +311,7 @@ def build(spec: JobSpec, run_dir: Path, world, closing) -> Run:
             f"{len(report['kept'])} keep their initialisation")
     net.hybridize(static_alloc=True)  # static_shape as well would double the memory for ~10% speed
     trainable = [p for p in net.collect_params().values() if p.grad_req != "null"]
-    if accumulation > 1:
+    if shares.micro_batches > 1:  # gradients summed over this process's micro-batches
         for p in trainable:
             p.grad_req = "add"
     ckpt = CheckpointManager(run_dir / CHECKPOINTS_DIR, writer=world.is_primary, keep_last=spec.checkpoint.keep_last,
@@ -277,10 +320,10 @@ def build(spec: JobSpec, run_dir: Path, world, closing) -> Run:
     info, validation = components.model_info(spec), components.validation_record(spec)
     # dynamic loss scaling (with float16 AMP by default), decided collectively rather than by
     # amp.init_trainer's per-rank check; bfloat16 has float32's range and needs none
-    return Run(spec=spec, run_dir=run_dir, world=world, ctx=ctx, log=log, stop=stop, loader=loader, net=net,
+    return Run(spec=spec, run_dir=run_dir, world=world, shares=shares, heartbeat=heartbeat, ctx=ctx, log=log, stop=stop, loader=loader, net=net,
                trainer=make_trainer(net, spec), scaler=components.loss_scale(spec), ckpt=ckpt,
                validator=Validator(validation, info, world, ctx), validation=validation,
-               stats=dist.RunningStats(net, world), writer=None, codec=codec,
+               stats=dist.RunningStats(net, world, shares.ranks), writer=None, codec=codec,
                loss_settings=components.loss_settings(spec), model_spec=model_spec, info=info,
                steps_per_epoch=steps_per_epoch, last_step=total_steps(spec, steps_per_epoch), trainable=trainable)
 
@@ -319,9 +362,12 @@ def resume(run: Run) -> TrainState:
             log(f"checkpoint {candidate} cannot be loaded ({problem or 'on another rank'}); falling back to the "
                 f"previous one")
             continue
-        same_world = decoded["state"].get("world_size") == run.world.size
         record = run.ckpt.apply(candidate, decoded, run.net, run.trainer, run.ctx,
-                                fingerprint=run.model_spec.fingerprint(), rank=run.world.rank if same_world else None)
+                                fingerprint=run.model_spec.fingerprint())
+        # each nominal rank's own BatchNorm statistics, wherever it runs now (a checkpoint of another nominal
+        # world has other ranks: all start from the average)
+        same_world = record.get("world_size") == run.shares.nominal
+        run.stats.start(run.ckpt.rank_stats(decoded, run.shares.ranks) if same_world else None)
         # where the run stands for `facealign-launch status` (facealign.runs.status); the best survives restarts
         run.progress = runs.read_progress(run.run_dir) if primary else {}
         state, found = TrainState.resumed(record, primary=primary, progress=run.progress, restarts=restarts), candidate
@@ -337,6 +383,8 @@ def resume(run: Run) -> TrainState:
         import horovod.mxnet as hvd
 
         hvd.broadcast_parameters(run.net.collect_params(), root_rank=0)  # rank 0's initialisation everywhere
+        run.stats.start()
+    state.note_world(run.world.size)
     return state
 
 
@@ -345,7 +393,7 @@ def run_job(run: Run, on_finish, closing) -> tuple[int, str]:
     state = resume(run)
     run.writer = open_writer(run, state, closing)
     record_progress(run, state)
-    describe(run)
+    describe(run, state)
     if state.step == 0 and run.validator.sets:
         metrics = validate(run, state)
         run.log("before training: " + ", ".join(f"{k} {v * 100:.2f}%" for k, v in metrics.items()))
@@ -361,18 +409,20 @@ def train_loop(run: Run, state: TrainState) -> int:
     eval_every = spec.eval.every_steps or run.steps_per_epoch
     ckpt_every = spec.checkpoint.every_steps or run.steps_per_epoch
     started = (state.step, time.perf_counter())
+    run.heartbeat.beat(state.step)
     while state.step < run.last_step:
-        batches = run.loader.epoch(state.epoch, start_step=state.batch_in_epoch * run.accumulation)
-        for micro, batch in enumerate(batches, start=1):
-            values = forward_backward(run, state, batch, window)
-            if micro % run.accumulation:
+        losses = []
+        for batch in run.loader.epoch(state.epoch, start_step=state.batch_in_epoch * spec.optim.grad_accumulation):
+            losses.append(forward_backward(run, state, batch, window))
+            if len(losses) < run.shares.micro_batches:
                 continue
-            vote = vote_on_step(run, state, values)  # every rank agrees: stop, diverged, overflowed, skipped
+            vote = vote_on_step(run, state, np.sum(losses, axis=0))  # all agree: stop, diverged, overflowed, skipped
+            losses = []
             optimizer_step(run, state, vote)
-            window.add(values, vote.overflow)
+            window.add(vote.losses, vote.overflow)
             end_of_epoch = state.batch_in_epoch == run.steps_per_epoch
             if state.step % spec.logging.every_steps == 0 or state.step == run.last_step or vote.stopping:
-                report(run, state, window, started, len(values))
+                report(run, state, window, started, len(vote.losses))
                 window = Window()
             if run.validator.sets and (state.step % eval_every == 0 or state.step == run.last_step):
                 state.metrics = metrics = validate(run, state)  # the checkpoints' until the next
@@ -388,6 +438,7 @@ def train_loop(run: Run, state: TrainState) -> int:
                 run.log(f"stopping at step {state.step} on {run.stop.signal or 'another rank'}'s signal; checkpoint "
                         f"saved; exit {EXIT_REQUEUE} (requeue)", all_ranks=True)
                 return EXIT_REQUEUE
+            run.heartbeat.beat(state.step)
             if state.step >= run.last_step or end_of_epoch:
                 break
     return EXIT_OK
@@ -418,17 +469,20 @@ class Vote:
     stopping: bool
     overflow: bool
     nonfinite_grads: int
+    losses: np.ndarray  # the stacks' losses, averaged over the step's micro-batches on every rank
 
 
 def forward_backward(run: Run, state: TrainState, batch, window: Window):
-    """One micro-batch: forward, the loss in float32 whatever the network computed in, backward; this
-    rank's skipped records counted. Returns the stacks' losses (DistributedTrainer allreduces gradients
-    inside ``optimizer_step``)."""
+    """One micro-batch of the nominal rank it belongs to (whose BatchNorm statistics its forward pass
+    updates): forward, the loss in float32 whatever the network computed in, backward; this rank's skipped
+    records counted. Returns the stacks' losses (DistributedTrainer allreduces gradients inside
+    ``optimizer_step``)."""
     import mxnet as mx
     from mxnet import autograd
 
     from facealign.train.losses import stacked_loss
 
+    run.stats.select(batch.rank)
     data = mx.nd.array(batch.images, ctx=run.ctx, dtype="float32")
     target = mx.nd.array(batch.heatmaps, ctx=run.ctx)
     with autograd.record():
@@ -449,16 +503,19 @@ def forward_backward(run: Run, state: TrainState, batch, window: Window):
 def vote_on_step(run: Run, state: TrainState, values) -> Vote:
     """The vote, before the update: every rank learns at the same step whether any rank was signalled, saw a
     non-finite loss or gradient, or skipped records (one rank raising alone would leave the others waiting
-    in an allreduce). Under loss scaling a non-finite loss or gradient on any rank is an overflow: every
-    rank skips this update and scales down. Raises on divergence and past ``data.max_skipped``."""
+    in an allreduce), and the step's mean loss over all micro-batches (the same curve at any rank count).
+    Under loss scaling a non-finite loss or gradient on any rank is an overflow: every rank skips this
+    update and scales down. Raises on divergence and past ``data.max_skipped``. ``values``: this rank's
+    stack losses summed over its micro-batches."""
     from facealign.train import dist
     from facealign.train.optim import count_nonfinite
 
     bad_grads = count_nonfinite(p.grad(run.ctx) for p in run.trainable)
-    signalled, nonfinite, nonfinite_grads, skips_now = dist.allreduce(
+    signalled, nonfinite, nonfinite_grads, skips_now, *loss_sums = dist.allreduce(
         [1.0 if run.stop.signal else 0.0, 0.0 if np.isfinite(values).all() else 1.0, float(bad_grads),
-         float(state.pending_skips)])
+         float(state.pending_skips), *values])
     state.pending_skips = 0
+    losses = np.array(loss_sums) / (run.shares.nominal * run.shares.accumulation)
     scaler = run.scaler
     overflow = scaler is not None and bool(nonfinite or nonfinite_grads)
     if overflow and scaler.at_minimum:
@@ -470,7 +527,7 @@ def vote_on_step(run: Run, state: TrainState, values) -> Vote:
         raise diverged(run, state, "non-finite gradients", f"{int(nonfinite_grads)} arrays over the ranks")
     state.skipped_total += int(skips_now)
     check_skip_limit(run, state)
-    return Vote(stopping=signalled > 0, overflow=overflow, nonfinite_grads=int(nonfinite_grads))
+    return Vote(stopping=signalled > 0, overflow=overflow, nonfinite_grads=int(nonfinite_grads), losses=losses)
 
 
 def check_skip_limit(run: Run, state: TrainState) -> None:
@@ -489,6 +546,10 @@ def check_skip_limit(run: Run, state: TrainState) -> None:
 
 def optimizer_step(run: Run, state: TrainState, vote: Vote) -> None:
     """The allreduced update, or on an overflow the same skip on every rank (the batch counts as seen)."""
+    import mxnet as mx
+
+    from facealign.train import dist
+
     scaler = run.scaler
     run.trainer.set_learning_rate(run.lr(state.step))
     if vote.overflow:
@@ -497,9 +558,12 @@ def optimizer_step(run: Run, state: TrainState, vote: Vote) -> None:
                 f"ranks): update skipped on every rank; loss scale {scaler.value:g} -> "
                 f"{max(scaler.value / scaler.factor, scaler.min_value):g}")
     else:
-        # the loss is a mean already: average over the micro-batches only (and divide the scale out)
-        run.trainer.step(run.accumulation * (scaler.value if scaler is not None else 1))
-        if run.accumulation > 1:
+        # the loss is a mean already: average over this process's micro-batches (Horovod averages over the
+        # processes, so together over the nominal world's), and divide the scale out
+        with dist.collective():  # the update waits for every rank's gradients: done before the next step
+            run.trainer.step(run.shares.micro_batches * (scaler.value if scaler is not None else 1))
+            mx.nd.waitall()
+        if run.shares.micro_batches > 1:
             run.net.collect_params().zero_grad()
     if scaler is not None:
         scaler.update(vote.overflow)
@@ -606,7 +670,8 @@ def checkpoint_collectively(run: Run, state: TrainState) -> None:
         run.log(message, all_ranks=True)
         raise NonFiniteLoss(message)
     state.loss_scale = run.scaler.state() if run.scaler is not None else None
-    facts = {"world_size": run.world.size, "model": run.model_spec.to_dict(),
+    # world_size: the nominal world, whose ranks rank_stats.params holds; the process counts are in the history
+    facts = {"world_size": run.shares.nominal, "model": run.model_spec.to_dict(),
              "model_fingerprint": run.model_spec.fingerprint(), "model_info": run.info.to_dict(),
              "validation": run.validation, "spec_hash": spec_hash(run.spec),
              "versions": {"mxnet": mx.__version__}}
@@ -628,17 +693,22 @@ def record_progress(run: Run, state: TrainState, **fields) -> None:
     if run.world.is_primary:
         run.progress.update(last_step=run.last_step, epoch=state.epoch, restarts=state.restarts,
                             metric=run.spec.metric_name(), best=state.best, best_step=state.best_step,
-                            step=state.step, **fields)
+                            step=state.step, world_size=run.world.size, world_history=state.world_history, **fields)
         runs.record_progress(run.run_dir, run.progress)
 
 
-def describe(run: Run) -> None:
+def world_history_text(state: TrainState) -> str:
+    return ", ".join(f"{size} from step {step}" for step, size in state.world_history)
+
+
+def describe(run: Run, state: TrainState) -> None:
     d, spec = run.spec.data, run.spec
     dropped = run.loader.sampler.dropped_per_epoch
     run.log(f"{spec.model.name} ({run.model_spec.num_stacks} stacks, {d.num_points} points, {d.input_size}->"
             f"{d.heatmap_size}); {len(run.loader.records)} training faces"
             f"{f' ({dropped} left out of each epoch: not a whole step)' if dropped else ''}, {run.steps_per_epoch} "
-            f"steps/epoch, batch {d.batch_size} x {run.world.size} rank(s) x {run.accumulation}; training to step "
+            f"steps/epoch, batch {d.batch_size} x {run.shares.nominal} rank(s) x {spec.optim.grad_accumulation}; "
+            f"{run.shares.describe()}; world sizes so far {world_history_text(state)}; training to step "
             f"{run.last_step}" + (f"; dynamic loss scale {run.scaler.value:g} (skips agreed by all ranks)"
                                   if run.scaler is not None else ""))
 
@@ -653,7 +723,7 @@ def finish(run: Run, state: TrainState, code: int) -> str:
     run.log(reason)
     if run.writer is not None:
         metric = run.spec.metric_name()
-        run.writer.add_hparams(components.hyperparameters(run.spec, run.world.size, runs.sweep_overrides(run.run_dir)),
+        run.writer.add_hparams(components.hyperparameters(run.spec, run.shares.nominal, runs.sweep_overrides(run.run_dir)),
                                {**{f"hparam/{k}": float(v) for k, v in state.metrics.items()},
                                 **({f"hparam/best_{metric}": state.best} if state.best is not None else {})},
                                name="hparams", global_step=state.step)

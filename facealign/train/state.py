@@ -20,6 +20,12 @@ class TrainState:
     pending_skips: int = 0  # this rank's skips since the last vote
     loss_scale: dict | None = None  # the dynamic loss scale's state, when the run has one
     restarts: int = 0  # Slurm's restart count of this start
+    world_history: list = field(default_factory=list)  # [step, ranks running] at each change of the rank count
+
+    def note_world(self, size: int) -> None:
+        """The ranks running from ``step`` on, when the count differs from the last (a resume elsewhere)."""
+        if not self.world_history or self.world_history[-1][1] != size:
+            self.world_history.append([self.step, size])
 
     def note_metric(self, value: float | None, mode: str) -> None:
         """A validation metric at ``step``: the best so far if it beats it (``mode`` min or max)."""
@@ -32,7 +38,7 @@ class TrainState:
         """``state.json``: the run's facts and where it stands (the keys every earlier checkpoint has too)."""
         return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "samples_seen": self.step * samples_per_step,
                 **facts, "metrics": self.metrics, "data_skipped": data_skipped, "lr": lr,
-                "loss_scale": self.loss_scale}
+                "loss_scale": self.loss_scale, "world_history": self.world_history}
 
     @classmethod
     def resumed(cls, record: dict, *, primary: bool, progress: dict, restarts: int) -> "TrainState":
@@ -42,4 +48,7 @@ class TrainState:
         return cls(step=record["step"], epoch=record["epoch"], batch_in_epoch=record["batch_in_epoch"],
                    metrics=record.get("metrics", {}), best=progress.get("best"), best_step=progress.get("best_step"),
                    skipped_total=int(skipped["total"]), my_skips=dict(skipped["by_file"]) if primary else {},
-                   loss_scale=record.get("loss_scale"), restarts=restarts)
+                   loss_scale=record.get("loss_scale"), restarts=restarts,
+                   # a checkpoint written before the history was kept ran at its nominal world from the start
+                   world_history=[list(e) for e in record.get("world_history") or [[0, record["world_size"]]]]
+                   if "world_size" in record else [])

@@ -1,0 +1,157 @@
+"""Elastic by restart: a run resumed at another rank count keeps the nominal world's training.
+
+Real horovodrun jobs through ``facealign-launch local -np N``; the checkpoints are read back."""
+import json
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+from conftest import pack_synthetic_sets, run_cli, write_tiny_job
+from facealign.data.loader import ShardedSampler, deal
+from facealign.runs.checkpoint import CheckpointManager
+from facealign.spec.schema import SpecError, load_job
+from facealign.train.world import shares
+from tb_events import scalars
+
+pytestmark = pytest.mark.horovod
+
+
+@pytest.fixture(scope="module")
+def nominal_two(tmp_path_factory):
+    """The tiny job for a nominal world of 2 ranks, with BatchNorm statistics that differ by rank: 8 steps an
+    epoch, a checkpoint every 2 steps."""
+    root = pack_synthetic_sets(tmp_path_factory.mktemp("elastic"), train=64, val=16)
+    return write_tiny_job(root / "tiny.yaml", root, data={"workers": 1, "prefetch": 3},
+                          checkpoint={"every_steps": 2, "keep_last": 10}, eval={"every_steps": 4, "batch_size": 8},
+                          logging={"every_steps": 1, "images": 0}, resources={"tasks_per_node": 2})
+
+
+def _local(job, run_dir, np_, steps):
+    proc = run_cli("facealign-launch", "local", job, "-np", np_, "--run-dir", run_dir, "--set",
+                   f"schedule.max_steps={steps}", timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def _arrays(path):
+    return {k: v.asnumpy() for k, v in mx.nd.load(str(path)).items()}
+
+
+def _assert_close(a, b, what):
+    """Every array within 1e-5 of its largest magnitude (float32 sums in another order)."""
+    assert a.keys() == b.keys(), what
+    for k in a:
+        scale = max(float(np.abs(a[k]).max()), 1e-12)
+        np.testing.assert_allclose(b[k], a[k], rtol=0, atol=1e-5 * scale, err_msg=f"{what}: {k}")
+
+
+def test_a_run_shrunk_to_one_rank_and_grown_back_matches_the_uninterrupted_one(nominal_two, tmp_path):
+    straight, elastic = tmp_path / "straight", tmp_path / "elastic"
+    _local(nominal_two, straight, 2, 10)
+    _local(nominal_two, elastic, 2, 3)  # 2 ranks to step 3
+    one = _local(nominal_two, elastic, 1, 7)  # 1 rank standing for both, across no epoch end
+    _local(nominal_two, elastic, 2, 10)  # 2 again, across the epoch end at step 8
+    assert "standing for the nominal 2" in one.stdout
+
+    a = CheckpointManager(straight / "checkpoints", writer=False)
+    b = CheckpointManager(elastic / "checkpoints", writer=False)
+    for step in (4, 6, 10):  # written at 1 rank (4, 6) and at 2 again (10)
+        ca, cb = a.at_step(step), b.at_step(step)
+        for name in ("model.params", "rank_stats.params", "optimizer.params"):
+            _assert_close(_arrays(ca / name), _arrays(cb / name), f"step {step} {name}")
+    stats = _arrays(b.at_step(6) / "rank_stats.params")  # the two nominal ranks kept their own statistics
+    assert any(k.startswith("rank1/") for k in stats)
+    assert any(not np.array_equal(stats[k], stats["rank1/" + k[len("rank0/"):]]) for k in stats if k.startswith("rank0/"))
+
+    state = json.loads((b.at_step(10) / "state.json").read_text())
+    assert state["world_size"] == 2 and state["world_history"] == [[0, 2], [3, 1], [7, 2]]
+    assert state["samples_seen"] == 10 * 4 * 2
+    progress = json.loads((elastic / "progress.json").read_text())
+    assert progress["world_size"] == 2 and progress["world_history"] == [[0, 2], [3, 1], [7, 2]]
+    log = (elastic / "log.txt").read_text()
+    assert "world sizes so far 2 from step 0, 1 from step 3" in log
+
+    # the loss curve is the global batch's at every rank count: it continues without a fold
+    curve_a = scalars(straight / "tb")["train/loss"]
+    curve_b = scalars(elastic / "tb")["train/loss"]
+    assert [s for s, _ in curve_b] == [s for s, _ in curve_a] == list(range(1, 11))
+    np.testing.assert_allclose([v for _, v in curve_b], [v for _, v in curve_a], rtol=1e-4)
+
+
+def test_a_rank_count_that_does_not_divide_the_nominal_world_is_one_line(nominal_two, tmp_path):
+    proc = run_cli("facealign-launch", "local", nominal_two, "-np", 3, "--run-dir", tmp_path / "r")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].endswith(
+        "-np 3: 3 rank(s) were started, but the job's nominal world is 1 node(s) x 2 task(s) = 2 rank(s), and only "
+        "a rank count that divides it keeps the same training; start 2 or 1 rank(s), or change resources")
+
+
+# --- the arithmetic, without processes -------------------------------------------------------------
+
+def test_a_process_deals_its_nominal_ranks_batches_in_their_own_order():
+    assert deal([0], 1, 0, 4) == [(0, 0), (0, 1), (0, 2), (0, 3)]
+    assert deal([2, 3], 2, 2, 7) == [(2, 2), (2, 3), (3, 2), (3, 3), (2, 4), (2, 5), (3, 4), (3, 5)]
+    # the batches one process draws for ranks 0 and 1 are those the two processes would each draw
+    one = ShardedSampler(100, 4, 0, 2, seed=7)
+    two = [ShardedSampler(100, 4, r, 2, seed=7) for r in (0, 1)]
+    for rank, step in deal([0, 1], 1, 0, one.steps_per_epoch):
+        np.testing.assert_array_equal(one.batch_indices(3, step, rank), two[rank].batch_indices(3, step))
+
+
+def test_shares_of_a_nominal_world(tmp_path):
+    (tmp_path / "t.yaml").write_text("data: {train: [x]}\noptim: {grad_accumulation: 3}\n"
+                                     "resources: {nodes: 4, tasks_per_node: 2, min_nodes: 2}\n")
+    spec = load_job(tmp_path / "t.yaml")
+    assert spec.node_counts() == [4, 2] and spec.world_sizes() == [8, 4]  # 3 nodes would not divide 4
+    s = shares(spec, 1, 4)
+    assert s.ranks == [2, 3] and s.micro_batches == 6 and s.per_process == 2
+    assert shares(spec, 0, 8).ranks == [0]
+    with pytest.raises(SpecError, match="start 8 or 4 or 2 or 1 rank"):
+        shares(spec, 0, 6)
+
+
+# --- a rank that stops but does not die ---------------------------------------------------------------
+
+@pytest.mark.parametrize("timeout", [8, 600])  # the watchdog first; Gloo's own transport timeout (~30 s) first
+def test_a_stopped_rank_is_named_and_the_job_ends_then_resumes(nominal_two, tmp_path, timeout):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from conftest import BIN, REPO, rank_process, wait_for_step
+
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([str(BIN / "facealign-launch"), "local", str(nominal_two), "-np", "2", "--run-dir",
+                             str(run_dir), "--set", "schedule.max_steps=400", "--set", f"run.stall_timeout_s={timeout}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            start_new_session=True)
+    try:
+        wait_for_step(run_dir, 3, proc)
+        victim = rank_process(run_dir, 1)
+        victim.send_signal(signal.SIGSTOP)
+        stopped = time.time()
+        out, err = proc.communicate(timeout=180)
+        took = time.time() - stopped
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert proc.returncode == 1
+    assert took < min(timeout, 30) + 25, took  # the bound, plus the census and horovodrun's clean-up
+    assert not victim.is_running() or victim.status() == "zombie"
+    ended = json.loads((run_dir / "exit.json").read_text())
+    host = os.uname().nodename
+    assert ended["lost_peer"] is True and ended["reason"].endswith(f": rank 1 on {host} stopped answering")
+    assert err.strip().splitlines()[-1] == f"facealign-launch: rank 0 exited 1: {ended['reason']}"
+    if timeout == 8:
+        assert ended["reason"].startswith("no progress on rank 0 for 8 s (run.stall_timeout_s)")
+        assert ended["reason"] in (run_dir / "log.txt").read_text()
+    else:
+        assert ended["reason"].startswith("a collective failed (Horovod has been shut down)")
+        assert "[0]<stderr>:Traceback" not in err  # rank 0 says one line, not Horovod's traceback
+    step = CheckpointManager(run_dir / "checkpoints", writer=False).latest_valid().name
+    resumed = _local(nominal_two, run_dir, 2, int(step.split("-")[1]) + 2)
+    assert f"resumed from {run_dir / 'checkpoints' / step}" in resumed.stdout
