@@ -195,6 +195,22 @@ def nodes_still_up(job_id: str, nodes: list[str]) -> list[str]:
     return up
 
 
+def answering(nodes: list[str], timeout_s: float = 30) -> list[str]:
+    """Those of ``nodes`` that run a one-task step in ``timeout_s``: a host that crashed looks up to the
+    controller until its SlurmdTimeout, and a step started there would wait for it."""
+    probes = {n: subprocess.Popen(["srun", "--nodes=1", "--ntasks=1", f"--nodelist={n}", "--export=ALL", "true"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for n in nodes}
+    deadline, alive = time.time() + timeout_s, []
+    for n, probe in probes.items():
+        try:
+            if probe.wait(timeout=max(0.1, deadline - time.time())) == 0:
+                alive.append(n)
+        except subprocess.TimeoutExpired:
+            probe.kill()
+            probe.wait()
+    return alive
+
+
 def may_requeue(job_id: str) -> bool:
     out = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout
     return "Requeue=1" in out
@@ -244,7 +260,7 @@ def train(args) -> int:
         if ended is not None and not ended.get("lost_peer"):  # the trainer's own word: nothing a restart mends
             say(f"training exited with {code}: {ended.get('reason')}")
             return code
-        up = nodes_still_up(job_id, allocated)
+        up = answering(nodes_still_up(job_id, allocated))
         lost = [n for n in nodes if n not in up]
         why = (ended or {}).get("reason") or f"the step ended with {code} and rank 0 recorded no exit"
         if restarts >= spec.run.max_restarts:

@@ -118,14 +118,20 @@ def test_train_state_round_trips_through_state_json():
     from facealign.train.state import TrainState
 
     state = TrainState(step=12, epoch=1, batch_in_epoch=4, metrics={"nme/synth": 0.2}, best=0.19, best_step=8,
-                       skipped_total=3, my_skips={"a.rec": 2}, loss_scale={"value": 1024.0}, restarts=1)
+                       skipped_total=3, my_skips={"a.rec": 2}, loss_scale={"value": 1024.0}, restarts=1,
+                       world_history=[[0, 2], [5, 1]])
     record = state.record({"world_size": 2}, samples_per_step=8, lr=1e-3,
                           data_skipped={"total": 3, "by_file": {"a.rec": 2, "b.rec": 1}})
     assert record["samples_seen"] == 96 and record["world_size"] == 2 and record["lr"] == 1e-3
     back = TrainState.resumed({**record, "step": 12}, primary=True, progress={"best": 0.19, "best_step": 8}, restarts=1)
     assert back == TrainState(step=12, epoch=1, batch_in_epoch=4, metrics={"nme/synth": 0.2}, best=0.19, best_step=8,
                               skipped_total=3, my_skips={"a.rec": 2, "b.rec": 1}, loss_scale={"value": 1024.0},
-                              restarts=1)
+                              restarts=1, world_history=[[0, 2], [5, 1]])
+    legacy = {k: v for k, v in record.items() if k != "world_history"}  # before the history was kept
+    assert TrainState.resumed({**legacy, "step": 12}, primary=True, progress={}, restarts=0).world_history == [[0, 2]]
+    state.note_world(1)  # the same count as before: no change
+    state.note_world(2)
+    assert state.world_history == [[0, 2], [5, 1], [12, 2]]
     other = TrainState.resumed({**record, "step": 12}, primary=False, progress={}, restarts=1)
     assert other.my_skips == {} and other.best is None  # rank 0 carries the run's earlier skips forward
     state.note_metric(0.25, "min")

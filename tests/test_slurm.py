@@ -391,3 +391,148 @@ def test_a_local_sweep_runs_each_member_here_and_status_reads_the_directories(da
     assert rows[1]["overrides"] == ["loss.kind=awing", "eval.decode=dark"]
     job1 = yaml.safe_load((tmp_path / "runs" / "pair" / "01-kindawing-decodedark" / "job.yaml").read_text())
     assert job1["loss"]["kind"] == "awing" and job1["eval"]["decode"] == "dark" and job1["schedule"]["max_steps"] == 4
+
+
+# --- a job that loses a node finishes on the others (docs/faults.md) -------------------------------------
+
+def _submit(job, run_dir, *sets):
+    proc = subprocess.run([str(BIN / "facealign-launch"), "submit", job, "--run-dir", run_dir,
+                           *[a for s in sets for a in ("--set", s)]], capture_output=True, text=True, cwd=REPO, env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    return re.search(r"submitted job (\d+)", proc.stdout).group(1)
+
+
+def _wait_for_log(path, pattern, job_id, timeout=240):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.exists() and re.search(pattern, path.read_text()):
+            return
+        if job_info(job_id).get("JobState") not in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING"):
+            break
+        time.sleep(0.5)
+    pytest.fail(f"{pattern!r} never showed in {path}: {job_info(job_id)}")
+
+
+def _pair_job(data, path, **resources):
+    job = tiny_job(data, path, nodes=2, tasks_per_node=1, min_nodes=1, partition="pair", **resources)
+    return job
+
+
+def _arrays(path):
+    import mxnet as mx
+
+    return {k: v.asnumpy() for k, v in mx.nd.load(str(path)).items()}
+
+
+def _same_training(a_run, b_run, step):
+    """Every array of both runs' checkpoints at ``step`` within 1e-5 of its largest magnitude."""
+    import numpy as np
+
+    for name in ("model.params", "rank_stats.params", "optimizer.params"):
+        a, b = (_arrays(r / "checkpoints" / f"ckpt-{step:09d}" / name) for r in (a_run, b_run))
+        assert a.keys() == b.keys()
+        for k in a:
+            scale = max(float(np.abs(a[k]).max()), 1e-12)
+            np.testing.assert_allclose(b[k], a[k], rtol=0, atol=1e-5 * scale, err_msg=f"{name}: {k}")
+
+
+@pytest.fixture(scope="module")
+def two_node_reference(cluster, data, tmp_path_factory):
+    """The uninterrupted 2-node run the elastic ones must match."""
+    if not cluster["pair"]:
+        pytest.skip(f"no two-host partition on this machine: {cluster['up']}")
+    root = tmp_path_factory.mktemp("reference")
+    run_dir = root / "run"
+    job_id = _submit(_pair_job(data, root / "tiny.yaml"), run_dir)
+    info = wait_for(job_id)
+    assert info["JobState"] == "COMPLETED", (run_dir / f"slurm-{job_id}.out").read_text()[-3000:]
+    assert info["NodeList"] == "n[1-2]"
+    return run_dir
+
+
+def _rank_on(host, run_dir, timeout=60):
+    import psutil
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for p in psutil.process_iter(["cmdline"]):
+            try:
+                if str(run_dir) in " ".join(p.info["cmdline"] or []) and "facealign.train" in " ".join(p.info["cmdline"]) \
+                        and p.environ().get("HOROVOD_HOSTNAME") == host:
+                    return p
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        time.sleep(0.2)
+    pytest.fail(f"no rank on {host}")
+
+
+def _crash_host(host, run_dir):
+    """What a host crash does to the job: its slurmd, the step's slurmstepd and the rank die at once."""
+    rank = _rank_on(host, run_dir)
+    stepd = rank.parent()
+    subprocess.run(["pkill", "-9", "-f", f"slurmd -N {host}"])
+    for p in (stepd, rank):
+        p.kill()
+
+
+@pytest.mark.parametrize("failure", ["crash", "down"])
+def test_a_two_node_job_that_loses_a_node_finishes_on_the_other(two_node_reference, data, tmp_path, failure):
+    run_dir = tmp_path / "elastic"
+    job_id = _submit(_pair_job(data, tmp_path / "tiny.yaml"), run_dir)
+    out = run_dir / f"slurm-{job_id}.out"
+    try:
+        _wait_for_log(run_dir / "log.txt", r"step 6/16", job_id)
+        if failure == "crash":
+            _crash_host("n2", run_dir)
+        else:
+            subprocess.run(["scontrol", "update", "nodename=n2", "state=down", "reason=facealign-test"], check=True)
+        info = wait_for(job_id, timeout=400)
+    finally:
+        subprocess.run(["bash", str(CLUSTER), "up"], capture_output=True, timeout=300)  # n2 back for the next test
+    log = out.read_text()
+    assert info["JobState"] == "COMPLETED", log[-4000:]
+    restart = re.search(r"restart 1 of 3: lost node\(s\) n2; world size 2 -> 1 on n1; resuming from step (\d+); "
+                        r"\d+ s since the step ended", log)
+    assert restart, log[-4000:]
+    assert "finished at step 16" in log
+    _same_training(two_node_reference, run_dir, 16)
+    status = json.loads(_launch("status", run_dir, "--json").stdout)[0]
+    assert status["restarts"] == 1 and status["world_sizes"] == [2, 1] and status["state"] == "finished"
+    record = json.loads((run_dir / "slurm.json").read_text())["restarts"]
+    assert [(r["lost_nodes"], r["world_size"], r["from_step"]) for r in record] == [(["n2"], 1, int(restart.group(1)))]
+
+
+def test_a_requeued_job_comes_back_on_fewer_nodes_and_resumes(two_node_reference, data, tmp_path):
+    run_dir = tmp_path / "requeued"
+    job_id = _submit(_pair_job(data, tmp_path / "tiny.yaml"), run_dir)
+    try:
+        _wait_for_log(run_dir / "log.txt", r"step 6/16", job_id)
+        subprocess.run(["scontrol", "update", "nodename=n2", "state=drain", "reason=facealign-test"], check=True)
+        subprocess.run(["scancel", "--signal=USR2", job_id], check=True)  # preempted: checkpoint, requeue
+        info = wait_for(job_id, timeout=400)
+    finally:
+        subprocess.run(["scontrol", "update", "nodename=n2", "state=resume"])
+    log = (run_dir / f"slurm-{job_id}.out").read_text()
+    assert info["JobState"] == "COMPLETED", log[-4000:]
+    assert "SLURM_RESTART_COUNT=1" in log and "on 1 node(s) n1" in log and "finished at step 16" in log
+    _same_training(two_node_reference, run_dir, 16)
+    status = json.loads(_launch("status", run_dir, "--json").stdout)[0]
+    assert status["restarts"] == 1 and status["world_sizes"] == [2, 1]
+
+
+def test_a_crashed_rank_on_a_live_node_restarts_on_the_same_nodes(cluster, data, tmp_path):
+    job = tiny_job(data, tmp_path / "tiny.yaml")  # one node, two ranks
+    run_dir = tmp_path / "crashed"
+    job_id = _submit(job, run_dir)
+    _wait_for_log(run_dir / "log.txt", r"step 5/16", job_id)
+    from conftest import rank_process
+
+    rank_process(run_dir, 1).kill()  # the process, not the node
+    info = wait_for(job_id, timeout=400)
+    log = (run_dir / f"slurm-{job_id}.out").read_text()
+    assert info["JobState"] == "COMPLETED", log[-4000:]
+    assert re.search(r"restart 1 of 3: a rank was lost, its node is still up; world size 2 -> 2 on \S+; resuming from "
+                     r"step \d+", log), log[-4000:]
+    assert "finished at step 16" in log
+    status = json.loads(_launch("status", run_dir, "--json").stdout)[0]
+    assert status["restarts"] == 1 and status["world_sizes"] == [2]

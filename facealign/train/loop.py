@@ -168,20 +168,24 @@ def write_exit(path: Path, code: int, reason: str, lost: bool = False) -> None:
 def start_heartbeat(spec: JobSpec, run_dir: Path, world, closing):
     """Every rank's responder and watchdog (facealign.train.watchdog): a stall ends this process with one line,
     recorded by rank 0 as a lost peer for the launchers to restart."""
+    import functools
+
     from facealign.train.watchdog import Heartbeat
 
-    def on_stall(line: str) -> None:  # on the watchdog's thread, while the main one is stuck
-        print(f"facealign.train: {line}", file=sys.stderr, flush=True)
-        if world.is_primary:
-            with contextlib.suppress(OSError):
-                with open(run_dir / LOG_FILE, "a") as fh:
-                    fh.write(time.strftime("%H:%M:%S ") + line + "\n")
-        record_exit(world, world.is_primary, run_dir, EXIT_ERROR, line, lost=True)
-        os._exit(EXIT_ERROR)
-
-    heartbeat = Heartbeat(world, spec.run.stall_timeout_s, on_stall)
+    heartbeat = Heartbeat(world, spec.run.stall_timeout_s, functools.partial(exit_on_stall, world, run_dir))
     closing.callback(heartbeat.close)
     return heartbeat
+
+
+def exit_on_stall(world, run_dir: Path, line: str) -> None:
+    """On the watchdog's thread, while the main one is stuck: the line (rank 0: in the log and the exit
+    record too), then out, with no clean-up that could wait for the stalled rank."""
+    print(f"facealign.train: {line}", file=sys.stderr, flush=True)
+    if world.is_primary:
+        with contextlib.suppress(OSError), open(run_dir / LOG_FILE, "a") as fh:
+            fh.write(time.strftime("%H:%M:%S ") + line + "\n")
+    record_exit(world, world.is_primary, run_dir, EXIT_ERROR, line, lost=True)
+    os._exit(EXIT_ERROR)
 
 
 # --- the steps of a run, in the order they happen -----------------------------------------------------

@@ -50,5 +50,5 @@ class TrainState:
                    skipped_total=int(skipped["total"]), my_skips=dict(skipped["by_file"]) if primary else {},
                    loss_scale=record.get("loss_scale"), restarts=restarts,
                    # a checkpoint written before the history was kept ran at its nominal world from the start
-                   world_history=[list(e) for e in record.get("world_history") or [[0, record["world_size"]]]]
-                   if "world_size" in record else [])
+                   world_history=[list(e) for e in record["world_history"]] if "world_history" in record
+                   else [[0, record["world_size"]]] if "world_size" in record else [])
