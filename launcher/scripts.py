@@ -13,11 +13,16 @@ def sbatch_lines(spec, job_name: str, output: str, extra=(), array: str | None =
     lines = [f"#SBATCH --job-name={job_name}"]
     if array:
         lines.append(f"#SBATCH --array={array}")
-    # a range lets Slurm start (or requeue) the job on fewer nodes; --no-kill keeps the allocation when a node
-    # fails, so launcher.slurm can restart the ranks on the nodes left
-    nodes = f"{spec.min_nodes}-{r.nodes}" if spec.min_nodes < r.nodes else f"{r.nodes}"
-    lines += [f"#SBATCH --nodes={nodes}", "#SBATCH --no-kill", f"#SBATCH --ntasks-per-node={r.tasks_per_node}",
-              f"#SBATCH --cpus-per-task={r.cpus_per_task}", f"#SBATCH --time={r.time}"]
+    # --no-kill keeps the allocation when a node fails, so launcher.slurm can restart the ranks on the nodes left
+    if spec.min_nodes < r.nodes:
+        # A range lets Slurm start (or requeue) the job on fewer nodes. With --ntasks-per-node Slurm counts the
+        # tasks at the smallest node count and allocates that many nodes, so the per-node CPUs are asked for
+        # instead (--mincpus) and launcher.slurm's srun places tasks_per_node ranks on each node.
+        lines += [f"#SBATCH --nodes={spec.min_nodes}-{r.nodes}", "#SBATCH --no-kill",
+                  f"#SBATCH --mincpus={r.tasks_per_node * r.cpus_per_task}"]
+    else:
+        lines += [f"#SBATCH --nodes={r.nodes}", "#SBATCH --no-kill", f"#SBATCH --ntasks-per-node={r.tasks_per_node}"]
+    lines += [f"#SBATCH --cpus-per-task={r.cpus_per_task}", f"#SBATCH --time={r.time}"]
     if r.gpus_per_node:
         lines.append(f"#SBATCH --gres=gpu:{r.gpus_per_node}")
     if r.partition:

@@ -147,9 +147,10 @@ def horovod_has_mpi() -> bool:
         return False
 
 
-def check_allocation(job: Path, overrides, nodes: list[str], per_node: list[int]):
-    """The job spec against the allocation, before any rank starts (no MXNet needed): ``tasks_per_node``
-    tasks on each node, and from ``resources.min_nodes`` to ``nodes`` nodes."""
+def check_allocation(job: Path, overrides, nodes: list[str], per_node: list[int] | None):
+    """The job spec against the allocation, before any rank starts (no MXNet needed): from
+    ``resources.min_nodes`` to ``nodes`` nodes, and ``tasks_per_node`` tasks on each where the allocation
+    fixed them (``per_node``; a node range is submitted with the CPUs per node instead: launcher.scripts)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from facealign.spec.schema import SpecError, load_job
 
@@ -159,10 +160,11 @@ def check_allocation(job: Path, overrides, nodes: list[str], per_node: list[int]
         raise SystemExit(f"launcher: {e}")
     r = spec.resources
     span = f"{spec.min_nodes} to {r.nodes}" if spec.min_nodes < r.nodes else f"{r.nodes}"
-    if any(c != r.tasks_per_node for c in per_node) or not spec.min_nodes <= len(nodes) <= r.nodes:
+    if (per_node and any(c != r.tasks_per_node for c in per_node)) or not spec.min_nodes <= len(nodes) <= r.nodes:
+        tasks = f" and {sum(per_node)} task(s)" if per_node else ""
         raise SystemExit(
             f"launcher: {job} asks for {span} node(s) x {r.tasks_per_node} task(s) = {spec.world_size} rank(s), "
-            f"but this allocation has {len(nodes)} node(s) and {sum(per_node)} task(s); submit it with "
+            f"but this allocation has {len(nodes)} node(s){tasks}; submit it with "
             f"facealign-launch submit (which sets --nodes/--ntasks-per-node from the spec) or fix resources")
     return spec
 
@@ -198,7 +200,8 @@ def nodes_still_up(job_id: str, nodes: list[str]) -> list[str]:
 def answering(nodes: list[str], timeout_s: float = 30) -> list[str]:
     """Those of ``nodes`` that run a one-task step in ``timeout_s``: a host that crashed looks up to the
     controller until its SlurmdTimeout, and a step started there would wait for it."""
-    probes = {n: subprocess.Popen(["srun", "--nodes=1", "--ntasks=1", f"--nodelist={n}", "--export=ALL", "true"],
+    probes = {n: subprocess.Popen(["srun", "--overlap", "--nodes=1", "--ntasks=1", f"--nodelist={n}", "--export=ALL",
+                                   "--cpus-per-task=1", "true"],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for n in nodes}
     deadline, alive = time.time() + timeout_s, []
     for n, probe in probes.items():
@@ -234,10 +237,11 @@ def train(args) -> int:
     job_id = env["SLURM_JOB_ID"]
     allocated = expand_nodelist(env["SLURM_JOB_NODELIST"])
     per_node = tasks_per_node(env)
+    fixed = per_node if env.get("SLURM_NTASKS_PER_NODE") else None  # submitted with --ntasks-per-node
     restart = int(env.get("SLURM_RESTART_COUNT", "0"))
     say(f"job {job_id} on {len(allocated)} node(s) {','.join(allocated)}, {sum(per_node)} task(s); "
         f"SLURM_RESTART_COUNT={restart}")
-    spec = check_allocation(Path(args.job), args.set, allocated, per_node)
+    spec = check_allocation(Path(args.job), args.set, allocated, fixed)
     run_dir = Path(args.run_dir or Path(spec.run.out_root) / spec.run.name)
     say(f"run directory {run_dir}; TensorBoard: tensorboard --logdir {run_dir / 'tb'}")
     from facealign.runs import status as runs
@@ -251,7 +255,7 @@ def train(args) -> int:
             f"{','.join(nodes)}")
     restarts = 0
     while True:
-        code, ended, failed_at = run_step(spec, args, run_dir, nodes)
+        code, ended, failed_at = run_step(spec, args, run_dir, nodes, overlap=restarts > 0)
         if code == 0 or args.dry_run:
             return code
         if code == EXIT_REQUEUE:
@@ -289,8 +293,10 @@ def train(args) -> int:
         nodes = following
 
 
-def run_step(spec, args, run_dir: Path, nodes: list[str]) -> tuple[int, dict | None, float]:
-    """One srun step of the ranks on ``nodes``: (its exit status, rank 0's exit record or None, when it ended)."""
+def run_step(spec, args, run_dir: Path, nodes: list[str], overlap: bool = False) -> tuple[int, dict | None, float]:
+    """One srun step of the ranks on ``nodes``: (its exit status, rank 0's exit record or None, when it ended).
+    ``overlap``: a restart's step may share the CPUs of the failed one, which Slurm holds as long as that step
+    has a part on a lost node (its tasks on the nodes left are gone)."""
     import tempfile
 
     from facealign.runs.layout import read_json
@@ -308,7 +314,8 @@ def run_step(spec, args, run_dir: Path, nodes: list[str]) -> tuple[int, dict | N
     for s in args.set:
         train_cmd += ["--set", s]
     srun = ["srun", "--kill-on-bad-exit=1", "--export=ALL", f"--nodes={len(nodes)}", f"--nodelist={','.join(nodes)}",
-            f"--ntasks={ntasks}", f"--ntasks-per-node={spec.resources.tasks_per_node}", *options]
+            f"--ntasks={ntasks}", f"--ntasks-per-node={spec.resources.tasks_per_node}",
+            f"--cpus-per-task={spec.resources.cpus_per_task}", *(["--overlap"] if overlap else []), *options]
     mode = os.environ.get("FACEALIGN_LAUNCH", "auto")
     if mode == "auto":
         mode = "mpi" if horovod_has_mpi() and "pmix" in _srun_mpi_types() else "gloo"
@@ -333,11 +340,47 @@ def run_step(spec, args, run_dir: Path, nodes: list[str]) -> tuple[int, dict | N
         exit_file = Path(tmp) / "exit.json"
         child_env["FACEALIGN_EXIT_FILE"] = str(exit_file)
         try:
-            code = subprocess.Popen(cmd, env=child_env).wait()
+            code = wait_for_step(subprocess.Popen(cmd, env=child_env), exit_file)
         finally:
             if server is not None:
                 server.stop()
-        return code, read_json(exit_file), time.time()
+        ended = time.time()
+        wait_for_steps_to_end(env["SLURM_JOB_ID"])
+        return code, read_json(exit_file), ended
+
+
+def wait_for_step(proc: subprocess.Popen, exit_file: Path, grace_s: float = 10) -> int:
+    """srun's exit status. Once rank 0 has recorded that a peer was lost, srun gets ``grace_s`` to end the
+    step, then is stopped: on a crashed host it would otherwise wait for Slurm to notice (SlurmdTimeout)."""
+    from facealign.runs.layout import read_json
+
+    lost_since = None
+    while True:
+        try:
+            return proc.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            pass
+        if lost_since is None and (read_json(exit_file) or {}).get("lost_peer"):
+            lost_since = time.time()
+        if lost_since is not None and time.time() - lost_since > grace_s:
+            say(f"rank 0 reported a lost peer {grace_s:g} s ago and the step has not ended: stopping it")
+            proc.terminate()  # srun passes it to the tasks it can still reach
+            try:
+                return proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                return proc.wait()
+
+
+def wait_for_steps_to_end(job_id: str, timeout_s: float = 20) -> None:
+    """Until the job's steps (but the batch script's own) are gone, so the next one gets their CPUs; a step
+    with a part on a lost node stays until Slurm notices the node, so not for longer than ``timeout_s``."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        out = subprocess.run(["squeue", "-h", "-s", "-j", job_id, "-o", "%i"], capture_output=True, text=True)
+        if out.returncode != 0 or not [s for s in out.stdout.split() if not s.endswith((".batch", ".extern"))]:
+            return
+        time.sleep(1)
 
 
 def start_rendezvous(nodes: list[str], per_node: int):

@@ -253,18 +253,20 @@ def test_inside_an_allocation_the_ranks_and_eval_are_started_in_the_container(cl
 
     lines = outputs["nvcr.io#nvidia/mxnet:24.06-py3"].splitlines()
     train = shlex.split(next(line for line in lines if line.startswith("srun --kill-on-bad-exit=1")))
-    assert train[:7] == ["srun", "--kill-on-bad-exit=1", "--export=ALL", "--ntasks=2",
-                         "--container-image=nvcr.io#nvidia/mxnet:24.06-py3",
-                         f"--container-mounts={REPO}:{REPO},/datasets:/datasets", f"--container-workdir={REPO}"]
-    assert train[7:12] == ["/usr/local/bin/facealign-python", "-m", "launcher.slurm", "worker", "--"]
-    assert train[12:15] == ["/usr/local/bin/facealign-python", "-m", "facealign.train"]
+    host = subprocess.run(["hostname", "-s"], capture_output=True, text=True).stdout.strip()
+    assert train[:11] == ["srun", "--kill-on-bad-exit=1", "--export=ALL", "--nodes=1", f"--nodelist={host}",
+                          "--ntasks=2", "--ntasks-per-node=2", "--cpus-per-task=1",
+                          "--container-image=nvcr.io#nvidia/mxnet:24.06-py3",
+                          f"--container-mounts={REPO}:{REPO},/datasets:/datasets", f"--container-workdir={REPO}"]
+    assert train[11:16] == ["/usr/local/bin/facealign-python", "-m", "launcher.slurm", "worker", "--"]
+    assert train[16:19] == ["/usr/local/bin/facealign-python", "-m", "facealign.train"]
     evaluate = shlex.split(next(line for line in lines if line.startswith("srun --ntasks=1")))
     assert "--container-image=nvcr.io#nvidia/mxnet:24.06-py3" in evaluate
     assert evaluate[-6:-3] == ["/usr/local/bin/facealign-python", "-m", "facealign.cli.eval"]
     assert any("tasks run in nvcr.io#nvidia/mxnet:24.06-py3 (pyxis)" in line for line in lines)
     apptainer = outputs["docker://nvcr.io/nvidia/mxnet:24.06-py3"]
     train = shlex.split(next(line for line in apptainer.splitlines() if line.startswith("srun --kill-on-bad-exit=1")))
-    assert train[4:14] == ["apptainer", "exec", "--nv", "--bind", f"{REPO}:{REPO},/datasets:/datasets", "--pwd",
+    assert train[8:18] == ["apptainer", "exec", "--nv", "--bind", f"{REPO}:{REPO},/datasets:/datasets", "--pwd",
                            str(REPO), "docker://nvcr.io/nvidia/mxnet:24.06-py3", "/usr/local/bin/facealign-python",
                            "-m"]
     assert "--container-image" not in apptainer
@@ -413,8 +415,12 @@ def _wait_for_log(path, pattern, job_id, timeout=240):
     pytest.fail(f"{pattern!r} never showed in {path}: {job_info(job_id)}")
 
 
-def _pair_job(data, path, **resources):
-    job = tiny_job(data, path, nodes=2, tasks_per_node=1, min_nodes=1, partition="pair", **resources)
+def _pair_job(data, path):
+    """2 nodes, 1 rank each, going on with 1: 48 steps (6 epochs) on the test hosts."""
+    job = tiny_job(data, path, nodes=2, tasks_per_node=1, min_nodes=1, partition="pair")
+    text = job.read_text().replace("length: 2", "length: 6")
+    assert text != job.read_text()
+    job.write_text(text)
     return job
 
 
@@ -481,7 +487,7 @@ def test_a_two_node_job_that_loses_a_node_finishes_on_the_other(two_node_referen
     job_id = _submit(_pair_job(data, tmp_path / "tiny.yaml"), run_dir)
     out = run_dir / f"slurm-{job_id}.out"
     try:
-        _wait_for_log(run_dir / "log.txt", r"step 6/16", job_id)
+        _wait_for_log(run_dir / "log.txt", r"step 1\d/48", job_id)
         if failure == "crash":
             _crash_host("n2", run_dir)
         else:
@@ -494,8 +500,8 @@ def test_a_two_node_job_that_loses_a_node_finishes_on_the_other(two_node_referen
     restart = re.search(r"restart 1 of 3: lost node\(s\) n2; world size 2 -> 1 on n1; resuming from step (\d+); "
                         r"\d+ s since the step ended", log)
     assert restart, log[-4000:]
-    assert "finished at step 16" in log
-    _same_training(two_node_reference, run_dir, 16)
+    assert "finished at step 48" in log
+    _same_training(two_node_reference, run_dir, 48)
     status = json.loads(_launch("status", run_dir, "--json").stdout)[0]
     assert status["restarts"] == 1 and status["world_sizes"] == [2, 1] and status["state"] == "finished"
     record = json.loads((run_dir / "slurm.json").read_text())["restarts"]
@@ -506,7 +512,7 @@ def test_a_requeued_job_comes_back_on_fewer_nodes_and_resumes(two_node_reference
     run_dir = tmp_path / "requeued"
     job_id = _submit(_pair_job(data, tmp_path / "tiny.yaml"), run_dir)
     try:
-        _wait_for_log(run_dir / "log.txt", r"step 6/16", job_id)
+        _wait_for_log(run_dir / "log.txt", r"step 1\d/48", job_id)
         subprocess.run(["scontrol", "update", "nodename=n2", "state=drain", "reason=facealign-test"], check=True)
         subprocess.run(["scancel", "--signal=USR2", job_id], check=True)  # preempted: checkpoint, requeue
         info = wait_for(job_id, timeout=400)
@@ -514,8 +520,8 @@ def test_a_requeued_job_comes_back_on_fewer_nodes_and_resumes(two_node_reference
         subprocess.run(["scontrol", "update", "nodename=n2", "state=resume"])
     log = (run_dir / f"slurm-{job_id}.out").read_text()
     assert info["JobState"] == "COMPLETED", log[-4000:]
-    assert "SLURM_RESTART_COUNT=1" in log and "on 1 node(s) n1" in log and "finished at step 16" in log
-    _same_training(two_node_reference, run_dir, 16)
+    assert "SLURM_RESTART_COUNT=1" in log and "on 1 node(s) n1" in log and "finished at step 48" in log
+    _same_training(two_node_reference, run_dir, 48)
     status = json.loads(_launch("status", run_dir, "--json").stdout)[0]
     assert status["restarts"] == 1 and status["world_sizes"] == [2, 1]
 
@@ -523,8 +529,8 @@ def test_a_requeued_job_comes_back_on_fewer_nodes_and_resumes(two_node_reference
 def test_a_crashed_rank_on_a_live_node_restarts_on_the_same_nodes(cluster, data, tmp_path):
     job = tiny_job(data, tmp_path / "tiny.yaml")  # one node, two ranks
     run_dir = tmp_path / "crashed"
-    job_id = _submit(job, run_dir)
-    _wait_for_log(run_dir / "log.txt", r"step 5/16", job_id)
+    job_id = _submit(job, run_dir, "schedule.length=12")
+    _wait_for_log(run_dir / "log.txt", r"step 1\d/96", job_id)
     from conftest import rank_process
 
     rank_process(run_dir, 1).kill()  # the process, not the node
@@ -533,6 +539,6 @@ def test_a_crashed_rank_on_a_live_node_restarts_on_the_same_nodes(cluster, data,
     assert info["JobState"] == "COMPLETED", log[-4000:]
     assert re.search(r"restart 1 of 3: a rank was lost, its node is still up; world size 2 -> 2 on \S+; resuming from "
                      r"step \d+", log), log[-4000:]
-    assert "finished at step 16" in log
+    assert "finished at step 96" in log
     status = json.loads(_launch("status", run_dir, "--json").stdout)[0]
     assert status["restarts"] == 1 and status["world_sizes"] == [2]
