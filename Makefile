@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export FACEALIGN_VENV := $(abspath $(VENV))
 
-.PHONY: setup demo test bench bench-models bench-data bench-train bench-infer bench-precision bench-recipe bench-widths clean
+.PHONY: setup demo test bench bench-models bench-data bench-train bench-infer bench-precision bench-recipe bench-widths bench-elastic clean
 
 setup:
 	bash install.sh
@@ -15,7 +15,7 @@ demo: setup
 test: setup
 	$(PY) -m pytest tests
 
-bench: bench-models bench-data bench-train bench-infer bench-precision bench-recipe bench-widths
+bench: bench-models bench-data bench-train bench-infer bench-precision bench-recipe bench-widths bench-elastic
 
 bench-models: setup
 	$(PY) bench/models.py --out bench/results/models.json
@@ -40,3 +40,6 @@ bench-recipe: setup
 
 bench-widths: setup
 	$(PY) bench/widths.py --out bench/results/widths.json
+
+bench-elastic: setup
+	$(PY) bench/elastic.py --out bench/results/elastic.json

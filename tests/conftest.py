@@ -86,6 +86,23 @@ def run_cli(*args, timeout=600, **kw):
                           timeout=timeout, **kw)
 
 
+def assert_same_training(a_checkpoint, b_checkpoint, exact: bool = False):
+    """Two checkpoints of the same training (one run at another world size): every array of the model, every
+    rank's BatchNorm statistics and the optimizer state within 1e-5 of its largest magnitude (float32 sums
+    in another order), or ``exact``ly."""
+    import mxnet as mx
+    import numpy as np
+
+    for name in ("model.params", "rank_stats.params", "optimizer.params"):
+        a, b = ({k: v.asnumpy() for k, v in mx.nd.load(str(Path(c) / name)).items()} for c in (a_checkpoint, b_checkpoint))
+        assert a.keys() == b.keys(), name
+        for k in a:
+            if exact:
+                np.testing.assert_array_equal(b[k], a[k], err_msg=f"{b_checkpoint}: {name}: {k}")
+            scale = max(float(np.abs(a[k]).max()), 1e-12)
+            np.testing.assert_allclose(b[k], a[k], rtol=0, atol=1e-5 * scale, err_msg=f"{b_checkpoint}: {name}: {k}")
+
+
 def pack_synthetic_sets(root, train: int, val: int, seed: int = 1):
     """``root/train`` and ``root/val``: procedural faces packed by facealign-pack (seeds seed, seed + 1)."""
     from facealign.data.pack import main as pack_main

@@ -73,6 +73,12 @@ def test_reference_recipes(name):
     ("model: {name: hg2-d3-cabb}", r"model\.name: unknown model 'hg2-d3-cabb'; did you mean 'hg2-d3-cab'\?"),
     ("schedule: {milestones: [35, 20]}", r"schedule\.milestones: must increase"),
     ("optim: {amp: float16}", r"optim\.amp: float16 AMP needs GPUs"),
+    ("resources: {nodes: 2, min_nodes: 3}", r"resources\.min_nodes: 3 is more than resources\.nodes = 2"),
+    ("resources: {nodes: 3, min_nodes: 2}", r"resources\.min_nodes: no node count from 2 to 2 divides nodes = 3, so "
+                                            r"the job could never go on with fewer nodes .*use min_nodes = 1"),
+    ("resources: {min_nodes: 0}", r"resources\.min_nodes: must be >= 1"),
+    ("run: {stall_timeout_s: 0}", r"run\.stall_timeout_s: must be > 0"),
+    ("run: {max_restarts: -1}", r"run\.max_restarts: must be >= 0"),
 ])
 def test_bad_specs_name_file_key_and_expectation(tmp_path, text, message):
     raw = yaml.safe_load(BASE)
@@ -254,3 +260,16 @@ def test_the_launchers_sweep_and_status_import_no_mxnet(tmp_path):
             "len(members))") % (str(REPO), str(tmp_path / "job.yaml"), str(tmp_path), str(tmp_path))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "False False 2"
+
+
+def test_a_node_range_gives_the_world_sizes_that_keep_the_training(tmp_path):
+    raw = yaml.safe_load(BASE)
+    raw["resources"] = {"nodes": 6, "tasks_per_node": 4, "min_nodes": 2}
+    spec = load_job(_write(tmp_path, yaml.safe_dump(raw)))
+    assert spec.world_size == 24 and spec.min_nodes == 2
+    assert spec.node_counts() == [6, 3, 2] and spec.world_sizes() == [24, 12, 8]  # 4 and 5 nodes do not divide 6
+    spec.check_ranks(8)
+    with pytest.raises(SpecError, match="start 24 or 12 or 8 or 6 or 4 or 3 or 2 or 1 rank"):
+        spec.check_ranks(16)
+    raw["resources"] = {"nodes": 2}
+    assert load_job(_write(tmp_path, yaml.safe_dump(raw))).node_counts() == [2]  # min_nodes defaults to nodes

@@ -10,7 +10,7 @@ import time
 import pytest
 import yaml
 
-from conftest import BIN, REPO, pack_synthetic_sets, write_tiny_job
+from conftest import BIN, REPO, assert_same_training, pack_synthetic_sets, write_tiny_job
 from tb_events import scalars
 
 pytestmark = pytest.mark.slurm
@@ -90,7 +90,17 @@ def test_launcher_validates_and_renders_without_slurm(data, tmp_path):
     for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gres=gpu:4", "#SBATCH --signal=USR2@120",
                  "#SBATCH --requeue", "#SBATCH --open-mode=append"):
         assert line in script
-    assert "--set resources.nodes=2" in script and "run-training.sh" in script
+    assert "--set resources.nodes=2" in script and "run-training.sh" in script and "#SBATCH --no-kill" in script
+    ranged = subprocess.run(run + ["render", job, "--set", "resources.nodes=4", "--set", "resources.min_nodes=2"],
+                            capture_output=True, text=True).stdout
+    assert "#SBATCH --nodes=2-4" in ranged and "#SBATCH --no-kill" in ranged and "#SBATCH --mincpus=2" in ranged
+    assert "--ntasks-per-node" not in ranged  # Slurm would allocate the fewest nodes (launcher.scripts)
+    elastic = subprocess.run(run + ["validate", job, "--set", "resources.nodes=4", "--set", "resources.min_nodes=2"],
+                             capture_output=True, text=True)
+    assert elastic.returncode == 0, elastic.stderr
+    assert ("world sizes: 8, 4 rank(s); on a lost node it goes on with 2 node(s) = 4 rank(s), the same training; up "
+            "to 3 restart(s) in the allocation; a failure redoes at most the checkpoint interval, 4 step(s)") \
+        in elastic.stdout
     local = subprocess.run(run + ["local", job, "-np", "3"], capture_output=True, text=True)
     assert local.returncode == 2 and "start 2 or 1 rank(s)" in local.stderr
 
@@ -424,22 +434,8 @@ def _pair_job(data, path):
     return job
 
 
-def _arrays(path):
-    import mxnet as mx
-
-    return {k: v.asnumpy() for k, v in mx.nd.load(str(path)).items()}
-
-
 def _same_training(a_run, b_run, step):
-    """Every array of both runs' checkpoints at ``step`` within 1e-5 of its largest magnitude."""
-    import numpy as np
-
-    for name in ("model.params", "rank_stats.params", "optimizer.params"):
-        a, b = (_arrays(r / "checkpoints" / f"ckpt-{step:09d}" / name) for r in (a_run, b_run))
-        assert a.keys() == b.keys()
-        for k in a:
-            scale = max(float(np.abs(a[k]).max()), 1e-12)
-            np.testing.assert_allclose(b[k], a[k], rtol=0, atol=1e-5 * scale, err_msg=f"{name}: {k}")
+    assert_same_training(*(r / "checkpoints" / f"ckpt-{step:09d}" for r in (a_run, b_run)))
 
 
 @pytest.fixture(scope="module")

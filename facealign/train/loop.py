@@ -238,6 +238,7 @@ class Run:
     run_dir: Path
     world: object
     shares: object  # the nominal ranks this process stands for (facealign.train.world.Shares)
+    gradients: object  # their gradients summed as their allreduce would (facealign.train.world.RankGradients)
     heartbeat: object  # this rank's progress, for the watchdog and the other ranks (facealign.train.watchdog)
     ctx: object
     log: Log
@@ -279,6 +280,7 @@ def build(spec: JobSpec, run_dir: Path, world, shares, heartbeat, closing) -> Ru
     from facealign.train import amp, dist
     from facealign.train.optim import make_trainer, total_steps
     from facealign.train.validation import Validator
+    from facealign.train.world import RankGradients
 
     stop = StopFlag()
     log = Log(run_dir, world.is_primary)
@@ -324,7 +326,8 @@ def build(spec: JobSpec, run_dir: Path, world, shares, heartbeat, closing) -> Ru
     info, validation = components.model_info(spec), components.validation_record(spec)
     # dynamic loss scaling (with float16 AMP by default), decided collectively rather than by
     # amp.init_trainer's per-rank check; bfloat16 has float32's range and needs none
-    return Run(spec=spec, run_dir=run_dir, world=world, shares=shares, heartbeat=heartbeat, ctx=ctx, log=log, stop=stop, loader=loader, net=net,
+    return Run(spec=spec, run_dir=run_dir, world=world, shares=shares, heartbeat=heartbeat, ctx=ctx,
+               gradients=RankGradients(trainable, shares), log=log, stop=stop, loader=loader, net=net,
                trainer=make_trainer(net, spec), scaler=components.loss_scale(spec), ckpt=ckpt,
                validator=Validator(validation, info, world, ctx), validation=validation,
                stats=dist.RunningStats(net, world, shares.ranks), writer=None, codec=codec,
@@ -418,6 +421,8 @@ def train_loop(run: Run, state: TrainState) -> int:
         losses = []
         for batch in run.loader.epoch(state.epoch, start_step=state.batch_in_epoch * spec.optim.grad_accumulation):
             losses.append(forward_backward(run, state, batch, window))
+            if len(losses) % spec.optim.grad_accumulation == 0:  # the last micro-batch of a nominal rank
+                run.gradients.rank_done(batch.rank)
             if len(losses) < run.shares.micro_batches:
                 continue
             vote = vote_on_step(run, state, np.sum(losses, axis=0))  # all agree: stop, diverged, overflowed, skipped
