@@ -8,7 +8,8 @@ resumed with one rank standing for both (``-np 1``, as after a lost node). Measu
 * detection: from the failure to the end of the 2-rank run (the job's own bound);
 * restart: from that end to the resumed run's first new step (start-up, resume, the step);
 * total: from the failure to the first new step;
-* steps lost: the steps past the last checkpoint, which the resumed run does again.
+* steps lost: the steps past the last checkpoint, which the resumed run does again, and their time at the
+  speed the 2-rank run last logged.
 
 Failures: ``kill`` (SIGKILL of rank 1: a crashed process or node), ``stall`` (SIGSTOP of rank 1, ended by
 the watchdog at ``run.stall_timeout_s`` = ``--stall``), ``stall-gloo`` (SIGSTOP with the default timeout, so
@@ -61,11 +62,12 @@ def rank_process(run_dir: Path, rank: int, timeout: float = 300) -> psutil.Proce
     raise SystemExit(f"bench/elastic: rank {rank} of {run_dir} never started")
 
 
-def wait_for_step(run_dir: Path, step: int, proc, timeout: float = 900) -> float:
-    """Until progress.json shows ``step`` or later; the time it did."""
+def wait_for_step(run_dir: Path, step: int, proc, since: float = 0.0, timeout: float = 900) -> float:
+    """Until progress.json, written after ``since``, shows ``step`` or later; the time it did."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if (runs.read_progress(run_dir).get("step") or 0) >= step:
+        progress = runs.read_progress(run_dir)
+        if (progress.get("step") or 0) >= step and progress.get("time", 0) > since:
             return time.time()
         if proc.poll() is not None:
             raise SystemExit(f"bench/elastic: the run ended before step {step}: exit {proc.returncode}")
@@ -88,21 +90,24 @@ def measure(job: Path, root: Path, failure: str, args) -> dict:
     first = launch(job, run_dir, 2, *sets)
     wait_for_step(run_dir, args.fail_at, first)
     victim = rank_process(run_dir, 1)
-    failed_at, failed_step = time.time(), runs.read_progress(run_dir)["step"]
+    progress = runs.read_progress(run_dir)
+    failed_at, failed_step = time.time(), progress["step"]
+    step_s = 16 / progress["images_per_s"]  # the global batch (8 x 2 ranks) at the speed last logged
     victim.send_signal(FAILURES[failure])
     first.wait(timeout=600)
     ended = time.time()
     resumed_from = runs.latest_checkpoint_step(run_dir)
     second = launch(job, run_dir, 1, *sets)
     try:
-        first_new = wait_for_step(run_dir, resumed_from + 1, second)
+        first_new = wait_for_step(run_dir, resumed_from + 1, second, since=ended)
     finally:
         os.killpg(second.pid, signal.SIGKILL)
         second.wait()
     reason = (json.loads((run_dir / "exit.json").read_text()).get("reason") or "") if (run_dir / "exit.json").exists() \
         else ""
     return {"failure": failure, "failed_at_step": failed_step, "resumed_from": resumed_from,
-            "steps_lost": failed_step - resumed_from, "detection_s": round(ended - failed_at, 1),
+            "steps_lost": failed_step - resumed_from, "step_s": round(step_s, 2),
+            "redone_s": round((failed_step - resumed_from) * step_s, 1), "detection_s": round(ended - failed_at, 1),
             "restart_s": round(first_new - ended, 1), "total_s": round(first_new - failed_at, 1), "reason": reason}
 
 
@@ -121,10 +126,11 @@ def main(argv=None) -> int:
                                    "logging": {"every_steps": 1, "images": 0},
                                    "resources": {"nodes": 1, "tasks_per_node": 2}}))
         rows = [measure(job, root, f, args) for f in args.failures]
-    print(f"{'failure':<11} {'step':>5} {'resumed':>8} {'lost':>5} {'detect s':>9} {'restart s':>10} {'total s':>8}")
+    print(f"{'failure':<11} {'step':>5} {'resumed':>8} {'lost':>5} {'redone s':>9} {'detect s':>9} {'restart s':>10} "
+          f"{'total s':>8}")
     for r in rows:
         print(f"{r['failure']:<11} {r['failed_at_step']:>5} {r['resumed_from']:>8} {r['steps_lost']:>5} "
-              f"{r['detection_s']:>9} {r['restart_s']:>10} {r['total_s']:>8}")
+              f"{r['redone_s']:>9} {r['detection_s']:>9} {r['restart_s']:>10} {r['total_s']:>8}")
     result = {"machine": {"cpu": cpu_isa.cpu_model(), "cores": os.cpu_count()}, "date": time.strftime("%Y-%m-%d"),
               "checkpoint_every_steps": args.every, "stall_timeout_s": args.stall, "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -500,6 +500,8 @@ def test_a_two_node_job_that_loses_a_node_finishes_on_the_other(two_node_referen
     _same_training(two_node_reference, run_dir, 48)
     status = json.loads(_launch("status", run_dir, "--json").stdout)[0]
     assert status["restarts"] == 1 and status["world_sizes"] == [2, 1] and status["state"] == "finished"
+    table = _launch("status", run_dir).stdout.splitlines()
+    assert table[0].split()[-2:] == ["restarts", "ranks"] and table[1].split()[-2:] == ["1", "2->1"]
     record = json.loads((run_dir / "slurm.json").read_text())["restarts"]
     assert [(r["lost_nodes"], r["world_size"], r["from_step"]) for r in record] == [(["n2"], 1, int(restart.group(1)))]
 
