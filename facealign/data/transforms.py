@@ -173,11 +173,17 @@ DEFAULT_TOP_MARGIN = 30.0
 
 
 def umeyama(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares similarity (rotation, uniform scale, translation) mapping src onto dst: 2 x 3.
+    """Least-squares similarity (rotation, uniform scale, translation) mapping 2D src onto dst: 2 x 3."""
+    return similarity_fit(src, dst)[:2]
+
+
+def similarity_fit(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity mapping (N, D) src onto dst, as a homogeneous (D + 1) x (D + 1) matrix.
 
     skimage's ``SimilarityTransform.estimate`` (Umeyama 1991), which the reference uses for its
     five-point alignment, step for step and in the inputs' precision: the reference passes
-    float32 points, so its means, covariance and SVD are float32, and so are these.
+    float32 points, so its means, covariance and SVD are float32, and so are these. The rotation is
+    proper (determinant +1).
     """
     src, dst = np.asarray(src), np.asarray(dst)
     num, dim = src.shape
@@ -203,7 +209,7 @@ def umeyama(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     scale = 1.0 / src_demean.var(axis=0).sum() * (S @ d)
     T[:dim, dim] = dst_mean - scale * (T[:dim, :dim] @ src_mean.T)
     T[:dim, :dim] *= scale
-    return T[:2]
+    return T
 
 
 def five_points(landmarks68: np.ndarray) -> np.ndarray:

@@ -27,20 +27,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 
 import cv2
 import numpy as np
 
+from facealign.data.pose import head_rotation, mean_face
+
 CANVAS = 384
 _SHIFT = 4  # cv2 fixed-point bits: sub-pixel vertex positions
 _ONE = 1 << _SHIFT
-
-
-@lru_cache(maxsize=1)
-def mean_face() -> np.ndarray:
-    """(68, 3) template: x right, y down, z toward the camera; nose tip at the origin."""
-    return np.loadtxt(Path(__file__).with_name("mean_face_68.txt"))
 
 
 # Extra (non-landmark) surface points: a forehead row and a hairline row on the head ellipsoid.
@@ -108,14 +103,6 @@ class SyntheticFace:
     image: np.ndarray  # CANVAS x CANVAS x 3 uint8 RGB
     landmarks: np.ndarray  # 68 x 3: x, y in pixels; z in pixels, toward the camera
     pose: tuple[float, float, float]  # yaw, pitch, roll in degrees
-
-
-def _rotation(yaw, pitch, roll):
-    y, p, r = (math.radians(a) for a in (yaw, pitch, roll))
-    ry = np.array([[math.cos(y), 0, math.sin(y)], [0, 1, 0], [-math.sin(y), 0, math.cos(y)]])
-    rx = np.array([[1, 0, 0], [0, math.cos(p), -math.sin(p)], [0, math.sin(p), math.cos(p)]])
-    rz = np.array([[math.cos(r), -math.sin(r), 0], [math.sin(r), math.cos(r), 0], [0, 0, 1]])
-    return rz @ rx @ ry
 
 
 def _shape(rng: np.random.Generator) -> np.ndarray:
@@ -223,7 +210,7 @@ def render_face(seed: int, index: int, size: int = CANVAS) -> SyntheticFace:
     yaw = float(np.clip(rng.normal(0, 30), -70, 70))
     pitch = float(rng.uniform(-25, 25))
     roll = float(rng.uniform(-30, 30))
-    R = _rotation(yaw, pitch, roll)
+    R = head_rotation(yaw, pitch, roll)
     f = size / 2.25 / 1.42 * rng.uniform(0.85, 1.15)  # landmark box ~ canvas / 2.25, as facealign-pack crops
     dist = rng.uniform(4.0, 10.0)  # camera distance in template units: mild perspective
 

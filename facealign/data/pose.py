@@ -1,0 +1,51 @@
+"""Head pose: yaw, pitch and roll in degrees, and the rigid fit that reads them off 3D landmarks.
+
+One convention everywhere (the procedural faces, the records' ``pose``, the Predictor): points in
+x right, y down, z toward the camera, in pixels; a head at pose (yaw, pitch, roll) is the mean face
+rotated by ``R = Rz(roll) Rx(pitch) Ry(yaw)`` (``head_rotation``). ``head_pose`` fits the mean 3D face
+(facealign/synth/mean_face_68.txt) to 68 predicted (x, y, z) points with a least-squares similarity
+and decomposes its rotation.
+"""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from .transforms import similarity_fit
+
+
+def head_rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
+    """The 3 x 3 rotation of a head at (yaw, pitch, roll) degrees."""
+    y, p, r = (math.radians(a) for a in (yaw, pitch, roll))
+    ry = np.array([[math.cos(y), 0, math.sin(y)], [0, 1, 0], [-math.sin(y), 0, math.cos(y)]])
+    rx = np.array([[1, 0, 0], [0, math.cos(p), -math.sin(p)], [0, math.sin(p), math.cos(p)]])
+    rz = np.array([[math.cos(r), -math.sin(r), 0], [math.sin(r), math.cos(r), 0], [0, 0, 1]])
+    return rz @ rx @ ry
+
+
+def euler_angles(R: np.ndarray) -> tuple[float, float, float]:
+    """(yaw, pitch, roll) in degrees of a rotation ``head_rotation`` made: its third row is
+    (-cos p sin y, sin p, cos p cos y), and R[0, 1] = -sin r cos p, R[1, 1] = cos r cos p."""
+    pitch = math.asin(max(-1.0, min(1.0, R[2, 1])))
+    yaw = math.atan2(-R[2, 0], R[2, 2])
+    roll = math.atan2(-R[0, 1], R[1, 1])
+    return math.degrees(yaw), math.degrees(pitch), math.degrees(roll)
+
+
+@lru_cache(maxsize=1)
+def mean_face() -> np.ndarray:
+    """(68, 3) mean face: x right, y down, z toward the camera; nose tip at the origin (unit scale)."""
+    return np.loadtxt(Path(__file__).resolve().parents[1] / "synth" / "mean_face_68.txt")
+
+
+def head_pose(points: np.ndarray) -> tuple[float, float, float]:
+    """(yaw, pitch, roll) in degrees of 68 (x, y, z) points: the mean face's best similarity fit."""
+    points = np.asarray(points, np.float64)
+    if points.shape != (68, 3):
+        raise ValueError(f"head pose needs 68 (x, y, z) points, got {points.shape}")
+    T = similarity_fit(mean_face(), points)
+    A = T[:3, :3]
+    return euler_angles(A / np.cbrt(np.linalg.det(A)))
