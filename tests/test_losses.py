@@ -206,3 +206,54 @@ print("OK")
 
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-2000:]
+
+
+# --- depth (models that predict z) ---------------------------------------------------------------------
+
+def depth_loss_numpy(outputs, z, box, input_size=32):
+    """The mean of |z_hat - z| / box, z_hat each depth map's mean under its heatmap clipped at 0 and
+    normalised (written per landmark, as the definition reads)."""
+    n, k2 = outputs.shape[:2]
+    k = k2 // 2
+    total = 0.0
+    for b in range(n):
+        for j in range(k):
+            w = np.maximum(outputs[b, j], 0)
+            z_hat = (w / (w.sum() + 1e-6) * outputs[b, k + j]).sum() * input_size
+            total += abs(z_hat - z[b, j]) / box[b]
+    return total / (n * k)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_depth_loss_and_its_gradient_match_numpy(seed):
+    from facealign.data.codec import integral_depth_numpy
+    from facealign.train.losses import depth_loss, integral_depth
+
+    heatmaps, _ = _heatmap_batch(seed)
+    rng = np.random.default_rng(seed)
+    depth_maps = rng.normal(0, 0.3, heatmaps.shape)
+    outputs = np.concatenate([heatmaps, depth_maps], axis=1)
+    z, box = rng.normal(0, 5, heatmaps.shape[:2]), np.array([20.0, 26.0])
+
+    def fn_mx(o, t):
+        h, d = mx.nd.split(o, num_outputs=2, axis=1)
+        return depth_loss(mx.nd, h, d, t, mx.nd.array(box, dtype="float64"), 32)
+
+    _check(fn_mx, lambda o, t: depth_loss_numpy(o, t, box), outputs, z)
+    # the decoder is the same integral
+    z_hat = integral_depth(mx.nd, mx.nd.array(heatmaps, dtype="float64"), mx.nd.array(depth_maps, dtype="float64"), 32)
+    np.testing.assert_allclose(z_hat.asnumpy(), integral_depth_numpy(heatmaps, depth_maps, 32), rtol=1e-12)
+
+
+def test_a_model_that_predicts_z_adds_the_weighted_depth_term_to_every_stack():
+    pred, target = _heatmap_batch(0)
+    rng = np.random.default_rng(3)
+    outputs = [np.concatenate([pred * s, rng.normal(0, 0.3, pred.shape)], axis=1) for s in (0.9, 1.0)]
+    z, box = rng.normal(0, 5, pred.shape[:2]), np.array([20.0, 26.0])
+    settings = LossSettings(kind="mse", z_weight=0.5, input_size=32)
+    nd = lambda a: mx.nd.array(a, dtype="float32")  # noqa: E731  (the trainer's precision)
+    total, per_stack = stacked_loss([nd(o) for o in outputs], nd(target), settings=settings,
+                                    depth=(nd(z), nd(box)))
+    expected = [np.mean((o[:, :3] - target) ** 2) + 0.5 * depth_loss_numpy(o, z, box) for o in outputs]
+    np.testing.assert_allclose([p.asscalar() for p in per_stack], expected, rtol=1e-5)
+    assert total.asscalar() == pytest.approx(sum(expected), rel=1e-5)

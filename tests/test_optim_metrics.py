@@ -102,3 +102,16 @@ def test_dynamic_loss_scale_halves_on_overflow_and_grows_after_a_clean_window():
     again = DynamicLossScale()
     again.load(s.state())
     assert (again.value, again.clean, again.skipped) == (2.0, 0, 4)
+
+
+def test_3d_nme_and_the_depth_error_take_z_relative_to_each_faces_mean():
+    from facealign.evaluation.metrics import nme_3d, z_nme
+
+    gt = np.zeros((1, 4, 3))
+    gt[0, :, :2] = [[0, 0], [10, 0], [0, 40], [10, 40]]  # box 10 x 40: sqrt(area) = 20
+    gt[0, :, 2] = [5, 5, 5, 5]
+    pred = gt.copy()
+    pred[0, :, 2] = [103, 97, 100, 100]  # offset by 95 (ignored), then -+3, 0, 0 from the mean
+    pred[0, 0, 0] += 4  # and 4 pixels off in x on the first point
+    assert z_nme(pred, gt)[0] == pytest.approx((3 + 3) / 4 / 20)
+    assert nme_3d(pred, gt)[0] == pytest.approx((5 + 3) / 4 / 20)  # hypot(4, 3) = 5 on the first point

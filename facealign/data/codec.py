@@ -115,6 +115,18 @@ class HeatmapCodec:
         return fn(hm, self.stride)
 
 
+    def decode_depth(self, heatmaps: np.ndarray, depth_maps: np.ndarray) -> np.ndarray:
+        """(N, K) input-pixel depth of a model that predicts z: each depth map's mean under its heatmap
+        clipped at 0 and normalised (integral regression, as facealign.train.losses.integral_depth trains it)."""
+        return integral_depth_numpy(heatmaps, depth_maps, self.input_size)
+
+
+def integral_depth_numpy(heatmaps: np.ndarray, depth_maps: np.ndarray, input_size: int) -> np.ndarray:
+    w = np.maximum(np.asarray(heatmaps, np.float64), 0)
+    w = w / (w.sum(axis=(2, 3), keepdims=True) + 1e-6)
+    return (w * np.asarray(depth_maps, np.float64)).sum(axis=(2, 3)) * input_size
+
+
 # --- NumPy reference implementations (the test oracle) --------------------------------------------
 
 def encode_numpy(pts: np.ndarray, out: np.ndarray, stride: int, sigma: float, peak: float, subpixel: bool) -> None:

@@ -55,6 +55,29 @@ def nme(pred, gt, norm: str = "eye_centre", scheme: LandmarkScheme | None = None
     return err / np.maximum(normaliser(gt, norm, scheme), 1e-12)
 
 
+def relative_depth(points) -> np.ndarray:
+    """(N, K, 3) points with each face's z taken relative to its mean z (the records' depth convention:
+    facealign/data/transforms.py's ``relative_depth``)."""
+    points = np.asarray(points, np.float64).copy()
+    points[..., 2] -= points[..., 2].mean(axis=-1, keepdims=True)
+    return points
+
+
+def nme_3d(pred, gt, norm: str = "box") -> np.ndarray:
+    """Per-image 3D NME: the mean Euclidean error over x, y and z (each face's z relative to its mean), over
+    the normaliser of the ground truth's x, y (the square root of its box area by default, as the reference
+    normalises 3D)."""
+    pred, gt = relative_depth(pred), relative_depth(gt)
+    err = np.linalg.norm(pred - gt, axis=2).mean(1)
+    return err / np.maximum(normaliser(gt, norm), 1e-12)
+
+
+def z_nme(pred, gt, norm: str = "box") -> np.ndarray:
+    """Per-image depth error alone: the mean |z error| (relative to each face's mean z) over the normaliser."""
+    pred, gt = relative_depth(pred), relative_depth(gt)
+    return np.abs(pred[..., 2] - gt[..., 2]).mean(1) / np.maximum(normaliser(gt, norm), 1e-12)
+
+
 def ced(nmes, threshold: float = 0.1, steps: int = 1000):
     """The cumulative error distribution: (thresholds, fraction of images with NME <= each)."""
     xs = np.linspace(0, threshold, steps + 1)

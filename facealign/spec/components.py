@@ -83,8 +83,8 @@ def sample_config(spec: JobSpec) -> SampleConfig:
 
 def loss_settings(spec: JobSpec) -> LossSettings:
     """``loss.*``, the targets' peak and the heatmap side, as facealign.train.losses takes them."""
-    fields = {f.name for f in dataclasses.fields(LossSettings)} - {"peak", "heatmap_size"}
-    return LossSettings(peak=spec.data.peak, heatmap_size=spec.data.heatmap_size,
+    fields = {f.name for f in dataclasses.fields(LossSettings)} - {"peak", "heatmap_size", "input_size"}
+    return LossSettings(peak=spec.data.peak, heatmap_size=spec.data.heatmap_size, input_size=spec.data.input_size,
                         **{name: getattr(spec.loss, name) for name in fields})
 
 

@@ -11,6 +11,9 @@ reference); the losses that need [0, 1] targets divide by it.
   mse    the reference's: the mean of (pred - target)^2 over every element.
   awing  Adaptive Wing (Wang, Bo and Fuxin, ICCV 2019) with its weighted loss map: pixels where
          the target, grey-dilated over 3 x 3, exceeds 0.2 weigh W + 1, the others 1.
+  depth  for models that predict z (``model.predict_z``): each landmark's depth is the integral of its
+         depth map under its normalised heatmap (``integral_depth``); the L1 error to the true z, divided
+         by the face box's size, times ``loss.z_weight``, is added to every stack's heatmap loss.
   star   STAR (Zhou et al., CVPR 2023) added to a heatmap term (awing by default, as the paper):
          each predicted heatmap normalised to a distribution gives a soft-argmax mean and a
          covariance; the error to the true point (the mean of the target heatmap) is decomposed along
@@ -39,6 +42,22 @@ class LossSettings:
     star_omega: float = 1.0  # of the eigenvalue regulariser
     star_heatmap: str = "awing"  # the heatmap term of star: awing or mse
     heatmap_size: int = 64  # the heatmaps' side (star builds its coordinate grid from it)
+    z_weight: float = 1.0  # of the depth term, for models that predict z
+    input_size: int = 128  # depth maps are in units of the input's side
+
+
+def integral_depth(F, heatmaps, depth_maps, input_size: int):
+    """(B, K) depth in input pixels: each depth map's mean under its heatmap, clipped at 0 and normalised to
+    sum to 1 (integral regression); the maps hold depth in units of the input's side."""
+    weights = F.relu(heatmaps)
+    weights = F.broadcast_div(weights, F.sum(weights, axis=(2, 3), keepdims=True) + 1e-6)
+    return F.sum(weights * depth_maps, axis=(2, 3)) * input_size
+
+
+def depth_loss(F, heatmaps, depth_maps, z, box_size, input_size: int):
+    """The mean over faces and landmarks of |predicted z - z| / the face box's size (``box_size``: (B,))."""
+    err = F.abs(integral_depth(F, heatmaps, depth_maps, input_size) - z)
+    return F.mean(F.broadcast_div(err, F.reshape(box_size, (-1, 1))))
 
 
 def mse(F, pred, target, weight=None):
@@ -165,9 +184,10 @@ def _float32(x):
 
 
 def stacked_loss(outputs, target, *, kind: str = "mse", stack_weights=None, settings: LossSettings | None = None,
-                 F=None):
+                 F=None, depth=None):
     """(total, [loss of each stack]): the stacks' losses against the same target, weighted and summed
-    (intermediate supervision; equal weights of 1 are the reference's)."""
+    (intermediate supervision; equal weights of 1 are the reference's). ``depth``: (z (B, K) in input
+    pixels, box size (B,)) for a model that predicts z, whose outputs hold K heatmaps then K depth maps."""
     settings = settings or LossSettings(kind=kind)
     if settings.kind not in LOSSES:
         raise ValueError(f"loss kind must be one of {LOSSES}, got {settings.kind!r}")
@@ -176,5 +196,12 @@ def stacked_loss(outputs, target, *, kind: str = "mse", stack_weights=None, sett
 
         F = mx.nd
     weights = stack_weights or [1.0] * len(outputs)
-    per_stack = [stack_loss(F, _float32(o), target, settings) for o in outputs]
+    per_stack = []
+    for o in map(_float32, outputs):
+        if depth is None:
+            per_stack.append(stack_loss(F, o, target, settings))
+            continue
+        heatmaps, depth_maps = F.split(o, num_outputs=2, axis=1)
+        per_stack.append(stack_loss(F, heatmaps, target, settings)
+                         + settings.z_weight * depth_loss(F, heatmaps, depth_maps, *depth, settings.input_size))
     return sum(w * loss for w, loss in zip(weights, per_stack)), per_stack
