@@ -39,6 +39,7 @@ import cv2
 import numpy as np
 
 from .codec import HeatmapCodec
+from .pose import relative_depth
 from .records import DataError, RecordFile, pose_degrees
 from .schemes import get_scheme
 from .transforms import AugmentConfig, apply, box_crop, draw_train_crop, flip_horizontal, photometric, similarity, warp
@@ -163,7 +164,8 @@ def process_sample(records: RecordSet, index: int, cfg: SampleConfig, *, train: 
     M_reduced[:, :2] = M[:, :2] @ reduce_to_full[:, :2]
     M_reduced[:, 2] = M[:, :2] @ reduce_to_full[:, 2] + M[:, 2]
     crop = warp(s.image, M_reduced, size)
-    pts = apply(M, lm).astype(np.float32)
+    pts = apply(M, lm)  # z scales with x and y (facealign.data.pose: the depth convention)
+    pts = (relative_depth(pts) if pts.shape[1] == 3 else pts).astype(np.float32)
     if train:
         if aug.flip and rng.random() < 0.5:
             scheme = get_scheme(cfg.scheme)

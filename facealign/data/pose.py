@@ -1,6 +1,8 @@
-"""Head pose: yaw, pitch and roll in degrees, and the rigid fit that reads them off 3D landmarks.
+"""Head pose and depth: the conventions of 3D landmarks, and the rigid fit that reads the pose off them.
 
-One convention everywhere (the procedural faces, the records' ``pose``, the Predictor): points in
+Depth: z in the same pixel units as x and y, toward the camera, relative to the face's mean z
+(``relative_depth``): what the records' z becomes as a training target, and how predictions and ground
+truth are compared. Pose: one convention everywhere (the procedural faces, the records' ``pose``, the Predictor): points in
 x right, y down, z toward the camera, in pixels; a head at pose (yaw, pitch, roll) is the mean face
 rotated by ``R = Rz(roll) Rx(pitch) Ry(yaw)`` (``head_rotation``). ``head_pose`` fits the mean 3D face
 (facealign/synth/mean_face_68.txt) to 68 predicted (x, y, z) points with a least-squares similarity
@@ -15,6 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from .transforms import similarity_fit
+
+
+def relative_depth(points) -> np.ndarray:
+    """(..., K, 3) points with each face's z taken relative to its mean z."""
+    points = np.asarray(points, np.float64).copy()
+    points[..., 2] -= points[..., 2].mean(axis=-1, keepdims=True)
+    return points
 
 
 def head_rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from facealign.data.pose import relative_depth
 from facealign.data.schemes import LandmarkScheme, scheme_for
 
 NORMALISATIONS = ("eye_centre", "inter_ocular", "inter_pupil", "box", "box_diag")
@@ -53,14 +54,6 @@ def nme(pred, gt, norm: str = "eye_centre", scheme: LandmarkScheme | None = None
     d = min(pred.shape[2], gt.shape[2])
     err = np.linalg.norm(pred[..., :d] - gt[..., :d], axis=2).mean(1)
     return err / np.maximum(normaliser(gt, norm, scheme), 1e-12)
-
-
-def relative_depth(points) -> np.ndarray:
-    """(N, K, 3) points with each face's z taken relative to its mean z (the records' depth convention:
-    facealign/data/transforms.py's ``relative_depth``)."""
-    points = np.asarray(points, np.float64).copy()
-    points[..., 2] -= points[..., 2].mean(axis=-1, keepdims=True)
-    return points
 
 
 def nme_3d(pred, gt, norm: str = "box") -> np.ndarray:

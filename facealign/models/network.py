@@ -3,7 +3,11 @@
 Input: B x 3 x S x S raw RGB in 0..255 (normalised inside the graph, so
 inference and exported models take plain pixels). Output: a list with one
 B x K x H x W heatmap tensor per stack (intermediate supervision); the last is
-the prediction. The loss lives outside the network.
+the prediction. With ``predict_z`` each stack's output is B x 2K x H x W: the
+K heatmaps, then K depth maps from a 1x1 conv on the same features (z is each
+depth map's mean under its heatmap: facealign.train.losses.integral_depth); the
+next stack is fed the heatmaps only, so the reference's weights load unchanged.
+The loss lives outside the network.
 
     stem:  conv0 -> bn0 -> ReLU -> res0 (w/4 -> w/2) -> maxpool 2x -> res1 -> res2 (w/2 -> w)
     stack i: body = topology(x); body = unit0(body); ll = 1x1 conv-BN-ReLU(body)
@@ -31,7 +35,8 @@ TopologyFactory = Callable[[int, int], HybridBlock]
 
 class StackedHeatmapNet(HybridBlock):
     def __init__(self, *, topology: str, make_body: TopologyFactory, num_stacks: int, block: str,
-                 width: int, num_landmarks: int, input_size: int, heatmap_size: int, dcn: int = 0):
+                 width: int, num_landmarks: int, input_size: int, heatmap_size: int, dcn: int = 0,
+                 predict_z: bool = False):
         super().__init__(prefix="")
         stride = input_size // heatmap_size
         if stride not in (2, 4) or stride * heatmap_size != input_size:
@@ -53,7 +58,7 @@ class StackedHeatmapNet(HybridBlock):
 
         deformable_head = dcn >= 2
         out3_on = dcn in (1, 3)
-        self._bodies, self._units, self._lls, self._heads = [], [], [], []
+        self._bodies, self._units, self._lls, self._heads, self._depths = [], [], [], [], []
         self._ll2, self._out2, self._out3, self._out3_body = {}, {}, {}, {}
         for i in range(num_stacks):
             last = i == num_stacks - 1
@@ -66,6 +71,9 @@ class StackedHeatmapNet(HybridBlock):
             head = (deformable_conv3x3(width, num_landmarks, head_name) if deformable_head
                     else conv2d(width, num_landmarks, 1, head_name, use_bias=True))
             self._heads.append(self._child(head, f"head{i}"))
+            if predict_z:
+                self._depths.append(self._child(conv2d(width, num_landmarks, 1, f"stack{i}_depth", use_bias=True),
+                                                f"depth{i}"))
             remap = not last or (out3_on and topology == "hourglass")
             if remap:
                 self._ll2[i] = self._child(conv2d(width, width, 1, f"stack{i}_ll2", use_bias=True), f"ll2_{i}")
@@ -106,5 +114,7 @@ class StackedHeatmapNet(HybridBlock):
                             prediction = out3  # dcn 1/3 hourglass: the last stack predicts through out3
                     else:
                         x = out3
+            if self._depths:  # the depth maps of the features the heatmaps come from
+                prediction = F.concat(prediction, self._depths[i](ll), dim=1)
             heatmaps.append(prediction)
         return heatmaps

@@ -85,6 +85,7 @@ class ModelSpec:
     heatmap_size: int = 64
     dcn: int = 0  # deformable convolutions, seed-spec §2.5: 0 none, >=2 head, 1/3 out3 stage
     landmark_dims: int = 2  # 2 or 3: which landmarks the model is trained for
+    predict_z: bool = False  # 3D models: K depth maps beside the K heatmaps of every stack (z by integral regression)
 
     def validate(self) -> "ModelSpec":
         problems = []  # (field, message)
@@ -114,12 +115,22 @@ class ModelSpec:
             problems.append(("dcn", f"dcn must be 0, 1, 2 or 3, got {self.dcn}"))
         if self.landmark_dims not in (2, 3):
             problems.append(("landmark_dims", f"landmark_dims must be 2 or 3, got {self.landmark_dims}"))
+        elif self.predict_z and self.landmark_dims != 3:
+            problems.append(("predict_z", "predict_z needs 3D landmarks (landmark_dims 3)"))
         if problems:
             raise ModelSpecError(problems)
         return self
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if not self.predict_z:  # the structures (and fingerprints, checkpoints) from before z was predicted
+            del out["predict_z"]
+        return out
+
+    @property
+    def output_channels(self) -> int:
+        """Channels of each stack's output: K heatmaps, then K depth maps when the model predicts z."""
+        return self.num_landmarks * (2 if self.predict_z else 1)
 
     def fingerprint(self) -> str:
         """A stable hash of the structure: a checkpoint made by another structure must not load."""
@@ -144,6 +155,9 @@ MODELS: dict[str, ModelSpec] = {
     "hg2-d3-inception": _hourglass(depth=3, block="inception"),
     "hg2-d3-cab-3d": _hourglass(depth=3, block="cab", landmark_dims=3),
     "sat2-d3-cab-3d": _sat(depth=3, block="cab", landmark_dims=3),
+    # 3D with depth: the same networks with K depth maps per stack (not in the reference)
+    "hg2-d3-cab-3dz": _hourglass(depth=3, block="cab", landmark_dims=3, predict_z=True),
+    "sat2-d3-cab-3dz": _sat(depth=3, block="cab", landmark_dims=3, predict_z=True),
 }
 
 

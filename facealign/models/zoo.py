@@ -29,7 +29,8 @@ def build_model(spec: ModelSpec) -> StackedHeatmapNet:
             return SAT(channels, spec.depth + 1, f"sat{i}")
     net = StackedHeatmapNet(topology=spec.topology, make_body=make_body, num_stacks=spec.num_stacks,
                             block=spec.block, width=spec.width, num_landmarks=spec.num_landmarks,
-                            input_size=spec.input_size, heatmap_size=spec.heatmap_size, dcn=spec.dcn)
+                            input_size=spec.input_size, heatmap_size=spec.heatmap_size, dcn=spec.dcn,
+                            predict_z=spec.predict_z)
     net.spec = spec
     return net
 

@@ -48,7 +48,8 @@ def model_spec(spec: JobSpec) -> ModelSpec:
     """The network's structure: the zoo model of ``model.name`` with the spec's overrides.
     ``data.landmark_dims`` left unset keeps the zoo model's (3 for its ``-3d`` models)."""
     m, d = spec.model, spec.data
-    overrides = {k: getattr(m, k) for k in ("num_stacks", "depth", "width", "block", "dcn") if getattr(m, k) is not None}
+    overrides = {k: getattr(m, k) for k in ("num_stacks", "depth", "width", "block", "dcn", "predict_z")
+                 if getattr(m, k) is not None}
     overrides.update(num_landmarks=d.num_points, input_size=d.input_size, heatmap_size=d.heatmap_size)
     if d.landmark_dims is not None:
         overrides["landmark_dims"] = d.landmark_dims

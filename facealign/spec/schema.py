@@ -108,6 +108,9 @@ class ModelSection:
     width: typing.Optional[int] = _f(None, "override the stack channels", ge=8)
     block: typing.Optional[str] = _f(None, "override the block type: resnet, hpm, inception, cab")
     dcn: typing.Optional[int] = _f(None, "deformable convolutions: 0, 1, 2, 3", ge=0, le=3)
+    predict_z: typing.Optional[bool] = _f(
+        None, "3D models: also predict each landmark's depth z (K depth maps beside the heatmaps; the -3dz zoo "
+              "models do); the records must carry z")
     pretrained: typing.Optional[str] = _f(
         None, "initialise from a .params file: a checkpoint's model.params, an export's or a reference "
               "release's model-0000.params (missing or reshaped layers stay random)")
