@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -38,7 +38,7 @@ from facealign.data.records import DataError, pose_degrees
 from facealign.data.schemes import get_scheme
 from facealign.data.transforms import (DEFAULT_TOP_MARGIN, REFERENCE_TOP_MARGIN, AugmentConfig, apply, box_crop,
                                        chain_transform, invert, reference_eval_warps, warp, warp_chain)
-from facealign.evaluation.metrics import NORMALISATIONS, nme
+from facealign.evaluation.metrics import NORMALISATIONS, nme, nme_3d, z_nme
 
 PROTOCOLS = ("train", "reference", "standard")
 
@@ -87,12 +87,15 @@ class Score:
 
     pred: np.ndarray  # (N, K, 2)
     gt: np.ndarray  # (N, K, 2) the truth as scored (quantised under the reference protocol)
-    nme: dict  # {normalisation: (N,)}
+    nme: dict  # {normalisation: (N,)}: 2D, whatever the model predicts
     indices: list  # record indices
     sources: list  # the records' source names
     yaws: list  # each record's head yaw in degrees, or None where it carries no pose
     seconds: float  # crop + network + decode time
     first: tuple | None = None  # (crops, pred, gt in crop pixels, heatmaps) of the first batch, if kept
+    pred_z: np.ndarray | None = None  # (N, K) depth in record-image pixels, of a model that predicts z
+    gt_z: np.ndarray | None = None  # (N, K) the records' z
+    nme_3d: dict = field(default_factory=dict)  # {"nme_3d": (N,), "z": (N,)} by the box normaliser, with z
 
 
 # --- the network part: shared by scoring and the Predictor ---------------------------------------------
@@ -112,19 +115,28 @@ def heatmaps_of(backend, crops: np.ndarray, *, batch_size: int, flip_perm=None, 
         hm = backend(batch)
         if flip_perm is not None:
             mirrored = backend(np.ascontiguousarray(batch[..., ::-1]))
-            hm = (hm + mirrored[:, list(flip_perm), :, ::-1]) / 2
+            perm = list(flip_perm)
+            if hm.shape[1] == 2 * len(perm):  # depth maps after the heatmaps: re-labelled alike, z kept
+                perm += [len(perm) + p for p in perm]
+            hm = (hm + mirrored[:, perm, :, ::-1]) / 2
         out.append(hm[:n])
     return np.concatenate(out) if out else np.zeros((0, 0, 0, 0), np.float32)
 
 
 def predict_crops(backend, crops: np.ndarray, transforms, codec: HeatmapCodec, *, batch_size: int,
-                  flip_perm=None, pad: bool = False):
-    """Crops and their affines (source pixels -> crop pixels) -> (landmarks (N, K, 2) in source pixels,
+                  flip_perm=None, pad: bool = False, depth: bool = False):
+    """Crops and their affines (source pixels -> crop pixels) -> (landmarks (N, K, 2), or (N, K, 3) with
+    ``depth`` (a model that predicts z: z relative to the face's mean, toward the camera), in source pixels;
     scores (N, K), heatmaps (N, K, H, W))."""
     if len(crops) == 0:
-        return np.zeros((0, 0, 2), np.float64), np.zeros((0, 0), np.float32), np.zeros((0, 0, 0, 0), np.float32)
+        return (np.zeros((0, 0, 3 if depth else 2), np.float64), np.zeros((0, 0), np.float32),
+                np.zeros((0, 0, 0, 0), np.float32))
     hm = heatmaps_of(backend, crops, batch_size=batch_size, flip_perm=flip_perm, pad=pad)
+    if depth:
+        hm, depth_maps = np.split(hm, 2, axis=1)
     pts, scores = codec.decode(hm)
+    if depth:
+        pts = np.concatenate([pts, codec.decode_depth(hm, depth_maps)[..., None]], axis=2)
     back = np.stack([apply(invert(M), p) for M, p in zip(transforms, pts)])
     return back, scores, hm
 
@@ -139,11 +151,12 @@ def sample_config(protocol: Protocol, info) -> SampleConfig:
 
 def prepare(records, index: int, protocol: Protocol, info, set_name: str, cfg: SampleConfig | None = None):
     """(crop pixels, affine source -> crop, truth (K, 2) in source pixels as scored, source name, yaw in
-    degrees or None)."""
+    degrees or None, the truth's z (K,) where the record has it, else None)."""
     s = info.input_size
     if protocol.name == "train":
         p = process_sample(records, index, cfg or sample_config(protocol, info), train=False)
-        return p.image, p.transform, p.source_landmarks[:, :2].astype(np.float64), p.source, p.yaw
+        return (p.image, p.transform, p.source_landmarks[:, :2].astype(np.float64), p.source, p.yaw,
+                depth_of(p.source_landmarks))
     smp = records.sample(index)
     source = smp.meta.get("source", f"{set_name}[{index}]")
     pose = pose_degrees(smp.meta)
@@ -151,7 +164,7 @@ def prepare(records, index: int, protocol: Protocol, info, set_name: str, cfg: S
     if protocol.name == "standard":
         gt = smp.landmarks[:, :2].astype(np.float64)
         M = box_crop((*gt.min(0), *gt.max(0)), s, expand=protocol.crop_framing or info.crop_framing)
-        return warp(smp.image, M, s), M, gt, source, yaw
+        return warp(smp.image, M, s), M, gt, source, yaw, depth_of(smp.landmarks)
     # reference: the record's landmarks as its float32 label holds them
     gt32 = np.asarray(smp.landmarks[:, :2], np.float32)
     if gt32.shape[0] != 68:
@@ -163,7 +176,12 @@ def prepare(records, index: int, protocol: Protocol, info, set_name: str, cfg: S
     in_crop = apply(M, gt32)
     in_crop = np.round(in_crop) if protocol.landmark_dims == 3 else np.floor(in_crop)
     truth = apply(invert(M), in_crop).astype(np.float32).astype(np.float64)
-    return warp_chain(smp.image, warps), M, truth, source, yaw
+    return warp_chain(smp.image, warps), M, truth, source, yaw, None
+
+
+def depth_of(landmarks) -> np.ndarray | None:
+    landmarks = np.asarray(landmarks)
+    return landmarks[:, 2].astype(np.float64) if landmarks.shape[1] > 2 else None
 
 
 def score(backend, info, records, protocol: Protocol, *, set_name: str, indices=None, batch_size: int = 16,
@@ -176,7 +194,7 @@ def score(backend, info, records, protocol: Protocol, *, set_name: str, indices=
     codec = HeatmapCodec(info.input_size, info.heatmap_size, sigma=info.sigma, decode_mode=protocol.decode)
     flip_perm = scheme.flip if flip else None
     cfg = sample_config(protocol, info) if protocol.name == "train" else None
-    preds, gts, sources, yaws, seconds, first = [], [], [], [], 0.0, None
+    preds, gts, sources, yaws, seconds, first, depths = [], [], [], [], 0.0, None, []
     for start in range(0, len(indices), batch_size):
         t0 = time.perf_counter()
         batch = [prepare(records, i, protocol, info, set_name, cfg) for i in indices[start:start + batch_size]]
@@ -187,7 +205,10 @@ def score(backend, info, records, protocol: Protocol, *, set_name: str, indices=
             raise ScoringError(f"{set_name}: the records have {truth.shape[1]} landmarks, the model "
                                f"{info.name} predicts {info.num_landmarks}")
         pts, _, hm = predict_crops(backend, crops, transforms, codec, batch_size=batch_size, flip_perm=flip_perm,
-                                   pad=pad)
+                                   pad=pad, depth=info.predicts_z)
+        if info.predicts_z:
+            depths += [(p[:, 2], b[5]) for p, b in zip(pts, batch)]
+            pts = pts[..., :2]
         if protocol.name == "reference":
             pts = pts.astype(np.float32).astype(np.float64)  # the reference keeps its landmarks in float32
         seconds += time.perf_counter() - t0
@@ -203,8 +224,18 @@ def score(backend, info, records, protocol: Protocol, *, set_name: str, indices=
     k = info.num_landmarks
     pred = np.concatenate(preds) if preds else np.zeros((0, k, 2))
     gt = np.concatenate(gts) if gts else np.zeros((0, k, 2))
-    return Score(pred=pred, gt=gt, nme={norm: nme(pred, gt, norm, scheme) for norm in NORMALISATIONS},
-                 indices=indices, sources=sources, yaws=yaws, seconds=seconds, first=first)
+    result = Score(pred=pred, gt=gt, nme={norm: nme(pred, gt, norm, scheme) for norm in NORMALISATIONS},
+                   indices=indices, sources=sources, yaws=yaws, seconds=seconds, first=first)
+    if info.predicts_z:
+        if any(g is None for _, g in depths):
+            raise ScoringError(f"{set_name}: the model {info.name} predicts z, but the records carry no z to score "
+                               f"it against")
+        result.pred_z = np.array([p for p, _ in depths]).reshape(len(pred), k)
+        result.gt_z = np.array([g for _, g in depths]).reshape(len(pred), k)
+        pred3, gt3 = (np.concatenate([xy, z[..., None]], axis=2) for xy, z in ((pred, result.pred_z),
+                                                                              (gt, result.gt_z)))
+        result.nme_3d = {"nme_3d": nme_3d(pred3, gt3), "z": z_nme(pred3, gt3)}
+    return result
 
 
 def check_records(records, info, set_name: str) -> None:

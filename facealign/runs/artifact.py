@@ -77,6 +77,11 @@ class ModelInfo:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @property
+    def predicts_z(self) -> bool:
+        """Its outputs hold K depth maps after the K heatmaps (facealign.models.network)."""
+        return bool(self.model.get("predict_z"))
+
     @classmethod
     def from_dict(cls, d: dict, source: str = "<dict>") -> "ModelInfo":
         if not isinstance(d, dict) or "name" not in d:

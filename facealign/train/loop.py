@@ -494,9 +494,10 @@ def forward_backward(run: Run, state: TrainState, batch, window: Window):
     run.stats.select(batch.rank)
     data = mx.nd.array(batch.images, ctx=run.ctx, dtype="float32")
     target = mx.nd.array(batch.heatmaps, ctx=run.ctx)
+    depth = depth_targets(batch, run.ctx) if run.model_spec.predict_z else None
     with autograd.record():
         loss, stack_losses = stacked_loss(run.net(data), target, settings=run.loss_settings,
-                                          stack_weights=run.spec.loss.stack_weights)
+                                          stack_weights=run.spec.loss.stack_weights, depth=depth)
         if run.scaler is not None:
             loss = loss * run.scaler.value
     autograd.backward(loss)
@@ -507,6 +508,19 @@ def forward_backward(run: Run, state: TrainState, batch, window: Window):
         run.log(f"skipped record {index} of {file}: {why}", all_ranks=True)
     state.pending_skips += len(batch.skips)
     return np.array([l.asscalar() for l in stack_losses])
+
+
+def depth_targets(batch, ctx):
+    """(z (B, K), face box size (B,)) in input pixels, for a model that predicts z: the box is the square root of
+    the landmarks' box area, what the depth error is divided by."""
+    import mxnet as mx
+
+    points = batch.landmarks
+    if points.shape[2] < 3:
+        raise DataError("model.predict_z needs records with z (x, y, z landmarks); these have x and y only")
+    size = points[..., :2].max(axis=1) - points[..., :2].min(axis=1)
+    box = np.sqrt(np.maximum(size[:, 0] * size[:, 1], 1.0))
+    return mx.nd.array(points[..., 2], ctx=ctx), mx.nd.array(box, ctx=ctx)
 
 
 def vote_on_step(run: Run, state: TrainState, values) -> Vote:

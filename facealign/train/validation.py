@@ -18,7 +18,7 @@ class Validator:
     the ``train`` protocol, the sets, the batch size and the sample limit. Each rank scores
     records ``rank::world_size`` of every set; one allreduce of (sum, count) per set makes the
     mean. 2D models are scored by the eye-centre NME, 3D models by the box NME (the reference's
-    figures). ``results`` keeps this rank's per-image scores of the last run.
+    figures); models that predict z also by the 3D NME and the depth error (``nme3d/<set>``, ``z/<set>``). ``results`` keeps this rank's per-image scores of the last run.
     """
 
     def __init__(self, record: dict, info, world, ctx):
@@ -40,8 +40,12 @@ class Validator:
             self.results[name] = result
             first = first or result.first
             errors = result.nme[self.norm]
-            total, count = dist.allreduce([float(errors.sum()), len(errors)])
+            depth = [result.nme_3d[k] for k in ("nme_3d", "z")] if self.info.predicts_z else []
+            total, count, *depth_totals = dist.allreduce([float(errors.sum()), len(errors),
+                                                          *(float(e.sum()) for e in depth)])
             metrics[f"nme/{name}"] = total / max(count, 1)
+            if depth_totals:  # a model that predicts z: its 3D NME and depth error too
+                metrics[f"nme3d/{name}"], metrics[f"z/{name}"] = (t / max(count, 1) for t in depth_totals)
         return metrics, (first if self.world.is_primary else None)
 
 
