@@ -139,7 +139,9 @@ def test_every_job_in_the_repository_builds_its_model(path):
     net = initialize(build_model(model_spec))
     out = net(mx.nd.zeros((1, 3, spec.data.input_size, spec.data.input_size)))
     assert len(out) == model_spec.num_stacks
-    assert out[-1].shape == (1, spec.data.num_points, spec.data.heatmap_size, spec.data.heatmap_size)
+    channels = spec.data.num_points * (2 if model_spec.predict_z else 1)  # depth maps after the heatmaps
+    assert out[-1].shape == (1, channels, spec.data.heatmap_size, spec.data.heatmap_size)
+    assert model_spec.output_channels == channels
     if spec.model.name == path.stem:  # the reference recipes train the zoo model as it is
         assert model_spec == get_model_spec(spec.model.name)
         assert count_parameters(net)["total"] > 6_000_000
