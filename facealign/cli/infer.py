@@ -10,8 +10,9 @@ the whole image is one face) or from ``--boxes FILE.json`` written by your own d
 (``{"photo.jpg": [[x0, y0, x1, y1], ...]}``; for a video, keys are frame indices).
 
 Writes to --out: ``predictions.json`` (per image: faces with box, box score,
-landmarks x, y in image pixels, per-landmark scores) and, unless --no-draw, the
-annotated images; per video ``<name>.json`` (per frame) and ``<name>_landmarks.avi``.
+landmarks x, y in image pixels, per-landmark scores; for a model that predicts z, each landmark's z and
+the head pose: yaw, pitch, roll in degrees) and, unless --no-draw, the annotated images (the head's axes
+drawn from the nose tip for a model that predicts z); per video ``<name>.json`` (per frame) and ``<name>_landmarks.avi``.
 In videos the detector runs every --detect-every frames and the faces are
 tracked from their landmarks in between. --smooth steadies each face's landmarks over
 the frames: one-euro (the default; the One Euro filter, facealign.serve.smoothing: --min-cutoff
@@ -35,6 +36,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from facealign.data.pose import head_rotation
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
@@ -104,18 +107,31 @@ def read_rgb(path: Path) -> np.ndarray:
 
 
 def draw(image_bgr: np.ndarray, prediction) -> np.ndarray:
+    """The boxes, the landmarks (the reference's groups on 68 points) and, for a model that predicts z, the
+    head's axes from the nose tip: x red, y green, z (toward the camera) blue."""
     out = image_bgr.copy()
     thickness = max(1, round(max(out.shape[:2]) / 500))
-    for box, pts in zip(prediction.boxes, prediction.landmarks):
+    poses = prediction.poses if prediction.poses is not None else [None] * len(prediction)
+    for box, pts, pose in zip(prediction.boxes, prediction.landmarks, poses):
         x0, y0, x1, y1 = (int(round(v)) for v in box)
         cv2.rectangle(out, (x0, y0), (x1, y1), (255, 160, 0), thickness)
-        p = np.round(pts).astype(np.int32)
+        p = np.round(pts[:, :2]).astype(np.int32)
         if len(p) == 68:
             for a, b, closed in GROUPS_68:
                 cv2.polylines(out, [p[a:b]], closed, (255, 255, 255), thickness, cv2.LINE_AA)
         for x, y in p:
             cv2.circle(out, (int(x), int(y)), thickness + 1, (0, 0, 255), -1, cv2.LINE_AA)
+        if pose is not None and len(p) == 68:
+            draw_axes(out, pts[30, :2], head_rotation(*pose), 0.4 * np.ptp(pts[:, 0]), thickness + 1)
     return out
+
+
+def draw_axes(image_bgr: np.ndarray, origin, R: np.ndarray, length: float, thickness: int) -> None:
+    """The rotated head frame's axes, projected on the image (x right, y down)."""
+    start = tuple(int(round(v)) for v in origin)
+    for axis, colour in zip(R.T, ((0, 0, 255), (0, 255, 0), (255, 0, 0))):  # BGR: x red, y green, z blue
+        end = tuple(int(round(v)) for v in np.asarray(origin) + length * axis[:2])
+        cv2.arrowedLine(image_bgr, start, end, colour, thickness, cv2.LINE_AA, tipLength=0.15)
 
 
 def box_key(boxes: dict, path: Path):

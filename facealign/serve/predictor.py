@@ -36,27 +36,38 @@ class Prediction:
 
     boxes       (F, 4) float32 face boxes x0, y0, x1, y1 the crops were made from
     box_scores  (F,) float32 detector confidence (1.0 for boxes that were given)
-    landmarks   (F, K, 2) float32 landmark x, y in image pixels
+    landmarks   (F, K, 2) float32 landmark x, y in image pixels; (F, K, 3) for a model that predicts z:
+                z in image pixels, toward the camera, relative to the face's mean z
     scores      (F, K) float32 heatmap peak per landmark (about the target peak when confident)
+    poses       (F, 3) float32 head yaw, pitch, roll in degrees, from the 3D landmarks (facealign.data.pose),
+                or None for a model that predicts no z
     """
 
     boxes: np.ndarray
     box_scores: np.ndarray
     landmarks: np.ndarray
     scores: np.ndarray
+    poses: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.boxes)
 
     def to_json(self) -> list[dict]:
-        return [{"box": [round(float(v), 2) for v in self.boxes[i]], "box_score": round(float(self.box_scores[i]), 4),
-                 "landmarks": np.round(self.landmarks[i].astype(np.float64), 2).tolist(),
-                 "scores": np.round(self.scores[i].astype(np.float64), 3).tolist()} for i in range(len(self))]
+        faces = []
+        for i in range(len(self)):
+            face = {"box": [round(float(v), 2) for v in self.boxes[i]], "box_score": round(float(self.box_scores[i]), 4),
+                    "landmarks": np.round(self.landmarks[i].astype(np.float64), 2).tolist(),
+                    "scores": np.round(self.scores[i].astype(np.float64), 3).tolist()}
+            if self.poses is not None:
+                face["pose"] = dict(zip(("yaw", "pitch", "roll"), (round(float(a), 2) for a in self.poses[i])))
+            faces.append(face)
+        return faces
 
     @classmethod
-    def empty(cls, num_landmarks: int) -> "Prediction":
+    def empty(cls, num_landmarks: int, dims: int = 2) -> "Prediction":
         return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
-                   np.zeros((0, num_landmarks, 2), np.float32), np.zeros((0, num_landmarks), np.float32))
+                   np.zeros((0, num_landmarks, dims), np.float32), np.zeros((0, num_landmarks), np.float32),
+                   np.zeros((0, 3), np.float32) if dims == 3 else None)
 
 
 # --- the predictor ---------------------------------------------------------------------------------
@@ -144,22 +155,33 @@ class Predictor:
         for _ in range(self.refine):
             transforms = [self.crop_for_box(landmark_box(p)) for p in pts]
             pts, scores = self._predict_crops(images, owner, transforms)
+        poses = head_poses(pts) if self.info.predicts_z else None
         out, k = [], 0
         for b, sc in found:
             n = len(b)
-            out.append(Prediction(b.astype(np.float32), sc, pts[k:k + n], scores[k:k + n]) if n
-                       else Prediction.empty(self.info.num_landmarks))
+            out.append(Prediction(b.astype(np.float32), sc, pts[k:k + n], scores[k:k + n],
+                                  None if poses is None else poses[k:k + n]) if n
+                       else Prediction.empty(self.info.num_landmarks, 3 if self.info.predicts_z else 2))
             k += n
         return out
 
     def _predict_crops(self, images, owner, transforms):
-        k, s = self.info.num_landmarks, self.info.input_size
+        k, s, z = self.info.num_landmarks, self.info.input_size, self.info.predicts_z
         if not transforms:
-            return np.zeros((0, k, 2), np.float32), np.zeros((0, k), np.float32)
+            return np.zeros((0, k, 3 if z else 2), np.float32), np.zeros((0, k), np.float32)
         crops = np.stack([warp(images[i], M, s) for i, M in zip(owner, transforms)])
         pts, scores, _ = predict_crops(self.backend, crops, transforms, self.codec, batch_size=self.batch_size,
-                                       flip_perm=self.scheme.flip if self.flip else None)
+                                       flip_perm=self.scheme.flip if self.flip else None, depth=z)
         return pts.astype(np.float32), scores.astype(np.float32)
+
+
+def head_poses(points: np.ndarray) -> np.ndarray | None:
+    """(F, 3) yaw, pitch, roll of 68-point 3D faces (the mean face's fit), or None for another scheme."""
+    from facealign.data.pose import head_pose
+
+    if points.ndim != 3 or points.shape[1:] != (68, 3):
+        return None
+    return np.array([head_pose(p) for p in points], np.float32).reshape(-1, 3)
 
 
 def landmark_box(points: np.ndarray) -> tuple[float, float, float, float]:
