@@ -154,31 +154,42 @@ def onnx_int8(fp32_onnx: Path, out: Path, calibration: np.ndarray) -> None:
     pre.unlink()
 
 
-def check_nme(backend, info: ModelInfo, records, limit: int) -> float:
-    """Mean NME (the primary normalisation) of ``backend`` on the first ``limit`` faces, standard protocol."""
+def check_errors(backend, info: ModelInfo, records, limit: int) -> dict:
+    """Mean errors of ``backend`` on the first ``limit`` faces, standard protocol: ``nme`` (the primary
+    normalisation) and, for a model that predicts z, ``z`` (the depth error)."""
     from facealign.evaluation.metrics import primary_norm
     from facealign.evaluation.scoring import Protocol, score
 
     n = min(len(records), limit)
-    return float(score(backend, info, records, Protocol("standard"), set_name="check",
-                       indices=range(n)).nme[primary_norm(info.landmark_dims)].mean())
+    result = score(backend, info, records, Protocol("standard"), set_name="check", indices=range(n))
+    errors = {"nme": float(result.nme[primary_norm(info.landmark_dims)].mean())}
+    if info.predicts_z:
+        errors["z"] = float(result.nme_3d["z"].mean())
+    return errors
 
 
-def drift_check(a: float, reduced, info: ModelInfo, records, limit: int, label: str, max_drift: float, log) -> dict:
-    """The reduced backend's NME against float32's ``a`` on the same faces; refuses above ``max_drift``."""
+def drift_check(a: dict, reduced, info: ModelInfo, records, limit: int, label: str, max_drift: float, log) -> dict:
+    """The reduced backend's errors against float32's ``a`` (``check_errors``) on the same faces; refuses above
+    ``max_drift`` in the NME, or in the depth error of a model that predicts z."""
     from facealign.evaluation.metrics import primary_norm
 
     norm = primary_norm(info.landmark_dims)
     n = min(len(records), limit)
-    b = check_nme(reduced, info, records, limit)
-    drift = (b - a) / max(a, 1e-12)
-    log(f"{label}: NME {100 * b:.3f}% against float32's {100 * a:.3f}% on {n} faces ({norm}): "
-        f"{100 * drift:+.2f}% relative (allowed {100 * max_drift:.1f}%)")
-    if drift > max_drift:
-        raise ArtifactError(f"{label} loses too much accuracy: NME {100 * b:.3f}% against float32's {100 * a:.3f}% "
-                            f"({100 * drift:+.2f}% relative, more than --max-drift {100 * max_drift:.1f}%); "
-                            f"nothing written")
-    return {"float32_nme": float(a), "nme": float(b), "relative_drift": float(drift), "faces": n}
+    b = check_errors(reduced, info, records, limit)
+    out = {"faces": n}
+    for key, name in (("nme", f"NME ({norm})"), ("z", "depth error")):
+        if key not in a:
+            continue
+        drift = (b[key] - a[key]) / max(a[key], 1e-12)
+        log(f"{label}: {name} {100 * b[key]:.3f}% against float32's {100 * a[key]:.3f}% on {n} faces: "
+            f"{100 * drift:+.2f}% relative (allowed {100 * max_drift:.1f}%)")
+        if drift > max_drift:
+            raise ArtifactError(f"{label} loses too much accuracy: {name} {100 * b[key]:.3f}% against float32's "
+                                f"{100 * a[key]:.3f}% ({100 * drift:+.2f}% relative, more than --max-drift "
+                                f"{100 * max_drift:.1f}%); nothing written")
+        prefix = "" if key == "nme" else "z_"
+        out.update({f"float32_{key}": a[key], key: b[key], f"{prefix}relative_drift": float(drift)})
+    return out
 
 
 @dataclass(frozen=True)
@@ -215,7 +226,7 @@ def export_reduced(net, info: ModelInfo, out_dir, args: ReducedExport, log=print
                             "export --precision int8 --onnx, or float32 --onnx")
     out = Path(out_dir)
     records = open_records(args.check, info)
-    float32_nme = check_nme(MXNetBackend(net, mx.cpu()), info, records, args.check_samples)
+    float32_errors = check_errors(MXNetBackend(net, mx.cpu()), info, records, args.check_samples)
     reduced_info = dataclasses.replace(info, precision=precision)
     probe = _probe_batch(info, 1)
     if precision == "int8":
@@ -228,7 +239,7 @@ def export_reduced(net, info: ModelInfo, out_dir, args: ReducedExport, log=print
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        result["check"]["mxnet"] = drift_check(float32_nme, MXNetBackend(reduced, mx.cpu()), info, records,
+        result["check"]["mxnet"] = drift_check(float32_errors, MXNetBackend(reduced, mx.cpu()), info, records,
                                                args.check_samples, f"{precision} (MXNet)", args.max_drift, log)
         # bfloat16: MXNet 1.9.1 loses AMP's casts when it exports the converted graph, so the package holds
         # the float32 graph and loaders convert it (artifact.load_network); int8 exports as it is
@@ -243,7 +254,7 @@ def export_reduced(net, info: ModelInfo, out_dir, args: ReducedExport, log=print
             onnx_int8(fp32, tmp / ONNX_FILE, calibration)
             for f in ("fp32-symbol.json", "fp32-0000.params", "fp32.onnx"):
                 (tmp / f).unlink()
-            result["check"]["onnxruntime"] = drift_check(float32_nme, OnnxBackend(tmp / ONNX_FILE), info, records,
+            result["check"]["onnxruntime"] = drift_check(float32_errors, OnnxBackend(tmp / ONNX_FILE), info, records,
                                                          args.check_samples, "int8 (onnxruntime)", args.max_drift,
                                                          log)
             files.append(ONNX_FILE)
