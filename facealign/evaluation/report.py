@@ -38,8 +38,12 @@ def summarise(result) -> dict:
     from facealign.evaluation.scoring import yaw_bins
 
     by_yaw = {norm: yaw_bins(values, result.yaws) for norm, values in result.nme.items()}
+    # a model that predicts z: the 3D NME and the depth error alone (box normaliser), per yaw bin too
+    depth = {key: {"nme": float(values.mean()) if len(values) else float("nan"),
+                   "median": float(np.median(values)) if len(values) else float("nan"),
+                   "by_yaw": yaw_bins(values, result.yaws)} for key, values in result.nme_3d.items()}
     return {"images": n, "images_per_s": n / max(result.seconds, 1e-9), "by_norm": rows,
-            "by_yaw": by_yaw if all(v is not None for v in by_yaw.values()) else None}
+            "by_yaw": by_yaw if all(v is not None for v in by_yaw.values()) else None, "depth": depth or None}
 
 
 # --- figures (matplotlib, Agg) ------------------------------------------------------------------------
@@ -126,7 +130,25 @@ def format_table(report: dict) -> str:
                      if e["by_yaw"][norm][b]["nme"] is not None else "– (0)" for b in bins]
             lines.append(f"| {e['set']} | {e['protocol']}{' + flip' if e['flip'] else ''} | " + " | ".join(cells)
                          + f" | {100 * e['by_yaw'][norm]['balanced']['nme']:.3f} | {100 * e['by_norm'][norm]['nme']:.3f} |")
+    lines += format_depth(report)
     return "\n".join(lines)
+
+
+def format_depth(report: dict) -> list[str]:
+    """The 3D NME and depth error table of a model that predicts z (nothing for the others)."""
+    entries = [e for e in report["results"] if e.get("depth")]
+    if not entries:
+        return []
+    lines = ["", "3D, for a model that predicts z (x, y, z; each face's z relative to its mean; box normaliser):", "",
+             "| set | protocol | 3D NME % | depth error % | by yaw: 3D NME % / depth error % |", "|---|---|---:|---:|---|"]
+    for e in entries:
+        d = e["depth"]
+        bins = d["nme_3d"]["by_yaw"] or {}
+        cells = ", ".join(f"{b}: {100 * v['nme']:.2f} / {100 * d['z']['by_yaw'][b]['nme']:.2f}"
+                          for b, v in bins.items() if b != "balanced" and v["nme"] is not None) or "–"
+        lines.append(f"| {e['set']} | {e['protocol']}{' + flip' if e['flip'] else ''} | {100 * d['nme_3d']['nme']:.3f} "
+                     f"| {100 * d['z']['nme']:.3f} | {cells} |")
+    return lines
 
 
 def format_comparison(reports: list[dict]) -> str:
@@ -273,7 +295,9 @@ def score_one(source, backend, args: EvalOptions, job: tuple, out: Path, tb, eva
                                     f"{info.name}: {label}, {n} faces"), out / f"ced_{tag}")
     per_image = [{"index": i, "source": src, "yaw": result.yaws[j],
                   "pred": np.round(result.pred[j], 3).tolist(), "gt": np.round(result.gt[j], 3).tolist(),
-                  "nme": {k: float(v[j]) for k, v in result.nme.items()}}
+                  "nme": {k: float(v[j]) for k, v in result.nme.items()},
+                  **({"pred_z": np.round(result.pred_z[j], 3).tolist(), "gt_z": np.round(result.gt_z[j], 3).tolist(),
+                      **{k: float(v[j]) for k, v in result.nme_3d.items()}} if result.nme_3d else {})}
                  for j, (i, src) in enumerate(zip(result.indices, result.sources))]
     (out / f"predictions_{tag}.json").write_text(json.dumps(per_image))
     print(f"[eval] {source.label}: {label}: NME {100 * summary['by_norm'][primary]['nme']:.3f}% ({primary}), "
@@ -289,6 +313,8 @@ def score_one(source, backend, args: EvalOptions, job: tuple, out: Path, tb, eva
         for norm, row in summary["by_norm"].items():
             tb.add_scalar(f"eval/{tag}/nme_{norm}", row["nme"], step)
             tb.add_scalar(f"eval/{tag}/auc@0.10_{norm}", row["auc@0.10"], step)
+        for key, row in (summary["depth"] or {}).items():
+            tb.add_scalar(f"eval/{tag}/{key}", row["nme"], step)
         tb.add_image(f"eval/{tag}/ced", pixels, step, dataformats="HWC")
         if yaw_pixels is not None:
             for b, v in summary["by_yaw"][primary].items():

@@ -176,7 +176,7 @@ def prepare(records, index: int, protocol: Protocol, info, set_name: str, cfg: S
     in_crop = apply(M, gt32)
     in_crop = np.round(in_crop) if protocol.landmark_dims == 3 else np.floor(in_crop)
     truth = apply(invert(M), in_crop).astype(np.float32).astype(np.float64)
-    return warp_chain(smp.image, warps), M, truth, source, yaw, None
+    return warp_chain(smp.image, warps), M, truth, source, yaw, depth_of(smp.landmarks)
 
 
 def depth_of(landmarks) -> np.ndarray | None:
@@ -227,9 +227,8 @@ def score(backend, info, records, protocol: Protocol, *, set_name: str, indices=
     result = Score(pred=pred, gt=gt, nme={norm: nme(pred, gt, norm, scheme) for norm in NORMALISATIONS},
                    indices=indices, sources=sources, yaws=yaws, seconds=seconds, first=first)
     if info.predicts_z:
-        if any(g is None for _, g in depths):
-            raise ScoringError(f"{set_name}: the model {info.name} predicts z, but the records carry no z to score "
-                               f"it against")
+        result.pred_z = np.array([p for p, _ in depths]).reshape(len(pred), k)
+    if info.predicts_z and all(g is not None for _, g in depths):  # records with z: scored in 3D too
         result.pred_z = np.array([p for p, _ in depths]).reshape(len(pred), k)
         result.gt_z = np.array([g for _, g in depths]).reshape(len(pred), k)
         pred3, gt3 = (np.concatenate([xy, z[..., None]], axis=2) for xy, z in ((pred, result.pred_z),
