@@ -55,3 +55,77 @@ def test_every_augmentation_carries_z(faces3d, epoch):
             expected, mirrored = expected[flip], mirrored + 1
         np.testing.assert_allclose(p.landmarks[:, 2], expected, atol=1e-3, err_msg=f"record {i}")
     assert 0 < mirrored < len(faces3d)
+
+
+# --- a model that predicts z, end to end (a tiny one trained here) -----------------------------------------
+
+@pytest.fixture(scope="module")
+def z_run(tmp_path_factory):
+    """hg2-d3-cab-3dz at width 32 trained 40 steps in one process on procedural faces (which carry z)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO, pack_synthetic_sets, write_tiny_job
+
+    root = pack_synthetic_sets(tmp_path_factory.mktemp("zrun"), train=64, val=16, seed=4)
+    job = write_tiny_job(root / "z.yaml", root, model={"name": "hg2-d3-cab-3dz"},
+                         data={"workers": 1, "input_size": 64, "heatmap_size": 32, "sigma": 2.0},
+                         optim={"lr": 2.0e-3}, schedule={"kind": "cosine", "unit": "step", "length": 40},
+                         checkpoint={"every_steps": 20}, eval={"every_steps": 20, "batch_size": 8},
+                         logging={"every_steps": 10, "images": 2})
+    proc = subprocess.run([sys.executable, "-m", "facealign.train", "--job", str(job), "--run-dir", str(root / "run")],
+                          capture_output=True, text=True, timeout=600, cwd=REPO,
+                          env={**__import__("os").environ, "OMP_NUM_THREADS": "2"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return root
+
+
+def test_a_model_that_predicts_z_validates_evaluates_serves_and_exports_z(z_run, tmp_path):
+    import json
+
+    from conftest import run_cli
+    from facealign.serve.predictor import Predictor
+    from tb_events import scalars
+
+    log = (z_run / "run" / "log.txt").read_text()
+    assert "nme3d/synth" in log and "z/synth" in log
+    assert {"val/nme3d/synth", "val/z/synth"} <= set(scalars(z_run / "run" / "tb"))
+
+    ev = run_cli("facealign-eval", z_run / "run", "--data", z_run / "val", "--out", tmp_path / "eval",
+                 "--protocol", "standard")
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    report = json.loads(next((tmp_path / "eval").glob("**/report.json")).read_text())
+    depth = report["results"][0]["depth"]
+    assert 0 < depth["z"]["nme"] < depth["nme_3d"]["nme"] and depth["z"]["by_yaw"] is not None
+    assert "3D NME %" in ev.stdout
+
+    # the Predictor and facealign-infer: z and the head pose
+    face = render_face(4, 3)
+    box = [*face.landmarks[:, :2].min(0), *face.landmarks[:, :2].max(0)]
+    predictor = Predictor.load(z_run / "run")
+    pred = predictor.predict(face.image, boxes=[box])
+    assert pred.landmarks.shape == (1, 68, 3) and pred.poses.shape == (1, 3)
+    assert set(pred.to_json()[0]["pose"]) == {"yaw", "pitch", "roll"} and len(pred.to_json()[0]["landmarks"][0]) == 3
+
+    # ONNX: the same depth maps, so the same z
+    ex = run_cli("facealign-export", z_run / "run", tmp_path / "exp", "--onnx")
+    assert ex.returncode == 0, ex.stderr[-2000:]
+    onnx = Predictor.load(tmp_path / "exp" / "model.onnx").predict(face.image, boxes=[box])
+    np.testing.assert_allclose(onnx.landmarks, pred.landmarks, atol=0.05)
+    np.testing.assert_allclose(onnx.poses, pred.poses, atol=0.5)
+
+
+def test_a_reference_3d_models_weights_load_into_the_xy_part_and_the_depth_maps_start_fresh(tmp_path):
+    import mxnet as mx
+
+    from facealign.models import get_model, initialize
+    from facealign.runs.artifact import load_pretrained
+
+    old = initialize(get_model("hg2-d3-cab-3d", width=32, depth=2, input_size=64, heatmap_size=32))
+    saved = {("arg:" if "running" not in k else "aux:") + k: v.data() for k, v in old.collect_params().items()}
+    mx.nd.save(str(tmp_path / "model-0000.params"), saved)
+    new = initialize(get_model("hg2-d3-cab-3dz", width=32, depth=2, input_size=64, heatmap_size=32))
+    report = load_pretrained(new, tmp_path / "model-0000.params", mx.cpu())
+    assert sorted(report["kept"]) == sorted(k for k in report["kept"] if "depth" in k) and len(report["kept"]) == 4
+    x = mx.nd.random.uniform(0, 255, (1, 3, 64, 64))
+    np.testing.assert_allclose(new(x)[-1][:, :68].asnumpy(), old(x)[-1].asnumpy(), rtol=1e-5, atol=1e-5)
