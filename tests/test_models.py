@@ -49,9 +49,15 @@ def _blocks(net, cls):
 
 def test_zoo_lists_the_named_models():
     assert set(ALL_MODELS) == {"hg2-d4-resnet", "hg2-d3-hpm", "hg2-d4-cab", "sat2-d3-cab", "hg2-d3-cab",
-                               "hg2-d3-inception", "hg2-d3-cab-3d", "sat2-d3-cab-3d"}
-    assert get_model_spec("hg2-d3-cab-3d").landmark_dims == 3
+                               "hg2-d3-inception", "hg2-d3-cab-3d", "sat2-d3-cab-3d", "hg2-d3-cab-3dz",
+                               "sat2-d3-cab-3dz"}
+    assert get_model_spec("hg2-d3-cab-3d").landmark_dims == 3 and not get_model_spec("hg2-d3-cab-3d").predict_z
     assert get_model_spec("hg2-d3-cab").landmark_dims == 2
+    assert get_model_spec("sat2-d3-cab-3dz").predict_z and get_model_spec("sat2-d3-cab-3dz").output_channels == 136
+    # the structures from before depth was predicted keep their fingerprints (their checkpoints resume)
+    assert "predict_z" not in get_model_spec("hg2-d3-cab-3d").to_dict()
+    with pytest.raises(ValueError, match="predict_z needs 3D landmarks"):
+        get_model_spec("hg2-d3-cab", predict_z=True)
 
 
 @pytest.mark.parametrize("name,size_mb", sorted(REFERENCE_SIZES_MB.items()))
@@ -77,8 +83,8 @@ def test_model_builds_with_reference_output_shapes(name):
     with autograd.train_mode():
         out = net(_pixels(2))
     assert isinstance(out, list) and len(out) == 2
-    for heatmap in out:
-        assert heatmap.shape == (2, 68, 64, 64)
+    for heatmap in out:  # the -3dz models: 68 depth maps after the 68 heatmaps
+        assert heatmap.shape == (2, get_model_spec(name).output_channels, 64, 64)
         assert np.isfinite(heatmap.asnumpy()).all()
 
 
@@ -113,7 +119,7 @@ def test_hybridised_equals_imperative_float32_predict():
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_every_parameter_receives_a_gradient(name):
     net = initialize(get_model(name), seed=3)
-    x, target = _pixels(2), mx.nd.random.uniform(0, 1, (2, 68, 64, 64))
+    x, target = _pixels(2), mx.nd.random.uniform(0, 1, (2, get_model_spec(name).output_channels, 64, 64))
     with autograd.record():
         loss = sum(((h - target) ** 2).mean() for h in net(x))
     loss.backward()
