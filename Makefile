@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export FACEALIGN_VENV := $(abspath $(VENV))
 
-.PHONY: setup demo test bench bench-models bench-data bench-train bench-infer bench-precision bench-recipe bench-widths bench-elastic clean
+.PHONY: setup demo test bench bench-models bench-data bench-train bench-infer bench-precision bench-recipe bench-widths bench-elastic bench-depth clean
 
 setup:
 	bash install.sh
@@ -15,7 +15,7 @@ demo: setup
 test: setup
 	$(PY) -m pytest tests
 
-bench: bench-models bench-data bench-train bench-infer bench-precision bench-recipe bench-widths bench-elastic
+bench: bench-models bench-data bench-train bench-infer bench-precision bench-recipe bench-widths bench-elastic bench-depth
 
 bench-models: setup
 	$(PY) bench/models.py --out bench/results/models.json
@@ -43,3 +43,6 @@ bench-widths: setup
 
 bench-elastic: setup
 	$(PY) bench/elastic.py --out bench/results/elastic.json
+
+bench-depth: setup
+	$(PY) bench/depth.py --out bench/results/depth.json
