@@ -4,13 +4,16 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export FACEALIGN_VENV := $(abspath $(VENV))
 
-.PHONY: setup demo test bench bench-models bench-data bench-train bench-infer bench-precision bench-recipe bench-widths bench-elastic bench-depth clean
+.PHONY: setup demo demo-3d test bench bench-models bench-data bench-train bench-infer bench-precision bench-recipe bench-widths bench-elastic bench-depth clean
 
 setup:
 	bash install.sh
 
 demo: setup
 	$(PY) -m facealign.cli.demo
+
+demo-3d: setup
+	$(PY) -m facealign.cli.demo --job jobs/demo-3d.yaml
 
 test: setup
 	$(PY) -m pytest tests

@@ -2,11 +2,12 @@
 
     python -m facealign.cli.demo                       # about 5 minutes on 2 CPU cores
     python -m facealign.cli.demo --steps 60 --train-faces 300 --workdir /tmp/demo   # the short version (a test)
+    python -m facealign.cli.demo --job jobs/demo-3d.yaml   # make demo-3d: the same model predicting z too
 
 Steps: pack procedural faces (if not packed yet), score the untrained network
 on the validation faces, train jobs/demo.yaml with ``horovodrun -np 2`` on
 CPU, score the best checkpoint the same way, run ``facealign-eval`` on the run
-(its report goes to runs/demo/eval/), and print both NMEs and the TensorBoard
+(its report goes to runs/<run.name>/eval/), and print both NMEs and the TensorBoard
 command. Exits 1 if training did not at least halve the error.
 """
 from __future__ import annotations
@@ -64,10 +65,15 @@ def main(argv=None) -> int:
 
     cpu_isa.enable()  # before MXNet: the CPU's matrix engines where it has them
     work = Path(args.workdir).resolve()
-    data, run_dir = work / "data", work / "runs" / "demo"
     bin_dir = Path(sys.executable).parent
 
-    # 1. Data: procedural faces with exact landmarks.
+    from facealign.runs import checkpoint
+    from facealign.spec import components
+
+    data = work / "data"
+    run_dir = work / "runs" / components.load(args.job).run.name  # runs/demo, runs/demo-3d
+
+    # 1. Data: procedural faces with exact landmarks (x, y and z).
     for name, n, seed in (("synth_train", args.train_faces, 1), ("synth_val", args.val_faces, 2)):
         prefix = data / name
         if not prefix.with_suffix(".rec").exists():
@@ -78,9 +84,6 @@ def main(argv=None) -> int:
     if args.steps:
         sets.append(f"schedule.max_steps={args.steps}")
     sets.append(f"resources.tasks_per_node={args.np}")
-
-    from facealign.runs import checkpoint
-    from facealign.spec import components
 
     spec = components.load(args.job, sets)
     before = score(None, spec, data / "synth_val")
