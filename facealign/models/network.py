@@ -26,7 +26,7 @@ from typing import Callable
 from mxnet.gluon import HybridBlock
 
 from .blocks import make_block
-from .layers import ConvBNReLU, batch_norm, conv2d, deformable_conv3x3, maxpool_2x, relu
+from .layers import ConvBNReLU, batch_norm, concat_channels, conv2d, deformable_conv3x3, maxpool_2x, relu
 from .specs import stem_channels
 
 # Builds one stack's body: (channels, stack index) -> channels-preserving block.
@@ -42,6 +42,7 @@ class StackedHeatmapNet(HybridBlock):
         if stride not in (2, 4) or stride * heatmap_size != input_size:
             raise ValueError(f"input_size / heatmap_size must be 2 or 4 (got {input_size} / {heatmap_size})")
         self.num_stacks = num_stacks
+        self._k = num_landmarks
         self.topology = topology
         self.dcn = dcn
         stem_c, mid_c = stem_channels(width)
@@ -114,7 +115,7 @@ class StackedHeatmapNet(HybridBlock):
                             prediction = out3  # dcn 1/3 hourglass: the last stack predicts through out3
                     else:
                         x = out3
-            if self._depths:  # the depth maps of the features the heatmaps come from
-                prediction = F.concat(prediction, self._depths[i](ll), dim=1)
+            if self._depths:  # the depth maps of the features the heatmaps come from (K + K channels)
+                prediction = concat_channels(F, [prediction, self._depths[i](ll)], [self._k, self._k])
             heatmaps.append(prediction)
         return heatmaps
