@@ -527,8 +527,8 @@ def test_a_requeued_job_comes_back_on_fewer_nodes_and_resumes(two_node_reference
 def test_a_crashed_rank_on_a_live_node_restarts_on_the_same_nodes(cluster, data, tmp_path):
     job = tiny_job(data, tmp_path / "tiny.yaml")  # one node, two ranks
     run_dir = tmp_path / "crashed"
-    job_id = _submit(job, run_dir, "schedule.length=12")
-    _wait_for_log(run_dir / "log.txt", r"step 1\d/96", job_id)
+    job_id = _submit(job, run_dir, "schedule.length=6")
+    _wait_for_log(run_dir / "log.txt", r"step 1\d/48", job_id)
     from conftest import rank_process
 
     rank_process(run_dir, 1).kill()  # the process, not the node
@@ -537,6 +537,6 @@ def test_a_crashed_rank_on_a_live_node_restarts_on_the_same_nodes(cluster, data,
     assert info["JobState"] == "COMPLETED", log[-4000:]
     assert re.search(r"restart 1 of 3: a rank was lost, its node is still up; world size 2 -> 2 on \S+; resuming from "
                      r"step \d+", log), log[-4000:]
-    assert "finished at step 96" in log
+    assert "finished at step 48" in log
     status = json.loads(_launch("status", run_dir, "--json").stdout)[0]
     assert status["restarts"] == 1 and status["world_sizes"] == [2]
