@@ -4,8 +4,9 @@
     python -m launcher.slurm worker -- CMD ...                          # what srun runs on every task
 
 ``train`` runs in the batch shell on the job's first node. It checks the
-allocation against the job spec (world size = nodes x tasks per node), logs
-``SLURM_RESTART_COUNT``, then starts the ranks with one ``srun`` step:
+allocation against the job spec (from ``resources.min_nodes`` to ``nodes`` nodes),
+logs ``SLURM_RESTART_COUNT``, then starts the ranks with one ``srun`` step on the
+largest node count the job allows:
 
 * Horovod built with MPI (``FACEALIGN_LAUNCH=mpi``, or auto when Horovod has MPI
   and Slurm has PMIx): ``srun --mpi=pmix python -m facealign.train ...``; MPI
@@ -21,6 +22,11 @@ every rank gets the signal; the trainer checkpoints and exits 75. On 75 this
 process calls ``scontrol requeue $SLURM_JOB_ID``: Slurm restarts the batch
 script with the same job id and the trainer resumes from its checkpoint.
 
+A step that ends because a rank or node was lost (rank 0 recorded ``lost_peer``, or nothing) is started
+again on the nodes still up (asked of the controller, then probed with a one-task step), from the last
+checkpoint, up to ``run.max_restarts`` times; with fewer than ``min_nodes`` left the job is requeued, or
+ends with 1 where it may not requeue (docs/faults.md).
+
 Containers: with ``FACEALIGN_CONTAINER=IMAGE`` every task runs inside the image, through Pyxis
 (``srun --container-image``, the default) or Apptainer (``apptainer exec --nv``, for ``.sif``
 files and ``docker://``-style URIs, or ``FACEALIGN_CONTAINER_RUNTIME=apptainer``); the repository
@@ -31,7 +37,8 @@ way (slurm/eval.sh); ``--dry-run`` prints the srun command instead of running it
 
 Exit status: the trainer's (0, 1, 2), or 0 after a requeue was requested; 1 with one line for what
 the launcher itself refuses (an allocation that does not match the spec, a bad container setting, a
-task interpreter that cannot run).
+task interpreter that cannot run) and for a lost node it cannot go on without (restarts used up, too
+few nodes and no requeue).
 """
 from __future__ import annotations
 
