@@ -81,9 +81,16 @@ def train(job: str, run_dir: Path, data: Path, steps: int | None) -> float:
         sets.append(f"schedule.max_steps={steps}")
     cmd = [sys.executable, "-m", "launcher.cli", "local", str(REPO / "jobs" / job), "-np", "2", "--run-dir",
            str(run_dir)] + [a for s in sets for a in ("--set", s)]
-    started = time.time()
-    subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
-    return time.time() - started
+    subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL)  # a finished run in --workdir: no steps
+    return training_seconds(run_dir / "log.txt")
+
+
+def training_seconds(log: Path) -> float:
+    """From the run log's first line to its "finished" line (its first start to its end, across re-runs)."""
+    lines = log.read_text().splitlines()
+    stamps = [int(h) * 3600 + int(m) * 60 + int(s_) for h, m, s_ in
+              (line[:8].split(":") for line in (lines[0], next(x for x in lines if " finished at step " in x)))]
+    return (stamps[1] - stamps[0]) % 86400
 
 
 def score_set(run_dir: Path, prefix: Path, name: str) -> dict:
@@ -98,7 +105,7 @@ def score_set(run_dir: Path, prefix: Path, name: str) -> dict:
     from facealign.runs import artifact
     from facealign.serve import loading
 
-    source = artifact.resolve(run_dir, "best")
+    source = artifact.resolve(run_dir, which="best")
     records = RecordSet([prefix])
     result = score(MXNetBackend(loading.load_network(source, mx.cpu()), mx.cpu()), source.info, records,
                    Protocol("standard"), set_name=name)
