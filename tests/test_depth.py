@@ -129,3 +129,25 @@ def test_a_reference_3d_models_weights_load_into_the_xy_part_and_the_depth_maps_
     assert sorted(report["kept"]) == sorted(k for k in report["kept"] if "depth" in k) and len(report["kept"]) == 4
     x = mx.nd.random.uniform(0, 255, (1, 3, 64, 64))
     np.testing.assert_allclose(new(x)[-1][:, :68].asnumpy(), old(x)[-1].asnumpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_model_that_predicts_z_on_records_without_z_stops_before_training(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO, write_tiny_job
+    from facealign.data.pack import main as pack_main
+    from facealign.data.records import RecordWriter, pack_sample, read_records
+
+    assert pack_main(["--synthetic", "8", "--seed", "1", "--quiet", str(tmp_path / "src")]) == 0
+    with RecordWriter(tmp_path / "train") as w:  # the same faces with x, y only
+        for i, sample in enumerate(read_records(tmp_path / "src")):
+            sample.landmarks = sample.landmarks[:, :2]
+            w.write(pack_sample(sample, i))
+    job = write_tiny_job(tmp_path / "z.yaml", tmp_path, model={"name": "hg2-d3-cab-3dz"})
+    proc = subprocess.run([sys.executable, "-m", "facealign.train", "--job", str(job), "--run-dir", str(tmp_path / "r")],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].endswith(
+        "holds x, y landmarks only; train it on records with z (AFLW2000-3D, procedural faces) or drop model.predict_z")

@@ -302,6 +302,11 @@ def build(spec: JobSpec, run_dir: Path, world, shares, heartbeat, closing) -> Ru
                          world_size=shares.nominal, accumulation=accumulation, seed=spec.run.seed,
                          cfg=components.sample_config(spec), workers=d.workers, prefetch=d.prefetch)
     closing.callback(loader.close)
+    if spec.model.predict_z or components.model_spec(spec).predict_z:
+        dims = loader.records.sample(0, decode=False).landmarks.shape[1]
+        if dims < 3:
+            raise SpecError(f"model {spec.model.name} predicts z, but {d.train[0]} holds x, y landmarks only; "
+                            f"train it on records with z (AFLW2000-3D, procedural faces) or drop model.predict_z")
     steps_per_epoch = loader.steps_per_epoch // accumulation
     if steps_per_epoch < 1:
         raise SpecError(f"data.train: {loader.steps_per_epoch} batch(es) per epoch cannot fill one step of "
