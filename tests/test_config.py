@@ -273,5 +273,7 @@ def test_a_node_range_gives_the_world_sizes_that_keep_the_training(tmp_path):
     spec.check_ranks(8)
     with pytest.raises(SpecError, match="start 24 or 12 or 8 or 6 or 4 or 3 or 2 or 1 rank"):
         spec.check_ranks(16)
+    with pytest.raises(SpecError, match="0 rank\\(s\\) were started"):  # -np 0: one line, not a ZeroDivisionError
+        spec.check_ranks(0)
     raw["resources"] = {"nodes": 2}
     assert load_job(_write(tmp_path, yaml.safe_dump(raw))).node_counts() == [2]  # min_nodes defaults to nodes

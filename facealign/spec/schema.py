@@ -253,7 +253,7 @@ class JobSpec:
         """A ``SpecError`` unless ``ranks`` processes can run the nominal world's training unchanged: the count
         must divide it (each nominal rank's micro-batches stay in one process: facealign.train.world)."""
         nominal = self.world_size
-        if ranks > nominal or nominal % ranks:
+        if ranks < 1 or ranks > nominal or nominal % ranks:
             allowed = [k for k in range(nominal, 0, -1) if nominal % k == 0]
             raise SpecError(f"{ranks} rank(s) were started, but the job's nominal world is {self.resources.nodes} node(s) "
                             f"x {self.resources.tasks_per_node} task(s) = {nominal} rank(s), and only a rank count that "

@@ -302,7 +302,8 @@ def build(spec: JobSpec, run_dir: Path, world, shares, heartbeat, closing) -> Ru
                          world_size=shares.nominal, accumulation=accumulation, seed=spec.run.seed,
                          cfg=components.sample_config(spec), workers=d.workers, prefetch=d.prefetch)
     closing.callback(loader.close)
-    if spec.model.predict_z or components.model_spec(spec).predict_z:
+    model_spec = components.model_spec(spec)
+    if model_spec.predict_z:
         dims = loader.records.sample(0, decode=False).landmarks.shape[1]
         if dims < 3:
             raise SpecError(f"model {spec.model.name} predicts z, but {d.train[0]} holds x, y landmarks only; "
@@ -314,7 +315,6 @@ def build(spec: JobSpec, run_dir: Path, world, shares, heartbeat, closing) -> Ru
 
     if spec.optim.amp != "off":  # must patch MXNet's operators before the network is built
         amp.init(spec.optim.amp)
-    model_spec = components.model_spec(spec)
     net = initialize(build_model(model_spec), ctx=ctx, seed=spec.run.seed)
     if spec.model.pretrained:  # a checkpoint's, an export's or a reference release's parameters
         report = load_pretrained(net, spec.model.pretrained, ctx)
