@@ -40,7 +40,8 @@ class Validator:
             self.results[name] = result
             first = first or result.first
             errors = result.nme[self.norm]
-            depth = [result.nme_3d[k] for k in ("nme_3d", "z")] if self.info.predicts_z else []
+            # a model that predicts z, on records with z (every rank scores the same set)
+            depth = [result.nme_3d[k] for k in ("nme_3d", "z")] if result.nme_3d else []
             total, count, *depth_totals = dist.allreduce([float(errors.sum()), len(errors),
                                                           *(float(e.sum()) for e in depth)])
             metrics[f"nme/{name}"] = total / max(count, 1)
