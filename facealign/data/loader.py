@@ -61,23 +61,21 @@ class ShardedSampler:
         self.steps_per_epoch = num_records // per_step
         self.dropped_per_epoch = num_records - self.steps_per_epoch * per_step
 
-    def epoch_indices(self, epoch: int) -> np.ndarray:
-        """This rank's indices for the epoch, in order (length steps_per_epoch * batch_size)."""
+    def epoch_indices(self, epoch: int, rank: int | None = None) -> np.ndarray:
+        """Rank ``rank``'s (default: this sampler's) indices for the epoch, in order (length
+        steps_per_epoch * batch_size)."""
         if self.shuffle:
             order = np.random.default_rng((self.seed, epoch)).permutation(self.num_records)
         else:
             order = np.arange(self.num_records)
         order = order[:self.steps_per_epoch * self.batch_size * self.world_size]
-        return order[self.rank::self.world_size]
+        return order[self.rank if rank is None else rank::self.world_size]
 
     def batch_indices(self, epoch: int, step: int, rank: int | None = None) -> np.ndarray:
         """Rank ``rank``'s (default: this sampler's) batch at (epoch, step)."""
         if not 0 <= step < self.steps_per_epoch:
             raise IndexError(f"step {step} outside epoch of {self.steps_per_epoch} steps")
-        if rank is not None and rank != self.rank:
-            return ShardedSampler(self.num_records, self.batch_size, rank, self.world_size, self.seed,
-                                  self.shuffle).batch_indices(epoch, step)
-        return self.epoch_indices(epoch)[step * self.batch_size:(step + 1) * self.batch_size]
+        return self.epoch_indices(epoch, rank)[step * self.batch_size:(step + 1) * self.batch_size]
 
 
 def deal(ranks, accumulation: int, start_step: int, steps_per_epoch: int) -> list[tuple[int, int]]:
