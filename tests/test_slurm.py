@@ -10,7 +10,7 @@ import time
 import pytest
 import yaml
 
-from conftest import BIN, REPO, assert_same_training, pack_synthetic_sets, write_tiny_job
+from conftest import BIN, REPO, assert_same_training, pack_synthetic_sets, rank_process, write_tiny_job
 from tb_events import scalars
 
 pytestmark = pytest.mark.slurm
@@ -452,25 +452,9 @@ def two_node_reference(cluster, data, tmp_path_factory):
     return run_dir
 
 
-def _rank_on(host, run_dir, timeout=60):
-    import psutil
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        for p in psutil.process_iter(["cmdline"]):
-            try:
-                if str(run_dir) in " ".join(p.info["cmdline"] or []) and "facealign.train" in " ".join(p.info["cmdline"]) \
-                        and p.environ().get("HOROVOD_HOSTNAME") == host:
-                    return p
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
-        time.sleep(0.2)
-    pytest.fail(f"no rank on {host}")
-
-
 def _crash_host(host, run_dir):
     """What a host crash does to the job: its slurmd, the step's slurmstepd and the rank die at once."""
-    rank = _rank_on(host, run_dir)
+    rank = rank_process(run_dir, host=host)
     stepd = rank.parent()
     subprocess.run(["pkill", "-9", "-f", f"slurmd -N {host}"])
     for p in (stepd, rank):
@@ -529,8 +513,6 @@ def test_a_crashed_rank_on_a_live_node_restarts_on_the_same_nodes(cluster, data,
     run_dir = tmp_path / "crashed"
     job_id = _submit(job, run_dir, "schedule.length=6")
     _wait_for_log(run_dir / "log.txt", r"step 1\d/48", job_id)
-    from conftest import rank_process
-
     rank_process(run_dir, 1).kill()  # the process, not the node
     info = wait_for(job_id, timeout=400)
     log = (run_dir / f"slurm-{job_id}.out").read_text()
