@@ -126,9 +126,41 @@ def test_a_reference_3d_models_weights_load_into_the_xy_part_and_the_depth_maps_
     mx.nd.save(str(tmp_path / "model-0000.params"), saved)
     new = initialize(get_model("hg2-d3-cab-3dz", width=32, depth=2, input_size=64, heatmap_size=32))
     report = load_pretrained(new, tmp_path / "model-0000.params", mx.cpu())
-    assert sorted(report["kept"]) == sorted(k for k in report["kept"] if "depth" in k) and len(report["kept"]) == 4
+    depth_params = sorted(k for k in new.collect_params() if "_depth" in k)
+    assert sorted(report["kept"]) == depth_params and len(depth_params) == 2 * 12  # per stack: 2 conv-BN, 1 conv
     x = mx.nd.random.uniform(0, 255, (1, 3, 64, 64))
     np.testing.assert_allclose(new(x)[-1][:, :68].asnumpy(), old(x)[-1].asnumpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_the_xy_part_of_a_z_model_starts_and_learns_exactly_as_the_2d_model():
+    """The depth branch is built last and reads the features through stop_gradient: same initial weights,
+    and every gradient of the 2D layers bit for bit the 2D model's, the depth loss included."""
+    import mxnet as mx
+
+    from facealign.models import get_model, initialize
+    from facealign.train.losses import LossSettings, stacked_loss
+
+    shape = dict(width=32, depth=2, input_size=64, heatmap_size=32)
+    two, three = (initialize(get_model(name, **shape), seed=3) for name in ("hg2-d3-cab", "hg2-d3-cab-3dz"))
+    two.hybridize(), three.hybridize()  # as the trainer runs them
+    rng = np.random.default_rng(0)
+    x = mx.nd.array(rng.uniform(0, 255, (4, 3, 64, 64)))
+    target = mx.nd.array(rng.uniform(0, 1, (4, 68, 32, 32)))
+    z, box = mx.nd.array(rng.normal(0, 5, (4, 68))), mx.nd.array([30.0, 40.0, 35.0, 28.0])
+    with mx.autograd.record():
+        loss2 = stacked_loss(two(x), target)[0]
+    loss2.backward()
+    with mx.autograd.record():
+        loss3 = stacked_loss(three(x), target, depth=(z, box), settings=LossSettings(z_weight=1.0, input_size=64))[0]
+    loss3.backward()
+    p2, p3 = two.collect_params(), three.collect_params()
+    assert set(p3) - set(p2) == {k for k in p3 if "_depth" in k}
+    for name, param in p2.items():
+        np.testing.assert_array_equal(p3[name].data().asnumpy(), param.data().asnumpy(), err_msg=name)
+        if param.grad_req != "null":
+            np.testing.assert_array_equal(p3[name].grad().asnumpy(), param.grad().asnumpy(), err_msg=name)
+    assert loss3.asscalar() > loss2.asscalar()  # the depth term is there, and it trains the branch
+    assert all(np.abs(p3[k].grad().asnumpy()).sum() > 0 for k in p3 if "_depth" in k and p3[k].grad_req != "null")
 
 
 @pytest.mark.slow

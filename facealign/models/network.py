@@ -4,14 +4,18 @@ Input: B x 3 x S x S raw RGB in 0..255 (normalised inside the graph, so
 inference and exported models take plain pixels). Output: a list with one
 B x K x H x W heatmap tensor per stack (intermediate supervision); the last is
 the prediction. With ``predict_z`` each stack's output is B x 2K x H x W: the
-K heatmaps, then K depth maps from a 1x1 conv on the same features (z is each
-depth map's mean under its heatmap: facealign.train.losses.integral_depth); the
-next stack is fed the heatmaps only, so the reference's weights load unchanged.
-The loss lives outside the network.
+K heatmaps, then K depth maps from a small branch on the same features (z is each
+depth map's mean under its heatmap: facealign.train.losses.integral_depth). The
+branch reads the features through stop_gradient and its layers are built after
+all the others, so the x/y part of a z model draws the same initial weights and
+trains bit for bit as the 2D model does (depth costs the 2D accuracy nothing);
+the next stack is fed the heatmaps only, so the reference's weights load
+unchanged. The loss lives outside the network.
 
     stem:  conv0 -> bn0 -> ReLU -> res0 (w/4 -> w/2) -> maxpool 2x -> res1 -> res2 (w/2 -> w)
     stack i: body = topology(x); body = unit0(body); ll = 1x1 conv-BN-ReLU(body)
              heatmap_i = 1x1 conv(ll) with bias
+             depth_i = 1x1 conv(3x3 conv-BN-ReLU(3x3 conv-BN-ReLU(stop_gradient(ll))))   (predict_z)
              next x = x + ll2(ll) + out2(heatmap_i)       (not after the last stack)
 
 ``dcn`` (seed-spec §2.5) swaps in 3x3 deformable convolutions: >= 2 for ``ll``
@@ -31,6 +35,25 @@ from .specs import stem_channels
 
 # Builds one stack's body: (channels, stack index) -> channels-preserving block.
 TopologyFactory = Callable[[int, int], HybridBlock]
+
+# The depth branch's width: the 64 channels it was measured at (bench/depth.py); wider networks narrow
+# to it in the branch's first conv, which keeps it at about 4% of hg2-d3-cab's parameters.
+DEPTH_CHANNELS = 64
+
+
+class DepthBranch(HybridBlock):
+    """``channels -> K`` depth maps: two 3x3 conv-BN-ReLU, then a 1x1 conv with bias. A 1x1 conv on the shared
+    features alone gave 2.7 times the depth error once they no longer learn for it (docs/training.md)."""
+
+    def __init__(self, channels: int, num_landmarks: int, name: str):
+        super().__init__(prefix=name + "_")
+        mid = min(channels, DEPTH_CHANNELS)
+        self.a = ConvBNReLU(channels, mid, 3, name + "_a")
+        self.b = ConvBNReLU(mid, mid, 3, name + "_b")
+        self.out = conv2d(mid, num_landmarks, 1, name, use_bias=True)
+
+    def hybrid_forward(self, F, x):
+        return self.out(self.b(self.a(x)))
 
 
 class StackedHeatmapNet(HybridBlock):
@@ -72,9 +95,6 @@ class StackedHeatmapNet(HybridBlock):
             head = (deformable_conv3x3(width, num_landmarks, head_name) if deformable_head
                     else conv2d(width, num_landmarks, 1, head_name, use_bias=True))
             self._heads.append(self._child(head, f"head{i}"))
-            if predict_z:
-                self._depths.append(self._child(conv2d(width, num_landmarks, 1, f"stack{i}_depth", use_bias=True),
-                                                f"depth{i}"))
             remap = not last or (out3_on and topology == "hourglass")
             if remap:
                 self._ll2[i] = self._child(conv2d(width, width, 1, f"stack{i}_ll2", use_bias=True), f"ll2_{i}")
@@ -87,6 +107,10 @@ class StackedHeatmapNet(HybridBlock):
                         conv2d(num_landmarks, width, 1, f"stack{i}_body", use_bias=True), f"out3_body{i}")
             elif out3_on and not last:  # SAT: a deformable 256 -> 256 stage between stacks
                 self._out3[i] = self._child(deformable_conv3x3(width, width, f"stack{i}_out3"), f"out3_{i}")
+
+        # Last, so the layers above draw the random initial weights they draw in the 2D model.
+        for i in range(num_stacks if predict_z else 0):
+            self._depths.append(self._child(DepthBranch(width, num_landmarks, f"stack{i}_depth"), f"depth{i}"))
 
     def _child(self, block: HybridBlock, attr: str) -> HybridBlock:
         self.register_child(block, attr)
@@ -116,6 +140,8 @@ class StackedHeatmapNet(HybridBlock):
                     else:
                         x = out3
             if self._depths:  # the depth maps of the features the heatmaps come from (K + K channels)
-                prediction = concat_channels(F, [prediction, self._depths[i](ll)], [self._k, self._k])
+                # stop_gradient: the depth loss shaping the shared features cost 23% of the 2D NME
+                depth_maps = self._depths[i](F.stop_gradient(ll))
+                prediction = concat_channels(F, [prediction, depth_maps], [self._k, self._k])
             heatmaps.append(prediction)
         return heatmaps
