@@ -133,7 +133,8 @@ class LossSpec:
     star_omega: float = _f(1.0, "star: weight of the eigenvalue regulariser", ge=0)
     star_heatmap: str = _f("awing", "star: the heatmap term, awing (as the paper) or mse", choices=("awing", "mse"))
     z_weight: float = _f(1.0, "models that predict z: weight of the L1 depth error (divided by the face box's size) "
-                              "added to each stack's heatmap loss", ge=0)
+                              "added to each stack's heatmap loss; it trains the depth branches only (under "
+                              "SGD a learning-rate factor for them; Adam-family optimizers all but ignore it)", ge=0)
 
 
 @dataclass(frozen=True)
