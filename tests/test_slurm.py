@@ -508,6 +508,29 @@ def test_a_requeued_job_comes_back_on_fewer_nodes_and_resumes(two_node_reference
     assert status["restarts"] == 1 and status["world_sizes"] == [2, 1]
 
 
+def test_a_job_left_below_min_nodes_that_may_not_requeue_ends_with_one_line_and_keeps_its_checkpoints(
+        cluster, data, tmp_path):
+    if not cluster["pair"]:
+        pytest.skip(f"no two-host partition on this machine: {cluster['up']}")
+    job = tiny_job(data, tmp_path / "tiny.yaml", nodes=2, tasks_per_node=1, min_nodes=2, partition="pair")
+    run_dir = tmp_path / "stranded"
+    job_id = _submit(job, run_dir, "schedule.length=6")
+    subprocess.run(["scontrol", "update", f"jobid={job_id}", "requeue=0"], check=True)  # as sbatch --no-requeue
+    try:
+        _wait_for_log(run_dir / "log.txt", r"step 1\d/48", job_id)
+        subprocess.run(["scontrol", "update", "nodename=n2", "state=down", "reason=facealign-test"], check=True)
+        info = wait_for(job_id, timeout=400)
+    finally:
+        subprocess.run(["bash", str(CLUSTER), "up"], capture_output=True, timeout=300)
+    log = (run_dir / f"slurm-{job_id}.out").read_text()
+    assert info["JobState"] == "FAILED" and info["ExitCode"] == "1:0", log[-4000:]
+    assert re.search(r"\[launcher [\d:]+\] 1 node\(s\) left \(n2 lost\), fewer than resources.min_nodes = 2, "
+                     r"and the job may not requeue; exit 1\n", log), log[-4000:]
+    assert "Traceback" not in log and "restart 1 of" not in log
+    status = json.loads(_launch("status", run_dir, "--json").stdout)[0]
+    assert status["state"] == "failed" and status["step"] >= 8 and status["restarts"] == 0  # checkpoints kept
+
+
 def test_a_crashed_rank_on_a_live_node_restarts_on_the_same_nodes(cluster, data, tmp_path):
     job = tiny_job(data, tmp_path / "tiny.yaml")  # one node, two ranks
     run_dir = tmp_path / "crashed"
