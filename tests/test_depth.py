@@ -57,6 +57,24 @@ def test_every_augmentation_carries_z(faces3d, epoch):
     assert 0 < mirrored < len(faces3d)
 
 
+def test_a_batch_of_records_with_and_without_z_keeps_x_and_y(faces3d, tmp_path):
+    """A 2D model may train on sets with z (AFLW2000-3D) beside sets without (300W): such a batch has x, y."""
+    from facealign.data.codec import HeatmapCodec
+    from facealign.data.loader import TrainLoader
+    from facealign.data.records import RecordWriter, pack_sample
+
+    with RecordWriter(tmp_path / "flat") as w:
+        for i in range(len(faces3d)):
+            sample = faces3d.sample(i)
+            sample.landmarks = sample.landmarks[:, :2]
+            w.write(pack_sample(sample, i))
+    paths = [faces3d.files[0].rec_path.with_suffix(""), tmp_path / "flat"]
+    cfg = SampleConfig(input_size=64)
+    with TrainLoader(paths, batch_size=48, codec=HeatmapCodec(64, 32), seed=1, cfg=cfg) as loader:
+        batch = next(loader.epoch(0))
+    assert batch.landmarks.shape == (48, 68, 2) and batch.heatmaps.shape == (48, 68, 32, 32)
+
+
 # --- a model that predicts z, end to end (a tiny one trained here) -----------------------------------------
 
 @pytest.fixture(scope="module")
@@ -142,7 +160,8 @@ def test_the_xy_part_of_a_z_model_starts_and_learns_exactly_as_the_2d_model():
 
     shape = dict(width=32, depth=2, input_size=64, heatmap_size=32)
     two, three = (initialize(get_model(name, **shape), seed=3) for name in ("hg2-d3-cab", "hg2-d3-cab-3dz"))
-    two.hybridize(), three.hybridize()  # as the trainer runs them
+    for net in (two, three):
+        net.hybridize()  # as the trainer runs them
     rng = np.random.default_rng(0)
     x = mx.nd.array(rng.uniform(0, 255, (4, 3, 64, 64)))
     target = mx.nd.array(rng.uniform(0, 1, (4, 68, 32, 32)))
@@ -177,9 +196,12 @@ def test_a_model_that_predicts_z_on_records_without_z_stops_before_training(tmp_
         for i, sample in enumerate(read_records(tmp_path / "src")):
             sample.landmarks = sample.landmarks[:, :2]
             w.write(pack_sample(sample, i))
-    job = write_tiny_job(tmp_path / "z.yaml", tmp_path, model={"name": "hg2-d3-cab-3dz"})
+    # every training file is checked: the first has z, the second not
+    job = write_tiny_job(tmp_path / "z.yaml", tmp_path, model={"name": "hg2-d3-cab-3dz"},
+                         data={"train": [str(tmp_path / "src"), str(tmp_path / "train")]})
     proc = subprocess.run([sys.executable, "-m", "facealign.train", "--job", str(job), "--run-dir", str(tmp_path / "r")],
                           capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1].endswith(
-        "holds x, y landmarks only; train it on records with z (AFLW2000-3D, procedural faces) or drop model.predict_z")
+        f"{tmp_path / 'train'} holds x, y landmarks only; train it on records with z (AFLW2000-3D, procedural faces) "
+        "or drop model.predict_z")

@@ -250,7 +250,9 @@ def _build_batch(records: RecordSet, cfg: SampleConfig, indices, train: bool, se
         transforms.append(p.transform)
         used.append(p.index)
         fallbacks += p.fallback
-    return (np.stack(images), np.stack(points), np.stack(transforms), np.array(used), fallbacks, skipped, errors)
+    dims = min(p.shape[1] for p in points)  # files with z and without: the batch keeps what every face has
+    return (np.stack(images), np.stack([p[:, :dims] for p in points]), np.stack(transforms), np.array(used),
+            fallbacks, skipped, errors)
 
 
 @dataclass

@@ -229,7 +229,6 @@ def score(backend, info, records, protocol: Protocol, *, set_name: str, indices=
     if info.predicts_z:
         result.pred_z = np.array([p for p, _ in depths]).reshape(len(pred), k)
     if info.predicts_z and all(g is not None for _, g in depths):  # records with z: scored in 3D too
-        result.pred_z = np.array([p for p, _ in depths]).reshape(len(pred), k)
         result.gt_z = np.array([g for _, g in depths]).reshape(len(pred), k)
         pred3, gt3 = (np.concatenate([xy, z[..., None]], axis=2) for xy, z in ((pred, result.pred_z),
                                                                               (gt, result.gt_z)))

@@ -303,10 +303,9 @@ def build(spec: JobSpec, run_dir: Path, world, shares, heartbeat, closing) -> Ru
                          cfg=components.sample_config(spec), workers=d.workers, prefetch=d.prefetch)
     closing.callback(loader.close)
     model_spec = components.model_spec(spec)
-    if model_spec.predict_z:
-        dims = loader.records.sample(0, decode=False).landmarks.shape[1]
-        if dims < 3:
-            raise SpecError(f"model {spec.model.name} predicts z, but {d.train[0]} holds x, y landmarks only; "
+    for path, records in zip(d.train, loader.records.files if model_spec.predict_z else []):
+        if len(records) and records.sample(0, decode=False).landmarks.shape[1] < 3:
+            raise SpecError(f"model {spec.model.name} predicts z, but {path} holds x, y landmarks only; "
                             f"train it on records with z (AFLW2000-3D, procedural faces) or drop model.predict_z")
     steps_per_epoch = loader.steps_per_epoch // accumulation
     if steps_per_epoch < 1:

@@ -18,7 +18,8 @@ class Validator:
     the ``train`` protocol, the sets, the batch size and the sample limit. Each rank scores
     records ``rank::world_size`` of every set; one allreduce of (sum, count) per set makes the
     mean. 2D models are scored by the eye-centre NME, 3D models by the box NME (the reference's
-    figures); models that predict z also by the 3D NME and the depth error (``nme3d/<set>``, ``z/<set>``). ``results`` keeps this rank's per-image scores of the last run.
+    figures); models that predict z also by the 3D NME and the depth error (``nme3d/<set>``,
+    ``z/<set>``). ``results`` keeps this rank's per-image scores of the last run.
     """
 
     def __init__(self, record: dict, info, world, ctx):
