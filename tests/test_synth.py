@@ -1,20 +1,32 @@
-"""The procedural face generator: deterministic, posed, and the landmarks sit on drawn features."""
+"""The procedural face generators: deterministic, posed, labelled in both jaw conventions, and the
+landmarks sit on drawn features; the rasteriser's fast path against its NumPy reference."""
 import numpy as np
+import pytest
 
-from facealign.synth import CANVAS, render_face
+from facealign.synth import CANVAS, STYLES, render_face
 from facealign.synth.faces import _mesh
+from facealign.synth.raster import _native, interpolate, rasterize, rasterize_numpy
+
+POSE_LIMITS = {"photo": (75, 30, 40), "flat": (70, 25, 30)}
 
 
-def test_deterministic_per_seed_and_index():
-    a, b, c = render_face(3, 7), render_face(3, 7), render_face(3, 8)
+@pytest.mark.parametrize("style", sorted(STYLES))
+def test_deterministic_per_seed_and_index(style):
+    a, b, c = render_face(3, 7, style=style), render_face(3, 7, style=style), render_face(3, 8, style=style)
     np.testing.assert_array_equal(a.image, b.image)
     np.testing.assert_array_equal(a.landmarks, b.landmarks)
     assert not np.array_equal(a.landmarks, c.landmarks)
-    assert not np.array_equal(render_face(4, 7).image, a.image)
+    assert not np.array_equal(render_face(4, 7, style=style).image, a.image)
 
 
-def test_shapes_framing_and_pose_ranges():
-    faces = [render_face(0, i) for i in range(60)]
+def test_an_unknown_style_is_refused_by_name():
+    with pytest.raises(ValueError, match="unknown face style 'cartoon'"):
+        render_face(0, 0, style="cartoon")
+
+
+@pytest.mark.parametrize("style", sorted(STYLES))
+def test_shapes_framing_and_pose_ranges(style):
+    faces = [render_face(0, i, style=style) for i in range(40)]
     yaws = np.array([f.pose[0] for f in faces])
     for f in faces:
         assert f.image.shape == (CANVAS, CANVAS, 3) and f.image.dtype == np.uint8
@@ -22,15 +34,16 @@ def test_shapes_framing_and_pose_ranges():
         side = (f.landmarks[:, :2].max(0) - f.landmarks[:, :2].min(0)).max()
         assert CANVAS / 4 < side < CANVAS / 1.5  # the framing facealign-pack gives real photos
         assert np.abs(f.landmarks[:, :2].mean(0) - CANVAS / 2).max() < CANVAS / 5
-        assert abs(f.pose[0]) <= 70 and abs(f.pose[1]) <= 25 and abs(f.pose[2]) <= 30
+        assert all(abs(a) <= lim for a, lim in zip(f.pose, POSE_LIMITS[style]))
     assert yaws.min() < -30 and yaws.max() > 30  # profiles occur
     assert len(_mesh()) > 100
 
 
-def test_yaw_moves_depth_the_right_way():
+@pytest.mark.parametrize("style", sorted(STYLES))
+def test_yaw_moves_depth_the_right_way(style):
     # Turned one way, the face's image-left jaw end comes toward the camera (z grows) and the other
     # recedes; turned the other way, the reverse; and the further the turn, the larger the difference.
-    faces = [render_face(3, i) for i in range(30)]
+    faces = [render_face(3, i, style=style) for i in range(30)]
     turned = [(f.pose[0], float(f.landmarks[0, 2] - f.landmarks[16, 2])) for f in faces if abs(f.pose[0]) > 10]
     assert sum(y > 0 for y, _ in turned) >= 3 and sum(y < 0 for y, _ in turned) >= 3
     assert all(np.sign(depth) == np.sign(yaw) for yaw, depth in turned), turned
@@ -40,13 +53,14 @@ def test_yaw_moves_depth_the_right_way():
         assert f.landmarks[30, 2] > min(f.landmarks[0, 2], f.landmarks[16, 2])
 
 
-def test_landmarks_sit_on_drawn_features():
+@pytest.mark.parametrize("style", sorted(STYLES))
+def test_landmarks_sit_on_drawn_features(style):
     # Across a brow landmark the image changes far more than across the same distance of forehead
     # just above it (a control that sees shading, not a drawn feature): evidence the image shows what
-    # the landmarks say. The brow stroke is about 0.07 eye-corner distances wide.
+    # the landmarks say.
     features, control = [], []
     for i in range(40):
-        f = render_face(1, i)
+        f = render_face(1, i, style=style)
         if abs(f.pose[0]) > 35:
             continue
         img = f.image.astype(float)
@@ -63,4 +77,65 @@ def test_landmarks_sit_on_drawn_features():
             features.append(np.abs(on - above).sum())
             control.append(np.abs(above - further).sum())
     assert len(features) > 30
-    assert np.median(features) > 3 * np.median(control)
+    assert np.median(features) > 2 * np.median(control)
+
+
+def test_the_visible_jaw_moves_only_the_hidden_side_to_the_outline():
+    """300-W's convention: at a large turn the far side's jaw points move outward onto the face's outline
+    (toward the far side on screen); the near side and the chin keep the projected 3D points."""
+    moved_far, moved_near = [], []
+    for i in range(60):
+        f = render_face(5, i)
+        yaw = f.pose[0]
+        np.testing.assert_array_equal(f.visible_landmarks[17:], f.landmarks[17:])
+        np.testing.assert_array_equal(f.visible_landmarks[6:11], f.landmarks[6:11])
+        if abs(yaw) < 35:
+            continue
+        shift = np.linalg.norm(f.visible_landmarks[:17, :2] - f.landmarks[:17, :2], axis=1)
+        eye = np.linalg.norm(f.landmarks[45, :2] - f.landmarks[36, :2])
+        # positive yaw brings the image-left jaw (points 0-5) nearer and turns 11-16 away: test_yaw_moves_depth
+        far, near = (slice(11, 17), slice(0, 6)) if yaw > 0 else (slice(0, 6), slice(11, 17))
+        moved_far.append(shift[far].max() / eye)
+        moved_near.append(shift[near].max() / eye)
+    assert len(moved_far) >= 5
+    assert np.median(moved_far) > 0.1 and np.median(moved_near) < 0.02, (moved_far, moved_near)
+
+
+def test_the_jaw_label_convention_reaches_the_records(tmp_path):
+    from facealign.data.pack import main as pack_main
+    from facealign.data.records import read_records
+
+    for jaw in ("visible", "projected"):
+        assert pack_main(["--synthetic", "6", "--seed", "5", "--jaw", jaw, "--quiet", "--workers", "1",
+                          str(tmp_path / jaw)]) == 0
+    for i, (v, p) in enumerate(zip(read_records(tmp_path / "visible"), read_records(tmp_path / "projected"))):
+        face = render_face(5, i)
+        assert v.meta["jaw"] == "visible" and p.meta["jaw"] == "projected" and v.meta["style"] == "photo"
+        np.testing.assert_allclose(v.landmarks, face.visible_landmarks, atol=1e-4)
+        np.testing.assert_allclose(p.landmarks, face.landmarks, atol=1e-4)
+
+
+def test_rasterizer_fast_path_equals_the_numpy_reference():
+    assert _native is not None, "facealign._native.raster is not built"
+    rng = np.random.default_rng(0)
+    verts = np.column_stack([rng.uniform(-10, 90, (80, 2)), rng.uniform(-5, 5, 80)])
+    tris = rng.integers(0, 80, (60, 3)).astype(np.int32)
+    fast, ref = rasterize(verts, tris, 70, 85), rasterize_numpy(verts, tris, 70, 85)
+    for a, b in zip(fast, ref):
+        np.testing.assert_array_equal(a, b)
+    assert (fast[0] >= 0).mean() > 0.3
+
+
+def test_rasterizer_keeps_the_nearest_triangle_and_interpolates():
+    # Two overlapping squares' triangles: the one nearer the camera (larger z) wins where they overlap,
+    # whatever the order they come in; attributes interpolate linearly across a triangle.
+    verts = np.array([[0, 0, 0], [20, 0, 0], [0, 20, 0], [5, 5, 1], [25, 5, 1], [5, 25, 1]], np.float64)
+    for tris in ([[0, 1, 2], [3, 4, 5]], [[3, 4, 5], [0, 1, 2]]):
+        tri, bary, depth = rasterize(verts, np.array(tris), 30, 30)
+        near = tris.index([3, 4, 5])
+        assert tri[8, 8] == near and depth[8, 8] == 1 and tri[2, 2] == 1 - near and tri[29, 29] == -1
+    tri, bary, _ = rasterize(verts, np.array([[0, 1, 2]]), 30, 30)
+    x_attr = verts[:, :1]  # interpolating x gives back each pixel centre's x
+    xs = interpolate(x_attr, np.array([[0, 1, 2]]), tri, bary)[:, 0]
+    cols = np.nonzero(tri >= 0)[1] + 0.5
+    np.testing.assert_allclose(xs, cols, atol=1e-4)

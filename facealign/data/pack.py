@@ -51,6 +51,14 @@ def parse_args(argv=None):
     p.add_argument("--format", choices=FORMATS, help="layout of SRC (see facealign/data/sources.py)")
     p.add_argument("--synthetic", type=int, metavar="N", help="render N procedural faces instead of reading SRC")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic set (default 0)")
+    p.add_argument("--style", choices=("photo", "flat"), default="photo",
+                   help="with --synthetic: photographic faces (default) or the first renderer's flat-shaded ones")
+    p.add_argument("--without", nargs="+", default=[], choices=("identity", "detail", "backgrounds", "camera"),
+                   metavar="PART", help="with --synthetic --style photo: leave parts out, for ablations: identity, "
+                                        "detail, backgrounds, camera (see facealign/synth/photo.py)")
+    p.add_argument("--jaw", choices=("visible", "projected"), default="visible",
+                   help="with --synthetic: jaw points on the visible outline as 300-W annotates them (default; "
+                        "for 2D training), or the 3D jaw projected as AFLW2000-3D does (for z models)")
     p.add_argument("--reindex", action="store_true", help="rebuild OUT_PREFIX.idx by scanning OUT_PREFIX.rec")
     p.add_argument("--canvas", type=int, default=PACKED_CANVAS, help="side of the stored square image (default 384)")
     p.add_argument("--context", type=float, default=PACKED_CONTEXT,
@@ -78,6 +86,8 @@ def parse_args(argv=None):
             p.error("expected SRC OUT_PREFIX")
         if not args.format:
             p.error("--format is required to read SRC (one of: " + ", ".join(FORMATS) + ")")
+    if args.without and (args.synthetic is None or args.style != "photo"):
+        p.error("--without goes with --synthetic --style photo")
     if args.synthetic is not None and args.synthetic < 1:
         p.error("--synthetic N needs N >= 1")
     return args
@@ -90,7 +100,8 @@ class _Options:
         self.canvas, self.context = args.canvas, args.context
         self.dims, self.tolerance = args.dims, args.outside_tolerance
         self.encoding, self.quality = "." + args.encoding, args.quality
-        self.seed = args.seed
+        self.seed, self.style, self.jaw = args.seed, args.style, args.jaw
+        self.without = tuple(getattr(args, "without", ()))
 
 
 def crop_item(item: Item, opt: _Options):
@@ -146,14 +157,31 @@ def _work_synthetic(payload):
     index, opt = payload
     from facealign.synth import render_face
 
-    face = render_face(opt.seed, index, opt.canvas)
-    lm = face.landmarks if opt.dims != 2 else face.landmarks[:, :2]
+    face = render_face(opt.seed, index, opt.canvas, opt.style, opt.without)
+    lm = face.landmarks if opt.jaw == "projected" or face.visible_landmarks is None else face.visible_landmarks
+    lm = lm if opt.dims != 2 else lm[:, :2]
     box = np.concatenate([lm[:, :2].min(0), lm[:, :2].max(0)]).astype(np.float32)
     meta = {"source": f"synthetic:{opt.seed}:{index}", "dataset": "synthetic", "scheme": "ibug68",
+            "style": opt.style + "".join(f"-no-{part}" for part in opt.without), "jaw": opt.jaw,
             "pose": [round(v, 3) for v in face.pose], "orig_size": [opt.canvas, opt.canvas],
             "crop": [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]}
     sample = Sample(image=face.image, landmarks=lm, box=box, meta=meta)
     return sample, encode_image(face.image, opt.encoding, opt.quality)
+
+
+def pack_items(items, prefix, *, canvas: int = PACKED_CANVAS, context: float = PACKED_CONTEXT) -> int:
+    """Pack a few ``Item``s in this process with facealign-pack's defaults; any skip is an error (nothing written)."""
+    args = argparse.Namespace(canvas=canvas, context=context, dims=None, outside_tolerance=0.1, encoding="jpg",
+                              quality=95, seed=0, style="photo", jaw="visible")
+    opt = _Options(args)
+    with RecordWriter(prefix) as writer:
+        for item in items:
+            result = crop_item(item, opt)
+            if isinstance(result, Skip):
+                raise ValueError(f"{result.source}: {result.reason}")
+            sample, image_bytes = result
+            writer.write(pack_sample(sample, writer.count, image_bytes=image_bytes))
+    return len(items)
 
 
 def reindex(prefix) -> int:

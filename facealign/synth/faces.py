@@ -103,10 +103,12 @@ class SyntheticFace:
     image: np.ndarray  # CANVAS x CANVAS x 3 uint8 RGB
     landmarks: np.ndarray  # 68 x 3: x, y in pixels; z in pixels, toward the camera
     pose: tuple[float, float, float]  # yaw, pitch, roll in degrees
+    # 300-W's convention: the jaw points the turn hides moved to the visible outline (None: as ``landmarks``)
+    visible_landmarks: np.ndarray | None = None
 
 
-def _shape(rng: np.random.Generator) -> np.ndarray:
-    """Identity and expression applied to the template (canonical frame)."""
+def face_shape(rng: np.random.Generator) -> np.ndarray:
+    """Identity and expression applied to the template (canonical frame): 68 3D points."""
     t = mean_face().copy()
     t *= [rng.uniform(0.88, 1.12), rng.uniform(0.9, 1.1), rng.uniform(0.8, 1.2)]
     jaw = np.arange(17)
@@ -205,7 +207,7 @@ def _occluded(points: np.ndarray, verts: np.ndarray, tris: np.ndarray, margin: f
 def render_face(seed: int, index: int, size: int = CANVAS) -> SyntheticFace:
     """The synthetic face number ``index`` of the set ``seed``."""
     rng = np.random.default_rng((seed, index))
-    shape = _shape(rng)
+    shape = face_shape(rng)
     extra = _extra_points()
     yaw = float(np.clip(rng.normal(0, 30), -70, 70))
     pitch = float(rng.uniform(-25, 25))
