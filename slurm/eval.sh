@@ -3,7 +3,7 @@
 #
 #   train=$(sbatch --parsable slurm/train_sat.sh)
 #   sbatch --dependency=afterok:$train slurm/eval.sh runs/sat2-d3-cab data/2d/ibug data/2d/cofw_testset data/2d/300W
-#   sbatch --gres=none slurm/eval.sh runs/demo synthetic=data/synth_val       # CPU
+#   sbatch --gres=none slurm/eval.sh runs/demo synthetic=data/synth_val_visible       # CPU
 #
 # Arguments: RUN_DIR then test sets ([name=]prefix); FACEALIGN_EVAL_ARGS adds facealign-eval options
 # (e.g. "--protocol reference --flip"). The report goes to RUN_DIR/eval/<checkpoint>/ and TensorBoard.

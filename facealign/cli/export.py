@@ -3,9 +3,9 @@
     facealign-export runs/demo exported/demo                 # best checkpoint -> symbol + params + YAML
     facealign-export runs/demo exported/demo --onnx          # ... and model.onnx, checked against MXNet
     facealign-export models/model-hg2d3-cab exported/hg2     # a reference release, renamed into our network
-    facealign-export runs/demo exported/demo-int8 --precision int8 --calibration data/synth_train \
-        --check data/synth_val --onnx                        # int8 for MXNet and onnxruntime, NME checked
-    facealign-export runs/demo exported/demo-bf16 --precision bfloat16 --check data/synth_val
+    facealign-export runs/demo exported/demo-int8 --precision int8 --calibration data/synth_train_visible \
+        --check data/synth_val_visible --onnx                        # int8 for MXNet and onnxruntime, NME checked
+    facealign-export runs/demo exported/demo-bf16 --precision bfloat16 --check data/synth_val_visible
 
 An export package is a directory that needs neither the training code nor the
 job spec to run: the hybridised network (``model-symbol.json``, ``model-0000.params``),

