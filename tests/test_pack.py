@@ -174,3 +174,23 @@ def test_reindex_and_help(tmp_path):
         assert option in help_text
     bad = run_cli("facealign-pack", tmp_path / "x", tmp_path / "y")
     assert bad.returncode == 2 and "--format is required" in bad.stderr
+
+
+def test_the_demo_packs_again_what_an_older_checkout_packed(tmp_path):
+    """make demo reuses its packed faces only when they are photographic, with its jaw, and as many."""
+    from facealign.cli.demo import packed_as
+    from facealign.data.pack import main as pack_main
+
+    prefix = tmp_path / "synth_train_visible"
+    assert not packed_as(prefix, 3, "visible")
+    assert pack_main(["--synthetic", "3", "--style", "flat", "--quiet", "--workers", "1", str(prefix)]) == 0
+    assert not packed_as(prefix, 3, "visible")
+    assert pack_main(["--synthetic", "3", "--quiet", "--workers", "1", str(prefix)]) == 0
+    assert packed_as(prefix, 3, "visible") and not packed_as(prefix, 4, "visible")
+    assert not packed_as(prefix, 3, "projected")
+
+
+def test_pack_refuses_parts_to_leave_out_without_photographic_faces(tmp_path):
+    proc = run_cli("facealign-pack", "--synthetic", "2", "--style", "flat", "--without", "camera", tmp_path / "x")
+    assert proc.returncode == 2 and "--without goes with --synthetic --style photo" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "x.rec").exists()

@@ -139,3 +139,21 @@ def test_rasterizer_keeps_the_nearest_triangle_and_interpolates():
     xs = interpolate(x_attr, np.array([[0, 1, 2]]), tri, bary)[:, 0]
     cols = np.nonzero(tri >= 0)[1] + 0.5
     np.testing.assert_allclose(xs, cols, atol=1e-4)
+
+
+def test_the_parts_an_ablation_leaves_out():
+    from facealign.data.pack import PHOTO_PARTS
+    from facealign.synth.photo import PARTS
+
+    assert PHOTO_PARTS == PARTS
+    full = [render_face(2, i) for i in range(6)]
+    for part in PARTS:
+        faces = [render_face(2, i, without=(part,)) for i in range(6)]
+        assert sum(not np.array_equal(a.image, b.image) for a, b in zip(faces, full)) >= 2, part
+        if part != "identity":  # only the shape variation moves the landmarks
+            for a, b in zip(faces, full):
+                np.testing.assert_array_equal(a.landmarks, b.landmarks)
+    with pytest.raises(ValueError, match=r"unknown part\(s\) \['hats'\]"):
+        render_face(2, 5, without=("hats",))
+    with pytest.raises(ValueError, match="only the photo style has parts to leave out"):
+        render_face(2, 5, style="flat", without=("camera",))

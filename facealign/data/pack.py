@@ -42,6 +42,17 @@ exit status: 0 packed, 1 nothing packed or --strict with skips, 2 bad arguments.
 FIXED_COUNTS = {"ibug": 68, "aflw2000": 68, "reference": 68}
 
 
+PHOTO_PARTS = ("identity", "detail", "backgrounds", "camera")  # facealign.synth.photo.PARTS (no renderer import here)
+
+
+def _parts(text: str) -> tuple:
+    parts = tuple(p for p in text.split(",") if p)
+    unknown = [p for p in parts if p not in PHOTO_PARTS]
+    if unknown or not parts:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a comma-separated list of {', '.join(PHOTO_PARTS)}")
+    return parts
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="facealign-pack", description=__doc__.split("\n\n")[0],
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -53,9 +64,9 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic set (default 0)")
     p.add_argument("--style", choices=("photo", "flat"), default="photo",
                    help="with --synthetic: photographic faces (default) or the first renderer's flat-shaded ones")
-    p.add_argument("--without", nargs="+", default=[], choices=("identity", "detail", "backgrounds", "camera"),
-                   metavar="PART", help="with --synthetic --style photo: leave parts out, for ablations: identity, "
-                                        "detail, backgrounds, camera (see facealign/synth/photo.py)")
+    p.add_argument("--without", type=_parts, default=(), metavar="PART[,PART]",
+                   help="with --synthetic --style photo: leave parts out, for ablations: " + ", ".join(PHOTO_PARTS)
+                        + " (see facealign/synth/photo.py)")
     p.add_argument("--jaw", choices=("visible", "projected"), default="visible",
                    help="with --synthetic: jaw points on the visible outline as 300-W annotates them (default; "
                         "for 2D training), or the 3D jaw projected as AFLW2000-3D does (for z models)")

@@ -364,9 +364,10 @@ def _paint_features(rng, albedo, spec, cavity, uv, skin, hair, gaze, mouth_open)
             i = min(int(t), len(p) - 2)
             q = p[i] + (p[i + 1] - p[i]) * (t - i)
             along = (p[i + 1] - p[i]) / max(np.linalg.norm(p[i + 1] - p[i]), 1e-6)
-            taper = 1 - 0.6 * (t / (len(p) - 1)) if brow[0] == 17 else 0.4 + 0.6 * (t / (len(p) - 1))
-            off = q + [0, rng.normal(0, thick * 0.35 * taper) + thick * 0.3]
-            d = along * thick * rng.uniform(0.8, 1.6) + [0, -thick * rng.uniform(0.2, 0.6)]
+            # thick at the inner end (21, 22), thin at the tail; the points run along the brow's upper edge (iBUG)
+            taper = 0.4 + 0.6 * (t / (len(p) - 1)) if brow[0] == 17 else 1 - 0.6 * (t / (len(p) - 1))
+            off = q + [0, thick * taper * rng.uniform(0.4, 1.1)]
+            d = along * thick * rng.uniform(0.8, 1.6) + [0, -thick * taper * rng.uniform(0.3, 0.6)]
             cv2.line(albedo, _pt(off), _pt(off + d), tuple(float(v) for v in brow_c * rng.uniform(0.8, 1.2)), 1,
                      cv2.LINE_AA, 4)
 
@@ -753,7 +754,7 @@ def _glasses_and_occluders(rng, img, shape, project, offset_px, skin, f):
             a = tint[..., None] * rng.uniform(0.3, 0.9)
             img = img * (1 - a) + a * np.array(colour, np.float32) * 0.3
     lm = project(shape)[:, :2] + offset_px
-    for _ in range(int(rng.integers(1, 3)) if rng.random() < 0.25 else 0):
+    for _ in range(int(rng.integers(1, 3)) if rng.random() < 0.12 else 0):
         c = lm[rng.integers(68)] + rng.normal(0, 0.15 * f, 2)
         axes = rng.uniform(0.1, 0.35, 2) * f
         if rng.random() < 0.5:  # a hand: skin, shaded
