@@ -108,11 +108,18 @@ def test_the_jaw_label_convention_reaches_the_records(tmp_path):
     for jaw in ("visible", "projected"):
         assert pack_main(["--synthetic", "6", "--seed", "5", "--jaw", jaw, "--quiet", "--workers", "1",
                           str(tmp_path / jaw)]) == 0
+    from facealign.data.transforms import PACKED_CANVAS, PACKED_CONTEXT, apply
+
     for i, (v, p) in enumerate(zip(read_records(tmp_path / "visible"), read_records(tmp_path / "projected"))):
         face = render_face(5, i)
         assert v.meta["jaw"] == "visible" and p.meta["jaw"] == "projected" and v.meta["style"] == "photo"
-        np.testing.assert_allclose(v.landmarks, face.visible_landmarks, atol=1e-4)
-        np.testing.assert_allclose(p.landmarks, face.landmarks, atol=1e-4)
+        # each record maps its labels through its crop, which frames them as facealign-pack frames photographs
+        np.testing.assert_allclose(v.landmarks, apply(np.array(v.meta["crop"]), face.visible_landmarks), atol=1e-3)
+        np.testing.assert_allclose(p.landmarks, apply(np.array(p.meta["crop"]), face.landmarks), atol=1e-3)
+        for r in (v, p):
+            lo, hi = r.landmarks[:, :2].min(0), r.landmarks[:, :2].max(0)
+            np.testing.assert_allclose((lo + hi) / 2, (PACKED_CANVAS - 1) / 2, atol=1e-3)
+            assert abs((hi - lo).max() - PACKED_CANVAS / PACKED_CONTEXT) < 1e-3
 
 
 def test_rasterizer_fast_path_equals_the_numpy_reference():

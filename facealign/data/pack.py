@@ -170,14 +170,23 @@ def _work_synthetic(payload):
 
     face = render_face(opt.seed, index, opt.canvas, opt.style, opt.without)
     lm = face.landmarks if opt.jaw == "projected" or face.visible_landmarks is None else face.visible_landmarks
-    lm = lm if opt.dims != 2 else lm[:, :2]
+    lm = np.asarray(lm if opt.dims != 2 else lm[:, :2], np.float64)
+    image, M = face.image, np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    if opt.style == "photo":  # framed as photographs are packed (crop_item): centred on its labels' box, scaled to it
+        lo, hi = lm[:, :2].min(0), lm[:, :2].max(0)
+        M = similarity((lo + hi) / 2, ((opt.canvas - 1) / 2, (opt.canvas - 1) / 2),
+                       opt.canvas / (opt.context * float(max(hi - lo))), 0.0)
+        image = cv2.warpAffine(image, M, (opt.canvas, opt.canvas), flags=cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_REFLECT_101)
+        lm = apply(M, lm)
+    lm = lm.astype(np.float32)
     box = np.concatenate([lm[:, :2].min(0), lm[:, :2].max(0)]).astype(np.float32)
     meta = {"source": f"synthetic:{opt.seed}:{index}", "dataset": "synthetic", "scheme": "ibug68",
             "style": opt.style + "".join(f"-no-{part}" for part in opt.without), "jaw": opt.jaw,
             "pose": [round(v, 3) for v in face.pose], "orig_size": [opt.canvas, opt.canvas],
-            "crop": [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]}
-    sample = Sample(image=face.image, landmarks=lm, box=box, meta=meta)
-    return sample, encode_image(face.image, opt.encoding, opt.quality)
+            "crop": np.round(M, 8).tolist()}
+    sample = Sample(image=image, landmarks=lm, box=box, meta=meta)
+    return sample, encode_image(image, opt.encoding, opt.quality)
 
 
 def pack_items(items, prefix, *, canvas: int = PACKED_CANVAS, context: float = PACKED_CONTEXT) -> int:
