@@ -99,7 +99,8 @@ def test_crops_landmarks_and_heatmaps_agree(synth_set):
 
 def test_reference_augmentation_keeps_landmarks_inside_or_falls_back(synth_set):
     batches, loader = _batches(synth_set, cfg=SampleConfig())
-    inside = sum(((b.landmarks[..., :2] >= 0) & (b.landmarks[..., :2] < 128)).all(axis=(1, 2)).sum()
+    # a draw keeps every landmark in [0, 128) before the flip; mirrored about the pixel grid's centre, (-1, 128)
+    inside = sum(((b.landmarks[..., :2] > -1) & (b.landmarks[..., :2] < 128)).all(axis=(1, 2)).sum()
                  for b in batches.values())
     assert inside + loader.stats["fallbacks"] >= 40
 
