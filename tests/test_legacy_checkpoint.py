@@ -34,10 +34,12 @@ def _same_cpu():
 @pytest.fixture
 def legacy(tmp_path):
     """The run copied into a working directory holding the data it was trained on (re-packed: the
-    procedural faces are a pure function of seed and index); job.yaml names data/ relative to it."""
+    procedural faces are a pure function of seed and index; it trained on the flat style, the default then);
+    job.yaml names data/ relative to it."""
     shutil.copytree(FIXTURE, tmp_path / "run")
-    assert pack_main(["--synthetic", "32", "--seed", "1", "--quiet", str(tmp_path / "data" / "train")]) == 0
-    assert pack_main(["--synthetic", "8", "--seed", "2", "--quiet", str(tmp_path / "data" / "val")]) == 0
+    for name, n, seed in (("train", "32", "1"), ("val", "8", "2")):
+        assert pack_main(["--synthetic", n, "--seed", seed, "--style", "flat", "--quiet",
+                          str(tmp_path / "data" / name)]) == 0
     return tmp_path
 
 
