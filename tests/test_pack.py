@@ -185,6 +185,9 @@ def test_the_demo_packs_again_what_an_older_checkout_packed(tmp_path):
     assert not packed_as(prefix, 3, "visible")
     assert pack_main(["--synthetic", "3", "--style", "flat", "--quiet", "--workers", "1", str(prefix)]) == 0
     assert not packed_as(prefix, 3, "visible")
+    from facealign.data.records import read_records
+
+    assert {s.meta["jaw"] for s in read_records(prefix)} == {"projected"}  # the flat faces have only the 3D jaw
     assert pack_main(["--synthetic", "3", "--quiet", "--workers", "1", str(prefix)]) == 0
     assert packed_as(prefix, 3, "visible") and not packed_as(prefix, 4, "visible")
     assert not packed_as(prefix, 3, "projected")

