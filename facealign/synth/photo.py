@@ -559,7 +559,7 @@ def render_face(seed: int, index: int, size: int = CANVAS, without=()) -> Synthe
     if "detail" in without:  # plain Lambert shading of a flat albedo: no creases, no highlights
         cavity[:] = 0
         spec[:] = 0
-    body_tex = _body_texture(rng, skin, shoulder_y)
+    body_tex = _body_texture(rng, skin, shoulder_y, float(shape[8, 1]))
 
     # Per pixel: texture look-ups and normals, interpolated over the triangle each pixel sees; then light.
     covered = tri >= 0
@@ -610,13 +610,17 @@ def _head_surface(rng, shape):
     return ctrl, w, head, normals
 
 
-def _body_texture(rng, skin, shoulder_y):
-    """Skin on the neck, clothing from a neckline (round or V) down."""
+def _body_texture(rng, skin, shoulder_y, chin_y):
+    """Skin on the neck, in the chin's shadow at the top; clothing from a neckline (round or V) down."""
     cloth = _clothing(rng)
     collar = rng.uniform(0.45, 0.8) * (shoulder_y - 0.15) / (_BODY_Y[-1] - _BODY_Y[0]) * BODY_H
     tex = np.empty((BODY_H, BODY_W, 3), np.float32)
-    tex[:] = skin * 0.95
     vv = np.arange(BODY_H)[:, None]
+    # The head shades the neck below the jaw in nearly every photograph: that contrast draws the jaw line,
+    # which a neck as bright as the face would not.
+    y = _BODY_Y[0] + vv / BODY_H * (_BODY_Y[-1] - _BODY_Y[0])
+    shadow = 1 - rng.uniform(0.3, 0.8) * np.clip(1 - (y - chin_y) / rng.uniform(0.12, 0.45), 0, 1)
+    tex[:] = (skin * 0.95)[None, None, :] * shadow[..., None]
     uu = np.abs(np.arange(BODY_W)[None, :] - BODY_W / 2) / (BODY_W / 2)
     neckline = collar + (1 - uu) * rng.uniform(0, 40) * (rng.random() < 0.6)
     return np.where((vv > neckline)[..., None], cloth, tex)
