@@ -4,7 +4,7 @@
 Everything in one run, on this machine:
 
 * render speed: faces per second on one core, photographic and flat styles (one process);
-* the demo's job (jobs/demo.yaml, ``facealign-launch local -np 2``) trained on 2000 faces (seed 1) of each
+* the demo's job (jobs/demo.yaml, ``facealign-launch local -np 2``) trained on make demo's 1800 faces (seed 1) of each
   data variant, the ablation: the flat style (the first renderer: its jaw is the projected one); the
   photographic style with 300-W's visible jaw (what ``make demo`` packs), with the projected jaw instead,
   and without each part (``facealign-pack --without``: identity, detail, backgrounds, camera);
@@ -158,6 +158,9 @@ def main(argv=None) -> int:
     cpu_isa.enable()
     from facealign.data.photographs import named_set
 
+    from facealign.cli.demo import parse_args as demo_defaults
+
+    demo_faces = demo_defaults([]).train_faces  # make demo's data: the ablation's "photo" row is make demo
     work = Path(args.workdir)
     speed = render_speed(args.render_faces)
     print(f"[bench] render speed, one core: photographic {speed['photo']:.1f} faces/s, flat {speed['flat']:.1f}",
@@ -167,7 +170,7 @@ def main(argv=None) -> int:
     rows = {}
     for name in args.variants:
         options, what = VARIANTS[name]
-        train_prefix, pack_s = pack(work / "data" / f"{name}-train", 2000, 1, options)
+        train_prefix, pack_s = pack(work / "data" / f"{name}-train", demo_faces, 1, options)
         val_prefix, _ = pack(work / "data" / f"{name}-val", 200, 2, options)
         seconds = train("demo.yaml", work / "runs" / name, train_prefix, val_prefix, args.steps)
         rows[name] = {"what": what, "job": "jobs/demo.yaml", "pack_s": round(pack_s), "train_s": round(seconds),
