@@ -104,7 +104,6 @@ def score_run(run_dir: Path, sets: dict) -> dict:
         out[name] = float(result.nme["eye_centre"].mean())
         if name == "menpo":
             out["menpo_images"] = {s: float(v) for s, v in zip(result.sources, result.nme["eye_centre"])}
-            out["menpo_pred"] = result.pred.tolist()
     return out
 
 
