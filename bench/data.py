@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     tmp = None
     rec = args.rec
     if rec is None:
-        from facealign.data.pack import main as pack
+        from facealign.cli.pack import main as pack
 
         tmp = tempfile.TemporaryDirectory()
         rec = str(Path(tmp.name) / "synth")

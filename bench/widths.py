@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Every width the spec accepts, through oneDNN: the full sweep of facealign.platform.kernel_check.
+"""Every width the spec accepts, through oneDNN: the full sweep of facealign.cli.kernel_check.
 
 Every block type (the zoo's hg2-d3-cab, hg2-d3-hpm, hg2-d3-inception, hg2-d4-resnet and sat2-d3-cab) at
 every width from 16 to 256 in steps of 8 that the spec accepts, and every zoo model at its own size, in
@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.report import write_report  # noqa: E402
 from facealign.models import get_model_spec, list_models  # noqa: E402
-from facealign.platform.kernel_check import MODES, Case, sweep  # noqa: E402
+from facealign.cli.kernel_check import MODES, Case, sweep  # noqa: E402
 from facealign.models.specs import width_problem  # noqa: E402
 
 BLOCK_MODELS = ["hg2-d3-cab", "hg2-d3-hpm", "hg2-d3-inception", "hg2-d4-resnet", "sat2-d3-cab"]

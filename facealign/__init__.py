@@ -1,6 +1,6 @@
 """facealign: stacked Hourglass and SAT face-alignment networks, trained at cluster scale."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["Predictor", "Prediction"]
 

@@ -43,12 +43,15 @@ few nodes and no requeue).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from facealign.runs.layout import LOG_FILE
 
 EXIT_REQUEUE = 75
 IMAGE_PYTHON = "/usr/local/bin/facealign-python"  # both images of docker/ link their interpreter here
@@ -263,10 +266,15 @@ def train(args) -> int:
     restarts = 0
     while True:
         code, ended, failed_at = run_step(spec, args, run_dir, nodes, overlap=restarts > 0)
-        if code == 0 or args.dry_run:
+        if args.dry_run:
             return code
-        if code == EXIT_REQUEUE:
-            say(f"the ranks checkpointed and stopped (exit {EXIT_REQUEUE}); requeueing job {job_id}")
+        outcome = step_outcome(code, ended)
+        if outcome == 0:
+            return 0
+        if outcome == EXIT_REQUEUE:
+            say(f"the ranks checkpointed and stopped (exit {EXIT_REQUEUE}"
+                + (f"; srun returned {code}" if code != EXIT_REQUEUE else "") + f"); requeueing job {job_id}")
+            note(run_dir, f"the ranks checkpointed and stopped on a signal; requeueing Slurm job {job_id}")
             return requeue(job_id)
         if ended is not None and not ended.get("lost_peer"):  # the trainer's own word: nothing a restart mends
             say(f"training exited with {code}: {ended.get('reason')}")
@@ -290,14 +298,32 @@ def train(args) -> int:
         restarts += 1
         step = runs.latest_checkpoint_step(run_dir)
         record = {"restart": restarts, "lost_nodes": lost, "reason": why, "nodes": following,
-                  "world_size": len(following) * spec.resources.tasks_per_node,
+                  "processes": len(following) * spec.resources.tasks_per_node,
                   "was": len(nodes) * spec.resources.tasks_per_node, "from_step": step,
                   "seconds": round(time.time() - failed_at, 1), "time": time.time()}
         runs.record_restart(run_dir, record)
-        say(f"restart {restarts} of {spec.run.max_restarts}: " + (f"lost node(s) {','.join(lost)}" if lost else
-            "a rank was lost, its node is still up") + f"; world size {record['was']} -> {record['world_size']} on "
-            f"{','.join(following)}; resuming from step {step}; {record['seconds']:.0f} s since the step ended ({why})")
+        line = (f"restart {restarts} of {spec.run.max_restarts}: " + (f"lost node(s) {','.join(lost)}" if lost else
+                "a rank was lost, its node is still up") + f"; {record['was']} -> {record['processes']} process(es) "
+                f"on {','.join(following)}; resuming from step {step}; {record['seconds']:.0f} s since the step ended "
+                f"({why})")
+        say(line)
+        note(run_dir, line)
         nodes = following
+
+
+def step_outcome(code: int, ended: dict | None) -> int:
+    """How a step ended: rank 0's record where it made one (0 finished, 75 stopped for a requeue), whatever srun
+    returned. srun kills the other ranks on the first non-zero exit (``--kill-on-bad-exit``): on a preemption the
+    rank that exits 75 first gets the others killed, and srun may report their SIGTERM (143) although every rank
+    checkpointed and rank 0 recorded the requeue."""
+    recorded = (ended or {}).get("code")
+    return recorded if recorded in (0, EXIT_REQUEUE) and not (ended or {}).get("lost_peer") else code
+
+
+def note(run_dir: Path, line: str) -> None:
+    """A launcher's line in the run's log.txt too, the file users read (no trainer writes it meanwhile)."""
+    with contextlib.suppress(OSError), open(run_dir / LOG_FILE, "a") as fh:
+        fh.write(time.strftime("%H:%M:%S ") + f"launcher: {line}\n")
 
 
 def run_step(spec, args, run_dir: Path, nodes: list[str], overlap: bool = False) -> tuple[int, dict | None, float]:

@@ -109,7 +109,7 @@ def pack_synthetic_sets(root, train: int, val: int, seed: int = 1, style: str = 
     """``root/train`` and ``root/val``: procedural faces packed by facealign-pack (seeds seed, seed + 1). The tools'
     tests train tiny models for a few steps: on the flat faces they learn within them (and pack 8 times faster);
     the photographic faces have their own tests (test_synth.py, test_demo.py, test_pack.py)."""
-    from facealign.data.pack import main as pack_main
+    from facealign.cli.pack import main as pack_main
 
     for name, n, s in (("train", train, seed), ("val", val, seed + 1)):
         assert pack_main(["--synthetic", str(n), "--seed", str(s), "--style", style, "--quiet", str(root / name)]) == 0

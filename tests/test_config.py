@@ -27,7 +27,7 @@ model: {name: hg2-d3-cab}
 
 
 def test_loading_a_spec_and_building_its_parts_imports_no_mxnet():
-    code = ("import sys, facealign.components as c; "
+    code = ("import sys, facealign.spec.components as c; "
             f"s = c.load({str(REPO / 'jobs' / 'demo.yaml')!r}); "
             "[f(s) for f in (c.model_spec, c.codec, c.sample_config, c.model_info, c.validation_record)]; "
             "print('mxnet' in sys.modules)")

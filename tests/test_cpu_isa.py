@@ -75,7 +75,7 @@ def test_on_an_amx_cpu_bfloat16_convolutions_run_on_the_tiles():
     off = _run(CONV, DNNL_VERBOSE="1", FACEALIGN_CPU_ISA="off")
     assert off.returncode == 0 and not any("amx" in k for k in _kernels(off.stdout)), _kernels(off.stdout)
     # a child started after enable() (which does not inherit the permission) runs, without AMX
-    child = _run('from facealign import cpu_isa; cpu_isa.enable(); import subprocess, sys; '
+    child = _run('from facealign.platform import cpu_isa; cpu_isa.enable(); import subprocess, sys; '
                  'print("CHILD", subprocess.run([sys.executable, "-c", ' + repr(CONV.replace(
                      'print("CHOICE", cpu_isa.enable().describe(), flush=True)', "")) + ']).returncode)')
     assert child.returncode == 0 and "CHILD 0" in child.stdout, child.stdout[-2000:] + child.stderr[-2000:]

@@ -11,7 +11,7 @@ from facealign.synth import render_face
 
 @pytest.fixture(scope="module")
 def faces3d(tmp_path_factory):
-    from facealign.data.pack import main as pack_main
+    from facealign.cli.pack import main as pack_main
 
     prefix = tmp_path_factory.mktemp("depth") / "faces"
     assert pack_main(["--synthetic", "24", "--seed", "9", "--quiet", str(prefix)]) == 0
@@ -188,7 +188,7 @@ def test_a_model_that_predicts_z_on_records_without_z_stops_before_training(tmp_
     import sys
 
     from conftest import REPO, write_tiny_job
-    from facealign.data.pack import main as pack_main
+    from facealign.cli.pack import main as pack_main
     from facealign.data.records import RecordWriter, pack_sample, read_records
 
     assert pack_main(["--synthetic", "8", "--seed", "1", "--quiet", str(tmp_path / "src")]) == 0

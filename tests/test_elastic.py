@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from conftest import assert_same_training, pack_synthetic_sets, run_cli, write_tiny_job
-from facealign.data.loader import ShardedSampler, deal
+from facealign.data.loader import ShardedSampler
 from facealign.runs.checkpoint import CheckpointManager
 from facealign.spec.schema import SpecError, load_job
-from facealign.train.world import shares
+from facealign.train.world import NominalWorld, Shares, deal, process_part
 from tb_events import scalars
 
 pytestmark = pytest.mark.horovod
@@ -57,10 +57,13 @@ def test_a_run_shrunk_to_one_rank_and_grown_back_matches_the_uninterrupted_one(n
     assert any(not np.array_equal(stats[k], stats["rank1/" + k[len("rank0/"):]]) for k in stats if k.startswith("rank0/"))
 
     state = json.loads((b.at_step(10) / "state.json").read_text())
-    assert state["world_size"] == 2 and state["world_history"] == [[0, 2], [3, 1], [7, 2]]
-    assert state["samples_seen"] == 10 * 4 * 2
+    assert state["nominal_world_size"] == 2 and state["processes"] == 2
+    assert state["world_history"] == [[0, 2], [3, 1], [7, 2]] and state["samples_seen"] == 10 * 4 * 2
+    alone = json.loads((b.at_step(6) / "state.json").read_text())  # one process standing for the nominal two
+    assert alone["nominal_world_size"] == 2 and alone["processes"] == 1 and alone["samples_seen"] == 6 * 4 * 2
     progress = json.loads((elastic / "progress.json").read_text())
-    assert progress["world_size"] == 2 and progress["world_history"] == [[0, 2], [3, 1], [7, 2]]
+    assert progress["nominal_world_size"] == 2 and progress["processes"] == 2 and "world_size" not in progress
+    assert progress["world_history"] == [[0, 2], [3, 1], [7, 2]]
     log = (elastic / "log.txt").read_text()
     assert "world sizes so far 2 from step 0, 1 from step 3" in log
 
@@ -106,16 +109,55 @@ def test_a_process_deals_its_nominal_ranks_batches_in_their_own_order():
         np.testing.assert_array_equal(one.batch_indices(3, step, rank), two[rank].batch_indices(3, step))
 
 
+class _Switch:
+    """Records which nominal rank's BatchNorm statistics the network holds (dist.RunningStats.select's effect)."""
+
+    def __init__(self):
+        self.selected = []
+
+    def select(self, rank):
+        self.selected.append(rank)
+
+
+class _Batch:
+    def __init__(self, rank):
+        self.rank = rank
+
+
+def test_the_nominal_world_sums_each_ranks_gradients_apart_and_says_when_the_step_is_in():
+    """One process standing for nominal ranks 2 and 3 with 2 micro-batches each: the deal order, the BatchNorm
+    switch before each micro-batch, the per-rank sums ``(a + b) + (c + d)``, the step's end and the mean."""
+    params = mx.gluon.ParameterDict()
+    w = params.get("w", shape=(3,))
+    w.initialize(ctx=mx.cpu())
+    nominal = NominalWorld(Shares(rank=1, size=2, nominal=4, accumulation=2), [w], _Switch())
+    assert w.grad_req == "add" and nominal.size == 4 and nominal.processes == 2
+    assert nominal.deal(1, 6) == [(2, 2), (2, 3), (3, 2), (3, 3), (2, 4), (2, 5), (3, 4), (3, 5)]
+    grads = [np.float32(1e8), np.float32(1.0), np.float32(-1e8), np.float32(1.0)]
+    done = []
+    for (rank, _), g in zip(nominal.deal(0, 2), grads):
+        nominal.before(_Batch(rank))
+        w.list_grad()[0][:] += g  # what backward adds under grad_req "add"
+        done.append(nominal.after(_Batch(rank)))
+    assert nominal.stats.selected == [2, 2, 3, 3] and done == [False, False, False, True]
+    # summed per rank first: (1e8 + 1) + (-1e8 + 1) = 0 in float32, where the running sum would give 1
+    assert w.list_grad()[0].asnumpy().tolist() == [0.0, 0.0, 0.0]
+    np.testing.assert_allclose(nominal.mean([8.0, 4.0]), [1.0, 0.5])
+    assert nominal.samples_per_step(5) == 5 * 4 * 2
+    nominal.clear()
+    assert not w.list_grad()[0].asnumpy().any()
+
+
 def test_shares_of_a_nominal_world(tmp_path):
     (tmp_path / "t.yaml").write_text("data: {train: [x]}\noptim: {grad_accumulation: 3}\n"
                                      "resources: {nodes: 4, tasks_per_node: 2, min_nodes: 2}\n")
     spec = load_job(tmp_path / "t.yaml")
     assert spec.node_counts() == [4, 2] and spec.world_sizes() == [8, 4]  # 3 nodes would not divide 4
-    s = shares(spec, 1, 4)
+    s = process_part(spec, 1, 4)
     assert s.ranks == [2, 3] and s.micro_batches == 6 and s.per_process == 2
-    assert shares(spec, 0, 8).ranks == [0]
+    assert process_part(spec, 0, 8).ranks == [0]
     with pytest.raises(SpecError, match="start 8 or 4 or 2 or 1 rank"):
-        shares(spec, 0, 6)
+        process_part(spec, 0, 6)
 
 
 # --- a rank that stops but does not die ---------------------------------------------------------------

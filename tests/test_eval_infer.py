@@ -338,7 +338,7 @@ def test_several_models_make_one_comparison(trained_run, synth_sets, tmp_path):
 
 
 def test_eval_refuses_what_it_cannot_score_with_one_line(trained_run, tmp_path):
-    from facealign.data.pack import main as pack_main
+    from facealign.cli.pack import main as pack_main
 
     rows = ["image," + ",".join(f"x{i},y{i}" for i in range(10))]
     image = np.full((96, 96, 3), 128, np.uint8)

@@ -1,4 +1,4 @@
-"""Every width the spec accepts trains, in every precision: facealign.platform.kernel_check's guarded sweep.
+"""Every width the spec accepts trains, in every precision: facealign.cli.kernel_check's guarded sweep.
 
 The full sweep (every zoo model at its own size, and every width in every mode) is bench/widths.py;
 its result is in docs/performance.md.
@@ -10,7 +10,7 @@ from mxnet import autograd
 
 from facealign.models import get_model, initialize, list_models
 from facealign.models import layers
-from facealign.platform.kernel_check import Case, sweep
+from facealign.cli.kernel_check import Case, sweep
 from facealign.models.specs import get_model_spec, width_problem
 
 BLOCK_MODELS = ["hg2-d3-cab", "hg2-d3-hpm", "hg2-d3-inception", "hg2-d4-resnet", "sat2-d3-cab"]

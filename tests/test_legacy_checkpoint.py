@@ -14,7 +14,7 @@ from conftest import BIN, REPO, run_cli
 from facealign.runs import artifact
 from facealign.serve import loading
 from facealign.runs import checkpoint
-from facealign.data.pack import main as pack_main
+from facealign.cli.pack import main as pack_main
 
 FIXTURE = REPO / "tests" / "data" / "legacy-run-bb133a6"
 STEP2_NME = 2.7575447066184466  # what that trainer logged at step 2

@@ -6,7 +6,7 @@ import pytest
 from conftest import corrupt_copy
 from facealign.data.codec import HeatmapCodec
 from facealign.data.loader import SampleConfig, ShardedSampler, TrainLoader
-from facealign.data.pack import main as pack_main
+from facealign.cli.pack import main as pack_main
 from facealign.data.records import DataError, RecordFile
 from facealign.data.schemes import IBUG68
 from facealign.data.transforms import AugmentConfig, apply

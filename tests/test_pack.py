@@ -179,7 +179,7 @@ def test_reindex_and_help(tmp_path):
 def test_the_demo_packs_again_what_an_older_checkout_packed(tmp_path):
     """make demo reuses its packed faces only when they are photographic, with its jaw, and as many."""
     from facealign.cli.demo import packed_as
-    from facealign.data.pack import main as pack_main
+    from facealign.cli.pack import main as pack_main
 
     prefix = tmp_path / "synth_train_visible"
     assert not packed_as(prefix, 3, "visible")

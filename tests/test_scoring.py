@@ -15,7 +15,7 @@ from facealign.runs import artifact
 from facealign.serve import loading
 from facealign.runs import checkpoint
 from facealign.data.loader import RecordSet
-from facealign.data.pack import main as pack_main
+from facealign.cli.pack import main as pack_main
 from facealign.data.transforms import ARCFACE_5PT, apply, five_points, reference_alignment
 from facealign.evaluation.metrics import nme
 

@@ -5,6 +5,7 @@ another module's private names."""
 import ast
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -50,14 +51,8 @@ def _imports(name: str, path: Path, modules: dict) -> set[tuple[str, ast.AST]]:
     return found
 
 
-def _moved(path: Path) -> bool:
-    """An old import path kept for one release (facealign._moved.alias): not part of the layout."""
-    text = path.read_text()
-    return "from facealign._moved import alias" in text or text.startswith('"""Moved')
-
-
 def _graph():
-    modules = {k: v for k, v in _modules().items() if not _moved(v)}
+    modules = _modules()
     return {name: {t for t, _ in _imports(name, path, modules)} for name, path in modules.items()}, modules
 
 
@@ -94,6 +89,55 @@ def test_no_import_cycles():
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
 
 
+def _package(module: str) -> str:
+    """The package a module belongs to: facealign's stages (facealign.train, ...), launcher, facealign itself."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if parts[0] == "facealign" and len(parts) > 1 else parts[0]
+
+
+def package_graph(graph) -> dict[str, dict[str, list[str]]]:
+    """{package: {package it imports: [the module imports behind the arrow]}}; an entry point (``__main__``)
+    is a command line's, not its package's."""
+    out = {}
+    for module, targets in graph.items():
+        if module.endswith("__main__"):
+            continue
+        for target in targets:
+            a, b = _package(module), _package(target)
+            if a != b:
+                out.setdefault(a, {}).setdefault(b, []).append(f"{module} -> {target}")
+    return out
+
+
+def test_packages_import_one_way():
+    """No package imports another that imports it back, directly or round a longer loop: module by module
+    the graph can be acyclic while the packages are not (data.pack -> synth -> data.pose)."""
+    graph, _ = _graph()
+    packages = package_graph(graph)
+    loops = []
+    for start in sorted(packages):
+        todo, seen = [(start, [start])], set()
+        while todo:
+            node, path = todo.pop()
+            for nxt in sorted(packages.get(node, {})):
+                if nxt == start:
+                    loops.append(" -> ".join(path + [start]) + "  (" + packages[node][nxt][0] + ")")
+                elif nxt not in seen:
+                    seen.add(nxt)
+                    todo.append((nxt, path + [nxt]))
+    assert not loops, "packages that import each other:\n" + "\n".join(loops)
+
+
+def test_the_package_walk_finds_a_loop_between_packages():
+    """The walk above, on a made-up graph with a loop through three packages and no module-level loop."""
+    graph = {"facealign.data.pack": {"facealign.synth.faces"}, "facealign.synth.faces": {"facealign.models.layers"},
+             "facealign.models.layers": {"facealign.data.codec"}, "facealign.data.codec": set()}
+    packages = package_graph(graph)
+    assert packages == {"facealign.data": {"facealign.synth": ["facealign.data.pack -> facealign.synth.faces"]},
+                        "facealign.synth": {"facealign.models": ["facealign.synth.faces -> facealign.models.layers"]},
+                        "facealign.models": {"facealign.data": ["facealign.models.layers -> facealign.data.codec"]}}
+
+
 def test_the_walker_sees_lazy_imports():
     graph, _ = _graph()
     assert "facealign.serve.predictor" in graph["facealign"]  # facealign/__init__'s lazy Predictor
@@ -103,7 +147,7 @@ def test_the_walker_sees_lazy_imports():
 def test_every_module_belongs_to_a_stage():
     _, modules = _graph()
     loose = [m for m in modules if m.startswith("facealign.") and m.split(".")[1] not in STAGES
-             and m not in ("facealign._moved", "facealign._native")]
+             and m not in ("facealign._native", "facealign.errors")]
     assert not loose, loose
 
 
@@ -132,8 +176,7 @@ def test_argparse_lives_in_the_command_line_modules():
     _, modules = _graph()
     users = sorted(m for m, path in modules.items() if m.startswith("facealign.") and "import argparse" in path.read_text()
                    and not m.startswith("facealign.cli"))
-    # facealign-pack's main stays in data/ (data/ keeps its layout); kernel_check's workers are its own processes
-    assert users == ["facealign.data.pack", "facealign.platform.kernel_check"], users
+    assert not users, users
 
 
 HEAVY = ("mxnet", "cv2", "horovod")
@@ -165,8 +208,8 @@ def test_the_spec_imports_no_mxnet_opencv_or_horovod(tmp_path):
     job = _tiny_spec(tmp_path)
     loaded, _ = _fresh_modules(f"from facealign.spec import components\n"
                             f"spec = components.load({str(job)!r}, check_files=True)\n"
-                            f"components.model_spec(spec); components.loss_settings(spec); components.runtime_env(spec)\n"
-                            f"components.hyperparameters(spec, 1); components.loss_scale(spec)")
+                            f"components.model_spec(spec); components.runtime_env(spec)\n"
+                            f"components.hyperparameters(spec, 1); components.scheme(spec)")
     assert "facealign.spec.components" in loaded and not _heavy(loaded), _heavy(loaded)
 
 
@@ -249,20 +292,28 @@ def test_the_loop_keeps_no_state_in_closures():
     assert not nested, nested
 
 
-def test_moved_modules_keep_their_old_path_with_a_warning():
-    code = ("import warnings\nwarnings.simplefilter('always')\ncaught = []\n"
-            "with warnings.catch_warnings(record=True) as w:\n"
-            "    from facealign import config, scoring, checkpoint, artifact, inference\n"
-            "    import facealign.spec.schema, facealign.evaluation.scoring, facealign.runs.checkpoint\n"
-            "    assert config is facealign.spec.schema and scoring is facealign.evaluation.scoring\n"
-            "    assert checkpoint is facealign.runs.checkpoint and callable(artifact.load_network)\n"
-            "    assert inference.Predictor.__module__ == 'facealign.serve.predictor'\n"
-            "    from facealign.train import main\n"
-            "    import sys\n"
-            "    print(len({str(x.message) for x in w if issubclass(x.category, DeprecationWarning) and 'moved to' in str(x.message)}),"
-            " file=sys.stderr)")
-    _, said = _fresh_modules(code)
-    assert said.strip().splitlines()[-1] == "6", said
+OLD_PATHS = ("artifact", "backends", "checkpoint", "components", "config", "cpu_isa", "demo", "detect", "dist",
+             "evaluate", "export", "gpu_probe", "infer", "inference", "loss_scaling", "losses", "metrics",
+             "mixed_precision", "optim", "run_lock", "scoring", "smoothing", "validation")
+
+
+def test_the_old_import_paths_are_gone_since_0_2_0():
+    """CHANGELOG 0.1.0 kept them for one release; none comes back, and no code, test or page uses one."""
+    left = [name for name in OLD_PATHS if (REPO / "facealign" / f"{name}.py").exists()]
+    assert not left and not (REPO / "facealign" / "_moved.py").exists(), left
+    said = subprocess.run([sys.executable, "-c", "import facealign.config"], capture_output=True, text=True, cwd=REPO)
+    assert said.returncode == 1 and "No module named 'facealign.config'" in said.stderr
+    pattern = re.compile(r"(?:from facealign import|import facealign\.|python -m facealign\.)(" + "|".join(OLD_PATHS) + r")\b")
+    users = [f"{path.relative_to(REPO)}: {m.group(0)}"
+             for folder in ("facealign", "launcher", "bench", "tests", "docs", "slurm", "docker")
+             for path in (REPO / folder).rglob("*") if path.suffix in (".py", ".md", ".sh", "") and path.is_file()
+             and path != Path(__file__)
+             for m in pattern.finditer(path.read_text(errors="replace"))]
+    users += [f"README.md: {m.group(0)}" for m in pattern.finditer((REPO / "README.md").read_text())]
+    assert not users, users
+    import facealign.train  # the loop's names are the loop's (facealign.train.loop), not the package's
+
+    assert not hasattr(facealign.train, "main") and not hasattr(facealign.train, "EXIT_OK")
 
 
 def test_the_runs_know_the_files_not_the_training():

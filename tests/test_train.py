@@ -234,7 +234,8 @@ def test_the_loader_writer_and_log_are_closed_on_an_error(tiny_job, tmp_path):
     """train() in this process, stopped by a non-finite loss mid-run: its loader workers are gone and
     its log and TensorBoard files are closed, as on every way out of train()."""
     from facealign.spec import components
-    from facealign.train.loop import NonFiniteLoss, train
+    from facealign.train.faults import NonFiniteLoss
+    from facealign.train.loop import train
 
     spec = components.load(tiny_job, ["resources.tasks_per_node=1", "optim.lr=1.0e+12", "optim.name=sgd",
                                       "schedule.max_steps=50", "eval.every_steps=50"])

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from facealign.spec.schema import load_job
 from facealign.cli.train import parse_args
-from facealign.train.loop import NonFiniteLoss, train
+from facealign.train.faults import NonFiniteLoss
+from facealign.train.loop import train
 
 
 def inject_inf_gradient(rank: int) -> None:
@@ -29,10 +30,10 @@ def inject_inf_gradient(rank: int) -> None:
         return
     import mxnet as mx
 
-    import facealign.models as models
+    from facealign.train import setup
 
     nets, calls = [], [0]
-    initialize, backward = models.initialize, mx.autograd.backward
+    initialize, backward = setup.initialize, mx.autograd.backward
 
     def capture(net, *a, **kw):
         nets.append(net)
@@ -46,7 +47,7 @@ def inject_inf_gradient(rank: int) -> None:
             grad[:] = float("inf")
             print(f"train_probe: rank {rank}: +inf gradient after backward call {call}", file=sys.stderr, flush=True)
 
-    models.initialize, mx.autograd.backward = capture, backward_then_poison
+    setup.initialize, mx.autograd.backward = capture, backward_then_poison
 
 
 def main() -> int:

@@ -4,7 +4,7 @@
 
 Exit status: 0 finished; 75 stopped by a signal after a checkpoint (requeue); 1 a run-time failure (a
 lost or stalled rank among them: the launchers restart on it); 2 a job that cannot start
-(facealign.train.loop). Each is one line on stderr.
+(facealign.errors, facealign.train.faults). Each is one line on stderr.
 """
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ import os
 import sys
 from pathlib import Path
 
-from facealign.data.records import DataError
-from facealign.platform.gpu_probe import GPUProbeFailed
-from facealign.runs.artifact import ArtifactError
-from facealign.runs.checkpoint import CheckpointError, CheckpointWriteError
-from facealign.runs.lock import RunLocked
-from facealign.spec import components
-from facealign.spec.schema import SpecError
-from facealign.train.loop import LostPeer, NonFiniteLoss, exit_code_for, train, write_exit
+from facealign.platform import cpu_isa
+
+cpu_isa.enable()  # oneDNN reads its ISA cap once, when MXNet loads: before the trainer's imports bring it in
+
+from facealign.errors import TrainerError  # noqa: E402
+from facealign.spec import components  # noqa: E402
+from facealign.train.faults import exit_code_for, write_exit  # noqa: E402
+from facealign.train.loop import train  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -38,15 +38,13 @@ def main(argv=None) -> int:
     try:
         spec = components.load(args.job, args.set, check_files=True)
         return train(spec, Path(args.run_dir or Path(spec.run.out_root) / spec.run.name))
-    except (SpecError, CheckpointError, ArtifactError, RunLocked, NonFiniteLoss, DataError, CheckpointWriteError,
-            GPUProbeFailed, LostPeer) as e:
+    except TrainerError as e:
         print(f"facealign.train: {e}", file=sys.stderr, flush=True)
         code = exit_code_for(e)
         if os.environ.get("FACEALIGN_EXIT_FILE") and os.environ.get("HOROVOD_RANK", "0") == "0" \
                 and not Path(os.environ["FACEALIGN_EXIT_FILE"]).exists():  # before train() could say
             write_exit(Path(os.environ["FACEALIGN_EXIT_FILE"]), code, str(e))
         return code
-
 
 
 if __name__ == "__main__":

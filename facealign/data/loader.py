@@ -8,10 +8,10 @@ and no rank can wait in an allreduce that the others never reach. A batch is a
 pure function of (seed, epoch, step, rank): resuming at (epoch, step) replays
 exactly the batches an uninterrupted run would have seen.
 
-A process may stand for several ranks of that world (``ranks``): a job that lost a
-node goes on with fewer processes, each drawing the batches of the nominal ranks
-it stands for, micro-batch by micro-batch, in the same order as they would
-(facealign.train.world). The data seen is then the same at any process count.
+A process may stand for several ranks of that world: a job that lost a node goes
+on with fewer processes, each drawing the batches of the nominal ranks it stands
+for (``epoch(..., order=)``), micro-batch by micro-batch, in the same order as they
+would (facealign.train.world.deal). The data seen is then the same at any process count.
 
 Augmentation of the sample with global index ``i`` in ``epoch`` draws from
 ``np.random.default_rng((seed, epoch, i))``: independent of rank, worker
@@ -76,17 +76,6 @@ class ShardedSampler:
         if not 0 <= step < self.steps_per_epoch:
             raise IndexError(f"step {step} outside epoch of {self.steps_per_epoch} steps")
         return self.epoch_indices(epoch, rank)[step * self.batch_size:(step + 1) * self.batch_size]
-
-
-def deal(ranks, accumulation: int, start_step: int, steps_per_epoch: int) -> list[tuple[int, int]]:
-    """The (rank, step) order in which a process standing for ``ranks`` draws an epoch's batches from
-    ``start_step`` on: optimizer step by optimizer step (``accumulation`` batches of every rank), each
-    rank's batches together and in its own order, so each rank's BatchNorm statistics see them as its
-    process would have. ``start_step`` is a multiple of ``accumulation``."""
-    out = []
-    for first in range(start_step, steps_per_epoch - accumulation + 1, accumulation):
-        out += [(rank, first + a) for rank in ranks for a in range(accumulation)]
-    return out
 
 
 class RecordSet:
@@ -299,15 +288,14 @@ class TrainLoader:
 
     def __init__(self, paths, *, batch_size: int, codec: HeatmapCodec, rank: int = 0, world_size: int = 1,
                  seed: int = 0, cfg: SampleConfig = SampleConfig(), workers: int = 0, prefetch: int = 4,
-                 train: bool = True, shuffle: bool | None = None, ranks=None, accumulation: int = 1):
+                 train: bool = True, shuffle: bool | None = None):
         self.paths = [str(paths)] if isinstance(paths, (str, os.PathLike)) else [str(p) for p in paths]
         self.records = RecordSet(self.paths)
         self.cfg, self.codec, self.train, self.seed = cfg, codec, train, seed
         if codec.input_size != cfg.input_size:
             raise ValueError(f"codec input_size {codec.input_size} != sample input_size {cfg.input_size}")
-        self.ranks = list(ranks) if ranks is not None else [rank]  # the ranks this process stands for
-        self.accumulation = accumulation
-        self.sampler = ShardedSampler(len(self.records), batch_size, self.ranks[0], world_size, seed,
+        self.rank = rank
+        self.sampler = ShardedSampler(len(self.records), batch_size, rank, world_size, seed,
                                       shuffle=train if shuffle is None else shuffle)
         self.workers, self.prefetch = workers, max(1, prefetch)
         self.stats = {"samples": 0, "fallbacks": 0, "skipped": 0, "skipped_by_file": {}}
@@ -334,10 +322,11 @@ class TrainLoader:
         with _trainer_signals_blocked():  # submit may spawn a worker (and the resource tracker)
             return self._ensure_pool().submit(_process_batch, indices, self.train, self.seed, epoch)
 
-    def epoch(self, epoch: int, start_step: int = 0):
-        """Yield the batches of ``epoch`` from ``start_step`` on of every rank this process stands for
-        (``deal``'s order)."""
-        order = deal(self.ranks, self.accumulation, start_step, self.steps_per_epoch)
+    def epoch(self, epoch: int, start_step: int = 0, *, order=None):
+        """Yield the batches of ``epoch``: this rank's from ``start_step`` on, or those of ``order``, (rank,
+        batch) pairs of any ranks (a process standing for several: facealign.train.world.deal)."""
+        if order is None:
+            order = [(self.rank, step) for step in range(start_step, self.steps_per_epoch)]
         pending = deque()
         upcoming = iter(order)
         for rank, step in upcoming:

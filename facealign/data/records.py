@@ -33,6 +33,8 @@ from typing import Iterator
 
 import numpy as np
 
+from facealign.errors import TrainerError
+
 FORMAT_VERSION = 1
 PAYLOAD_MAGIC = b"FAR1"
 RECORDIO_MAGIC = 0xCED7230A
@@ -42,7 +44,7 @@ _IR_SIZE = struct.calcsize(_IR_FORMAT)
 _MAX_RECORD = 1 << 29
 
 
-class DataError(Exception):
+class DataError(TrainerError):
     """A data file or record that cannot be used; the message names the file and the record index."""
 
 

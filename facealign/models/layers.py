@@ -69,7 +69,7 @@ def scale(F, x, channels: int, factor: float):
 # that gradient comes blocked (from a convolution's backward) and an offset is not a whole block, oneDNN
 # fails ("could not construct a sub-memory") or divides by zero (SIGFPE). A 16-aligned offset is whole
 # on every ISA. FACEALIGN_ONEDNN_CONCAT_ALIGNMENT=1 gives every concat to oneDNN: how to see whether a
-# newer MXNet still needs this (python -m facealign.platform.kernel_check).
+# newer MXNet still needs this (python -m facealign.cli.kernel_check).
 _RAW_ALIGNMENT = os.environ.get("FACEALIGN_ONEDNN_CONCAT_ALIGNMENT", "16")
 if not _RAW_ALIGNMENT.isdigit() or int(_RAW_ALIGNMENT) < 1:
     raise SystemExit(f"FACEALIGN_ONEDNN_CONCAT_ALIGNMENT={_RAW_ALIGNMENT!r}: expected a whole number of channels "

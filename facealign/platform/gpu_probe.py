@@ -19,6 +19,8 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass
 
+from facealign.errors import CannotStart
+
 NGC_IMAGE = "nvcr.io/nvidia/mxnet:24.06-py3"
 # Machine code in the PyPI wheels' libmxnet.so, from their build configuration and the wheel itself
 # (gpu-notes.md): no PTX, so a GPU newer than the newest listed major version has no kernels.
@@ -26,7 +28,7 @@ WHEEL_ARCHS = {"mxnet-cu112": ("5.0", "6.0", "7.0", "8.0", "8.6"), "mxnet-cu117"
 NGC_MIN_CC = (6, 0)  # NVIDIA's containers support compute capability 6.0 and later
 
 
-class GPUProbeFailed(RuntimeError):
+class GPUProbeFailed(CannotStart, RuntimeError):
     """The device cannot run this MXNet build; the message says why and what to do (exit 2)."""
 
 

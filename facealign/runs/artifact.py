@@ -32,6 +32,7 @@ from pathlib import Path
 
 import yaml
 
+from facealign.errors import CannotStart
 from facealign.runs import checkpoint
 from facealign.runs.layout import JOB_FILE
 from facealign.data.schemes import scheme_for
@@ -55,7 +56,7 @@ REFERENCE_RELEASES = {
 }
 
 
-class ArtifactError(RuntimeError):
+class ArtifactError(CannotStart, RuntimeError):
     """A path that is no model, or a model file that cannot be used; the message names the file."""
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from facealign.errors import CannotStart, TrainerError
 from facealign.runs.layout import CHECKPOINTS_DIR, JOB_FILE
 
 LATEST = "latest"
@@ -43,7 +44,7 @@ FILES = (MODEL_FILE, RANK_STATS_FILE, OPTIMIZER_FILE, STATE_FILE)
 WHICH = ("best", "latest")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(CannotStart, RuntimeError):
     """No usable checkpoint, or one that belongs to another model."""
 
 
@@ -175,7 +176,7 @@ def _ranking(newest: dict | None, directory: Path) -> tuple[str | None, str]:
         return None, "min"
 
 
-class CheckpointWriteError(RuntimeError):
+class CheckpointWriteError(TrainerError, RuntimeError):
     """A checkpoint that could not be written (no room); the previous one is intact."""
 
 

@@ -26,11 +26,12 @@ import socket
 import time
 from pathlib import Path
 
+from facealign.errors import CannotStart
 from facealign.runs.layout import LOCK_FILE
 
 
 
-class RunLocked(RuntimeError):
+class RunLocked(CannotStart, RuntimeError):
     """Another trainer holds the run directory; the message names it."""
 
 
@@ -52,7 +53,7 @@ class RunLock:
                 if e.errno not in (errno.EAGAIN, errno.EACCES):
                     os.close(fd)
                     raise RunLocked(f"{self.path}: the file system refuses POSIX locks ({e.strerror}); a run "
-                                    f"directory needs a file system that locks (see facealign/run_lock.py)") from None
+                                    f"directory needs a file system that locks (see facealign/runs/lock.py)") from None
                 if time.monotonic() >= deadline:
                     holder = self.holder()
                     os.close(fd)

@@ -21,8 +21,6 @@ from typing import TYPE_CHECKING
 from facealign.data.schemes import LandmarkScheme, get_scheme, scheme_for
 from facealign.models.specs import ModelSpec, ModelSpecError, get_model_spec
 from facealign.spec.schema import AugmentSpec, JobSpec, SpecError, load_job
-from facealign.train.loss_scaling import DynamicLossScale
-from facealign.train.losses import LossSettings
 
 if TYPE_CHECKING:  # the compute side's types, imported by the factories that build them
     from facealign.data.codec import HeatmapCodec
@@ -80,13 +78,6 @@ def sample_config(spec: JobSpec) -> SampleConfig:
     return SampleConfig(input_size=d.input_size, num_points=d.num_points, augment=augment(spec),
                         eval_crop=spec.eval.crop, decode_reduce=d.decode_reduce, on_error=d.on_error,
                         scheme=scheme(spec).name)
-
-
-def loss_settings(spec: JobSpec) -> LossSettings:
-    """``loss.*``, the targets' peak and the heatmap side, as facealign.train.losses takes them."""
-    fields = {f.name for f in dataclasses.fields(LossSettings)} - {"peak", "heatmap_size", "input_size"}
-    return LossSettings(peak=spec.data.peak, heatmap_size=spec.data.heatmap_size, input_size=spec.data.input_size,
-                        **{name: getattr(spec.loss, name) for name in fields})
 
 
 RUNTIME_ENV = {"fusion_threshold_mb": "HOROVOD_FUSION_THRESHOLD", "cycle_time_ms": "HOROVOD_CYCLE_TIME",
@@ -153,14 +144,6 @@ def hyperparameters(spec: JobSpec, world_size: int, overrides=()) -> dict:
             continue
     out["world_size"] = world_size
     return out
-
-
-def loss_scale(spec: JobSpec) -> DynamicLossScale | None:
-    """``optim.loss_scaling``: a dynamic loss scale (auto: with float16 AMP), or None."""
-    o = spec.optim
-    if o.loss_scaling == "off" or (o.loss_scaling == "auto" and o.amp != "float16"):
-        return None
-    return DynamicLossScale(value=o.loss_scale_init, window=o.loss_scale_window)
 
 
 def model_info(spec: JobSpec) -> ModelInfo:

@@ -25,14 +25,17 @@ from pathlib import Path
 
 import yaml
 
+from facealign.errors import CannotStart
 from facealign.data.schemes import SCHEMES
 from facealign.runs.layout import EXIT_FILE, JOB_FILE  # noqa: F401  (named there; re-exported for one release)
-from facealign.train.losses import LOSSES
 
 
 
 
-class SpecError(ValueError):
+LOSSES = ("mse", "awing", "star")  # facealign.train.losses computes each
+
+
+class SpecError(CannotStart, ValueError):
     """A job spec that cannot run; the message names the file and the key path."""
 
 
@@ -119,7 +122,7 @@ class ModelSection:
 @dataclass(frozen=True)
 class LossSpec:
     kind: str = _f("mse", "per-stack heatmap loss: mse (the reference's), awing (Adaptive Wing with its weighted "
-                          "loss map) or star (the STAR loss on top of a heatmap term); see facealign/losses.py",
+                          "loss map) or star (the STAR loss on top of a heatmap term); see facealign/train/losses.py",
                    choices=LOSSES)
     stack_weights: typing.Optional[list] = _f(None, "weight of each stack's loss (default 1 each: summed)",
                                                item=float, ge=0)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from facealign.spec.schema import JobSpec
+
 
 @dataclass
 class DynamicLossScale:
@@ -49,3 +51,11 @@ class DynamicLossScale:
     def load(self, state: dict | None) -> None:
         if state:
             self.value, self.clean, self.skipped = float(state["value"]), int(state["clean"]), int(state["skipped"])
+
+
+def for_spec(spec: JobSpec) -> DynamicLossScale | None:
+    """``optim.loss_scaling``: a dynamic loss scale (auto: with float16 AMP), or None."""
+    o = spec.optim
+    if o.loss_scaling == "off" or (o.loss_scaling == "auto" and o.amp != "float16"):
+        return None
+    return DynamicLossScale(value=o.loss_scale_init, window=o.loss_scale_window)

@@ -22,14 +22,19 @@ reference); the losses that need [0, 1] targets divide by it.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
-LOSSES = ("mse", "awing", "star")
+import mxnet as mx
+import numpy as np
+
+from facealign.data.records import DataError
+from facealign.spec.schema import LOSSES, JobSpec
 
 
 @dataclass(frozen=True)
 class LossSettings:
-    """The settings of ``loss.*`` the functions take (facealign.spec.components builds it)."""
+    """The settings of ``loss.*`` the functions take (``settings_for`` builds it from a job spec)."""
 
     kind: str = "mse"
     peak: float = 20.0  # the targets' peak value
@@ -44,6 +49,24 @@ class LossSettings:
     heatmap_size: int = 64  # the heatmaps' side (star builds its coordinate grid from it)
     z_weight: float = 1.0  # of the depth term, for models that predict z
     input_size: int = 128  # depth maps are in units of the input's side
+
+
+def settings_for(spec: JobSpec) -> LossSettings:
+    """``loss.*``, the targets' peak and the heatmap side of a job spec."""
+    fields = {f.name for f in dataclasses.fields(LossSettings)} - {"peak", "heatmap_size", "input_size"}
+    return LossSettings(peak=spec.data.peak, heatmap_size=spec.data.heatmap_size, input_size=spec.data.input_size,
+                        **{name: getattr(spec.loss, name) for name in fields})
+
+
+def depth_targets(batch, ctx):
+    """(z (B, K), face box size (B,)) in input pixels of a loader batch, for a model that predicts z: the box
+    is the square root of the landmarks' box area, what the depth error is divided by."""
+    points = batch.landmarks
+    if points.shape[2] < 3:
+        raise DataError("model.predict_z needs records with z (x, y, z landmarks); these have x and y only")
+    size = points[..., :2].max(axis=1) - points[..., :2].min(axis=1)
+    box = np.sqrt(np.maximum(size[:, 0] * size[:, 1], 1.0))
+    return mx.nd.array(points[..., 2], ctx=ctx), mx.nd.array(box, ctx=ctx)
 
 
 def integral_depth(F, heatmaps, depth_maps, input_size: int):
@@ -193,10 +216,7 @@ def stacked_loss(outputs, target, *, kind: str = "mse", stack_weights=None, sett
     settings = settings or LossSettings(kind=kind)
     if settings.kind not in LOSSES:
         raise ValueError(f"loss kind must be one of {LOSSES}, got {settings.kind!r}")
-    if F is None:
-        import mxnet as mx
-
-        F = mx.nd
+    F = F or mx.nd
     weights = stack_weights or [1.0] * len(outputs)
     per_stack = []
     for o in map(_float32, outputs):

@@ -40,6 +40,11 @@ class TrainState:
                 **facts, "metrics": self.metrics, "data_skipped": data_skipped, "lr": lr,
                 "loss_scale": self.loss_scale, "world_history": self.world_history}
 
+    @staticmethod
+    def nominal_world_size(record: dict) -> int | None:
+        """The nominal world a checkpoint's ``state.json`` was trained for (``world_size`` before 0.2.0)."""
+        return record.get("nominal_world_size", record.get("world_size"))
+
     @classmethod
     def resumed(cls, record: dict, *, primary: bool, progress: dict, restarts: int) -> "TrainState":
         """The state of a checkpoint's ``state.json``; the best comes from the run's progress record (a
@@ -51,4 +56,4 @@ class TrainState:
                    loss_scale=record.get("loss_scale"), restarts=restarts,
                    # a checkpoint written before the history was kept ran at its nominal world from the start
                    world_history=[list(e) for e in record["world_history"]] if "world_history" in record
-                   else [[0, record["world_size"]]] if "world_size" in record else [])
+                   else [[0, cls.nominal_world_size(record)]] if cls.nominal_world_size(record) else [])

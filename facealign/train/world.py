@@ -4,17 +4,21 @@ A job's training is defined for its nominal world, ``resources.nodes x tasks_per
 global batch, the data each rank draws, the BatchNorm statistics each rank keeps, the learning rate.
 After a node is lost the job goes on with fewer processes (facealign-launch, launcher.slurm): each then
 stands for a block of ``nominal / size`` nominal ranks, draws their micro-batches one after another
-(facealign.data.loader.deal), keeps each one's BatchNorm statistics apart (dist.RunningStats), and
+(``deal``), keeps each one's BatchNorm statistics apart (dist.RunningStats), and
 sums their gradients before the allreduce. Horovod's average over ``size`` processes times the
 ``micro_batches`` rescale is then the nominal world's average over ``nominal x accumulation``
 micro-batches, so the run matches the nominal one to float rounding (the order of the sums).
 
 The process count must divide the nominal world: a nominal rank's micro-batches stay in one process,
-in order, because its BatchNorm statistics are updated by each in turn. Imports nothing but the spec.
+in order, because its BatchNorm statistics are updated by each in turn. ``NominalWorld`` owns all of it:
+the loop calls ``before`` and ``after`` around each micro-batch and ``update`` for the optimizer step, and
+holds no accumulation arithmetic of its own.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import numpy as np
 
 from facealign.spec.schema import JobSpec
 
@@ -49,7 +53,7 @@ class Shares:
                 f"ranks' batches, {self.micro_batches} micro-batches a step")
 
 
-def shares(spec: JobSpec, rank: int, size: int) -> Shares:
+def process_part(spec: JobSpec, rank: int, size: int) -> Shares:
     """This process's ``Shares`` of ``spec``'s nominal world, or the spec's ``SpecError`` for a process count
     that cannot keep the training the same."""
     spec.check_ranks(size)
@@ -85,3 +89,85 @@ class RankGradients:
                 h += g
         for g in grads:
             g[:] = 0
+
+
+def deal(ranks, accumulation: int, start_step: int, steps_per_epoch: int) -> list[tuple[int, int]]:
+    """The (rank, batch) order in which a process standing for ``ranks`` draws an epoch's batches from
+    batch ``start_step`` on: optimizer step by optimizer step (``accumulation`` batches of every rank), each
+    rank's batches together and in its own order, so each rank's BatchNorm statistics see them as its
+    process would have. ``start_step`` is a multiple of ``accumulation``."""
+    out = []
+    for first in range(start_step, steps_per_epoch - accumulation + 1, accumulation):
+        out += [(rank, first + a) for rank in ranks for a in range(accumulation)]
+    return out
+
+
+class NominalWorld:
+    """The job's nominal world as this process runs it: the shares, the per-rank gradient sums, the
+    BatchNorm switch (``stats``: dist.RunningStats over the nominal ranks of this process) and the deal
+    order. Per micro-batch the loop calls ``before`` and ``after``; ``after`` says when the step's last
+    micro-batch is in, and ``update`` then applies the nominal world's average gradient."""
+
+    def __init__(self, shares: Shares, params, stats):
+        self.shares, self.stats = shares, stats
+        self.params = list(params)
+        self.gradients = RankGradients(self.params, shares)
+        self.seen = 0  # micro-batches of the step under way
+        if shares.micro_batches > 1:  # gradients summed over this process's micro-batches
+            for p in self.params:
+                p.grad_req = "add"
+
+    @property
+    def size(self) -> int:
+        """The nominal world's rank count: what the training is defined for."""
+        return self.shares.nominal
+
+    @property
+    def processes(self) -> int:
+        return self.shares.size
+
+    @property
+    def ranks(self) -> list[int]:
+        return self.shares.ranks
+
+    def describe(self) -> str:
+        return self.shares.describe()
+
+    def samples_per_step(self, batch_size: int) -> int:
+        """The global batch: the nominal world's, at any number of processes."""
+        return batch_size * self.shares.nominal * self.shares.accumulation
+
+    def deal(self, step_in_epoch: int, batches_per_epoch: int) -> list[tuple[int, int]]:
+        """This process's (nominal rank, batch) order through an epoch from optimizer step ``step_in_epoch``."""
+        a = self.shares.accumulation
+        return deal(self.shares.ranks, a, step_in_epoch * a, batches_per_epoch)
+
+    def before(self, batch) -> None:
+        """Nominal rank ``batch.rank``'s BatchNorm statistics into the network: its forward pass updates them."""
+        self.stats.select(batch.rank)
+
+    def after(self, batch) -> bool:
+        """After ``batch``'s backward pass: True once the step's last micro-batch on this process is in."""
+        self.seen += 1
+        if self.seen % self.shares.accumulation == 0:  # the last micro-batch of a nominal rank
+            self.gradients.rank_done(batch.rank)
+        if self.seen < self.shares.micro_batches:
+            return False
+        self.seen = 0
+        return True
+
+    def mean(self, sums) -> np.ndarray:
+        """The nominal world's mean of per-micro-batch values summed over every process (an allreduce)."""
+        return np.asarray(sums) / (self.shares.nominal * self.shares.accumulation)
+
+    def update(self, trainer, loss_scale: float = 1.0) -> None:
+        """The optimizer step on the nominal world's average gradient: the loss is a mean already, so average
+        over this process's micro-batches (Horovod averages over the processes, so together over the nominal
+        world's) and divide the loss scale out."""
+        trainer.step(self.shares.micro_batches * loss_scale)
+
+    def clear(self) -> None:
+        """Gradients back to zero where they accumulate (after an update, or a skipped one)."""
+        if self.shares.micro_batches > 1:
+            for p in self.params:
+                p.zero_grad()

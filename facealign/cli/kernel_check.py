@@ -16,7 +16,7 @@ exports do. Modes:
     bfloat16-inference  the bfloat16 inference graph of ``facealign-export --precision bfloat16``
     int8-inference      MXNet's int8 graph of ``facealign-export --precision int8`` (calibrated on noise)
 
-    python -m facealign.platform.kernel_check --models hg2-d3-cab --widths 16 24 32 --modes float32
+    python -m facealign.cli.kernel_check --models hg2-d3-cab --widths 16 24 32 --modes float32
 """
 from __future__ import annotations
 
@@ -114,7 +114,7 @@ def _run_group(cases: list[Case], timeout: float, threads: int) -> list[Outcome]
     left = list(cases)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     while left:
-        proc = subprocess.Popen([sys.executable, "-m", "facealign.platform.kernel_check", "--worker",
+        proc = subprocess.Popen([sys.executable, "-m", "facealign.cli.kernel_check", "--worker",
                                  json.dumps([asdict(c) for c in left])],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         stderr: list[str] = []
@@ -169,7 +169,7 @@ def sweep(cases: list[Case], *, timeout: float = 120.0, threads: int = 1, parall
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m facealign.platform.kernel_check", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m facealign.cli.kernel_check", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=["hg2-d3-cab"])
     p.add_argument("--widths", nargs="+", type=int, default=list(range(16, 257, 8)))
     p.add_argument("--modes", nargs="+", choices=MODES, default=["float32"])
