@@ -358,3 +358,124 @@ def test_pack_takes_the_landmark_count_from_the_scheme_not_the_first_file(menpo_
     mixed = run_cli("facealign-pack", "--format", "json", tmp_path / "mixed.json", tmp_path / "m", "--quiet")
     assert mixed.returncode == 1 and "faces with different landmark counts (1 with 68 landmarks, 1 with 67" \
         in mixed.stderr and not (tmp_path / "m.rec").exists()
+
+
+# --- the watchdog's own faults: a rank stopped and resumed, strangers on the responder's port ---------------
+
+HEARTBEAT = """
+import json, os, socket, sys, time
+from facealign.train import dist
+from facealign.train.watchdog import ASK, Heartbeat, Peer
+
+world = dist.init(cpu=True)
+def stalled(line):
+    print("STALL " + line, flush=True)
+    os._exit(1)
+hb = Heartbeat(world, float(sys.argv[1]), stalled)
+# a stranger on another port answers every question as rank 0 would, without the job's secret
+stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+stranger.bind(("127.0.0.1", 0))
+import threading
+def impostor():
+    while True:
+        data, sender = stranger.recvfrom(64)
+        stranger.sendto(json.dumps({"rank": 0, "host": "x", "step": 0, "idle_s": 0, "in_collective_s": 1}).encode(), sender)
+threading.Thread(target=impostor, daemon=True).start()
+real = hb.peers
+hb.peers = [Peer(0, "x", stranger.getsockname())]
+fooled = hb.census(wait_s=1.0)
+hb.peers = real
+print("READY " + json.dumps({"address": list(hb.peers[0].address), "secret": hb.secret,
+                             "fooled": fooled[0] is not None, "census": hb.census(wait_s=1.0)[0] is not None}), flush=True)
+for _ in range(5):
+    hb.beat(1)
+    time.sleep(0.2)
+time.sleep(600)  # stuck outside any collective from here on
+"""
+
+
+def _heartbeat(timeout_s):
+    proc = subprocess.Popen([sys.executable, "-c", HEARTBEAT, str(timeout_s)], stdout=subprocess.PIPE, text=True,
+                            cwd=REPO, env=ENV)
+    line = proc.stdout.readline()
+    assert line.startswith("READY "), line
+    return proc, json.loads(line[6:])
+
+
+def test_the_responder_answers_only_its_own_job_and_the_census_ignores_strangers():
+    proc, ready = _heartbeat(60)
+    try:
+        assert ready["census"] and not ready["fooled"]  # its own rank counted; the impostor's answer was not
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(1.0)
+            address = tuple(ready["address"])
+            for question in (b"where", b"where:", b"where:" + b"0" * 32):
+                s.sendto(question, address)
+                with pytest.raises(socket.timeout):
+                    s.recvfrom(4096)
+            s.sendto(b"where:" + ready["secret"].encode(), address)
+            answer = json.loads(s.recvfrom(4096)[0])
+        assert answer["rank"] == 0 and answer["secret"] == ready["secret"]
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_rank_stopped_and_resumed_blames_itself_not_the_peers_that_went_on():
+    """What a SIGSTOPped rank does when Slurm ends the step and it runs again: one line, naming itself."""
+    proc, _ = _heartbeat(4)
+    try:
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGSTOP)
+        time.sleep(8)
+        proc.send_signal(signal.SIGCONT)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    stalls = [line for line in out.splitlines() if line.startswith("STALL ")]
+    assert len(stalls) == 1 and "rank 0 on" in stalls[0] and "was stopped for" in stalls[0], out
+    assert "stopped answering" not in stalls[0] and "hangs outside" not in stalls[0]
+
+
+def test_a_rank_stuck_outside_a_collective_is_named_by_the_census():
+    proc, _ = _heartbeat(3)
+    try:
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert "STALL no progress on rank 0 for 3 s (run.stall_timeout_s): rank 0 on" in out, out
+    assert "hangs outside any collective at step 1" in out
+
+
+def test_a_lost_peer_is_told_from_a_bug_in_one_place_and_every_error_carries_its_exit_code():
+    from horovod.common.exceptions import HorovodInternalError
+    from mxnet.base import MXNetError
+
+    from facealign.data.records import DataError
+    from facealign.errors import TrainerError
+    from facealign.platform.gpu_probe import GPUProbeFailed
+    from facealign.runs.artifact import ArtifactError
+    from facealign.runs.checkpoint import CheckpointError, CheckpointWriteError
+    from facealign.runs.lock import RunLocked
+    from facealign.spec.schema import SpecError
+    from facealign.train.faults import LostPeer, NonFiniteLoss, ending, exit_code_for, lost_peer
+
+    assert lost_peer(HorovodInternalError("allreduce failed"))  # Horovod's own type
+    for message in ("Horovod has been shut down. This was caused by an exception on one of the ranks",
+                    "[../gloo/transport/tcp/pair.cc:589] Connection closed by peer [10.0.0.2]:4096"):
+        assert lost_peer(MXNetError(message))  # through MXNet's engine: the message is all there is
+    assert not lost_peer(MXNetError("Check failed: (lhs) == (rhs): shape mismatch"))
+    assert not lost_peer(DataError("gloo.rec: record 3: bad payload"))  # our own errors are never a lost peer
+    assert not lost_peer(ValueError("Gloo"))
+    code, reason, lost = ending(MXNetError("MXNetError: Horovod has been shut down. This was caused by X"), None)
+    assert (code, lost) == (1, True) and reason == ("a collective failed (Horovod has been shut down): a rank or node "
+                                                    "went away")
+    assert ending(SpecError("job.yaml: model.width: 60"), None) == (2, "job.yaml: model.width: 60", False)
+    assert ending(KeyError("x"), None) == (1, "KeyError: 'x'", False)  # a bug keeps its type in the line
+    codes = {cls: exit_code_for(cls("m")) for cls in (SpecError, CheckpointError, ArtifactError, RunLocked,
+                                                      GPUProbeFailed, DataError, CheckpointWriteError, NonFiniteLoss,
+                                                      LostPeer)}
+    assert all(issubclass(cls, TrainerError) for cls in codes)
+    assert [cls for cls, code in codes.items() if code == 2] == [SpecError, CheckpointError, ArtifactError, RunLocked,
+                                                                 GPUProbeFailed]
+    assert exit_code_for(KeyboardInterrupt()) == 130 and exit_code_for(KeyError("x")) == 1

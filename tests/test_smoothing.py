@@ -102,3 +102,24 @@ def test_infer_smooths_a_video_and_drops_low_scoring_detections(trained_run, men
         assert len(frames) == 6 and all(len(f["faces"]) == 2 for f in frames)
     bad = run_cli("facealign-infer", trained_run, video, "--out", tmp_path / "bad", "--smooth", "ema")
     assert bad.returncode == 2 and "--smooth ema takes the previous frame's weight" in bad.stderr
+
+
+def test_the_tracker_frames_the_next_faces_from_the_last_and_detects_every_n_frames():
+    from facealign.serve.smoothing import make_filter
+    from facealign.serve.tracking import FaceTracker
+
+    face = np.stack(np.meshgrid(np.arange(5.0), np.arange(5.0)), -1).reshape(-1, 2) * 10 + 100  # 40 x 40 px
+    tracker = FaceTracker(lambda: make_filter("ema", ema=0.5), detect_every=3)
+    assert tracker.boxes(0) is None  # nothing tracked yet: the detector runs
+    first = tracker.update(0.0, face[None].copy())
+    np.testing.assert_allclose(first[0], face)
+    boxes = tracker.boxes(1)
+    np.testing.assert_allclose(boxes, [[100, 100, 140, 140]])  # the last landmarks' box
+    assert tracker.boxes(3) is None  # every third frame: the detector again
+    moved = tracker.update(0.04, face[None] + 2.0)
+    np.testing.assert_allclose(moved[0], face + 1.0)  # the same track: its EMA filter halves the step
+    elsewhere = tracker.update(0.08, face[None] + 300.0)
+    np.testing.assert_allclose(elsewhere[0], face + 300.0)  # too far for the track: a new one, unsmoothed
+    assert tracker.boxes(4)[0, 0] > 300
+    tracker.update(0.12, np.zeros((0, 25, 2)))
+    assert tracker.boxes(5) is None  # the face was lost: detect

@@ -37,13 +37,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from facealign.data.pose import head_rotation
+from facealign.serve.drawing import draw
+from facealign.serve.tracking import FaceTracker
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
-# The reference's drawing groups (seed-spec §7.2): jaw, brows, nose bridge, nostrils, eyes, lips.
-GROUPS_68 = [(0, 17, False), (17, 22, False), (22, 27, False), (27, 31, False), (31, 36, False),
-             (36, 42, True), (42, 48, True), (48, 60, True), (60, 68, True)]
 
 
 def parse_args(argv=None):
@@ -106,34 +104,6 @@ def read_rgb(path: Path) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def draw(image_bgr: np.ndarray, prediction) -> np.ndarray:
-    """The boxes, the landmarks (the reference's groups on 68 points) and, for a model that predicts z, the
-    head's axes from the nose tip: x red, y green, z (toward the camera) blue."""
-    out = image_bgr.copy()
-    thickness = max(1, round(max(out.shape[:2]) / 500))
-    poses = prediction.poses if prediction.poses is not None else [None] * len(prediction)
-    for box, pts, pose in zip(prediction.boxes, prediction.landmarks, poses):
-        x0, y0, x1, y1 = (int(round(v)) for v in box)
-        cv2.rectangle(out, (x0, y0), (x1, y1), (255, 160, 0), thickness)
-        p = np.round(pts[:, :2]).astype(np.int32)
-        if len(p) == 68:
-            for a, b, closed in GROUPS_68:
-                cv2.polylines(out, [p[a:b]], closed, (255, 255, 255), thickness, cv2.LINE_AA)
-        for x, y in p:
-            cv2.circle(out, (int(x), int(y)), thickness + 1, (0, 0, 255), -1, cv2.LINE_AA)
-        if pose is not None and len(p) == 68:
-            draw_axes(out, pts[30, :2], head_rotation(*pose), 0.4 * np.ptp(pts[:, 0]), thickness + 1)
-    return out
-
-
-def draw_axes(image_bgr: np.ndarray, origin, R: np.ndarray, length: float, thickness: int) -> None:
-    """The rotated head frame's axes, projected on the image (x right, y down)."""
-    start = tuple(int(round(v)) for v in origin)
-    for axis, colour in zip(R.T, ((0, 0, 255), (0, 255, 0), (255, 0, 0))):  # BGR: x red, y green, z blue
-        end = tuple(int(round(v)) for v in np.asarray(origin) + length * axis[:2])
-        cv2.arrowedLine(image_bgr, start, end, colour, thickness, cv2.LINE_AA, tipLength=0.15)
-
-
 def box_key(boxes: dict, path: Path):
     for key in (str(path), path.name):
         if key in boxes:
@@ -176,20 +146,6 @@ def run_images(predictor, images, args, boxes, out: Path) -> tuple[dict, list]:
     return results, skipped
 
 
-def match_previous(current, previous):
-    """Index of the previous frame's face nearest to each current face (or None)."""
-    if previous is None or len(previous) == 0:
-        return [None] * len(current)
-    prev_centres = previous.mean(1)
-    out = []
-    for pts in current:
-        d = np.linalg.norm(prev_centres - pts.mean(0), axis=1)
-        j = int(np.argmin(d))
-        size = np.ptp(pts[:, 0]) + 1e-6
-        out.append(j if d[j] < 0.5 * size else None)
-    return out
-
-
 def smoothing_of(args):
     """A factory of per-track filters from --smooth (and a legacy bare number: an EMA weight, 0 = off)."""
     from facealign.serve.smoothing import make_filter
@@ -210,16 +166,13 @@ def smoothing_of(args):
 
 
 def run_video(predictor, path: Path, args, boxes, out: Path) -> dict:
-    from facealign.serve.predictor import landmark_box
-
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise ValueError(f"{path}: cannot open the video")
     fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
     total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-    writer, frames, previous, index = None, [], None, 0
-    new_filter = smoothing_of(args)
-    tracks, last_t = [], -1.0
+    writer, frames, index, last_t = None, [], 0, -1.0
+    tracker = FaceTracker(smoothing_of(args), args.detect_every)
     start = time.perf_counter()
     from tqdm import tqdm
 
@@ -230,23 +183,13 @@ def run_video(predictor, path: Path, args, boxes, out: Path) -> dict:
         if not ok:
             break
         rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-        if boxes is not None:
-            given = boxes.get(str(index), np.zeros((0, 4)))
-        elif previous is not None and len(previous) and index % max(args.detect_every, 1):
-            given = np.array([landmark_box(p) for p in previous])  # track: last frame's landmarks frame the faces
-        else:
-            given = None
+        given = boxes.get(str(index), np.zeros((0, 4))) if boxes is not None else tracker.boxes(index)
         pred = predictor.predict(rgb, given)
         # a timestamp per frame (the container's, or the frame rate's where it has none)
         stamp = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
         t = stamp if stamp > last_t else (last_t + 1.0 / fps if last_t > -1 else 0.0)
         last_t = t
-        matches = match_previous(pred.landmarks, previous)
-        filters = [tracks[j] if j is not None else new_filter() for j in matches]  # a lost track starts afresh
-        for i, f in enumerate(filters):
-            pred.landmarks[i] = f(t, pred.landmarks[i])
-        tracks = filters
-        previous = pred.landmarks.copy()
+        tracker.update(t, pred.landmarks)
         frames.append({"frame": index, "faces": pred.to_json()})
         if not args.no_draw:
             if writer is None:

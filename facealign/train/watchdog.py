@@ -13,11 +13,19 @@ Whichever fires, the ranks still running ask every rank where it is (``census``)
 responder each rank runs: a rank waiting in a collective answers so, a rank that is stopped does not
 answer, a rank that hangs outside a collective answers with how long it has computed. The one line
 names the rank and host that stalled, rank 0 records it (``lost_peer``) and the launchers restart.
+
+A rank that was itself stopped (SIGSTOP, a suspended VM) and runs again finds its watchdog woke late: the
+stall was its own, and its one line says so rather than blaming the peers that have gone meanwhile.
+
+The responders answer only the ranks of their own job: every question carries a secret drawn by rank 0 and
+shared at the allgather that introduces the ranks, and a census counts only answers that carry it back.
 """
 from __future__ import annotations
 
+import hmac
 import json
 import os
+import secrets
 import socket
 import threading
 import time
@@ -25,7 +33,7 @@ from dataclasses import dataclass
 
 from facealign.train import dist
 
-ASK = b"where"
+ASK = b"where:"
 
 
 @dataclass(frozen=True)
@@ -61,9 +69,11 @@ class Heartbeat:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((responder_address(), 0))
         self.sock.settimeout(0.5)
-        mine = {"rank": world.rank, "host": self.host, "address": list(self.sock.getsockname())}
-        self.peers = [Peer(p["rank"], p["host"], tuple(p["address"]))
-                      for p in dist.allgather_object(mine, "facealign.heartbeat")]
+        mine = {"rank": world.rank, "host": self.host, "address": list(self.sock.getsockname()),
+                "secret": secrets.token_hex(16) if world.is_primary else ""}
+        every = dist.allgather_object(mine, "facealign.heartbeat")
+        self.secret = every[0]["secret"]  # rank 0's, on every rank: the job's own
+        self.peers = [Peer(p["rank"], p["host"], tuple(p["address"])) for p in every]
         threading.Thread(target=self._answer, name="facealign-heartbeat", daemon=True).start()
         if timeout_s:
             threading.Thread(target=self._watch, name="facealign-watchdog", daemon=True).start()
@@ -88,18 +98,26 @@ class Heartbeat:
                 data, sender = self.sock.recvfrom(64)
             except (socket.timeout, OSError):
                 continue
-            if data == ASK:
+            if hmac.compare_digest(data, ASK + self.secret.encode()):  # a rank of this job asks: anyone else is ignored
                 try:
-                    self.sock.sendto(json.dumps(self.where()).encode(), sender)
+                    self.sock.sendto(json.dumps({**self.where(), "secret": self.secret}).encode(), sender)
                 except OSError:
                     pass
 
     def _watch(self) -> None:
+        woke = time.monotonic()
         while not self.closed.wait(1.0):
-            if time.monotonic() - self.last_beat > self.timeout_s:
+            now = time.monotonic()
+            asleep, woke = now - woke, now
+            if now - self.last_beat <= self.timeout_s:
+                continue
+            if asleep > max(5.0, self.timeout_s / 2):  # this thread did not run either: the whole process was stopped
+                self.on_stall(f"rank {self.world.rank} on {self.host} was stopped for {asleep:.0f} s (SIGSTOP or a "
+                              f"suspended host) and stalled the job itself; it stops now")
+            else:
                 self.on_stall(self.census_line(f"no progress on rank {self.world.rank} for "
                                                f"{self.timeout_s:g} s (run.stall_timeout_s)"))
-                return
+            return
 
     def census(self, wait_s: float = 2.0) -> dict[int, dict | None]:
         """Every rank's answer (None: no answer in ``wait_s``), from a socket of its own."""
@@ -110,13 +128,14 @@ class Heartbeat:
             while time.monotonic() < deadline and any(v is None for v in answers.values()):
                 for p in self.peers:
                     if answers[p.rank] is None:
-                        s.sendto(ASK, p.address)
+                        s.sendto(ASK + self.secret.encode(), p.address)
                 try:
                     while True:
                         data, _ = s.recvfrom(4096)
                         got = json.loads(data)
-                        answers[int(got["rank"])] = got
-                except (socket.timeout, OSError, ValueError):
+                        if hmac.compare_digest(str(got.get("secret", "")), self.secret) and got.get("rank") in answers:
+                            answers[int(got["rank"])] = got  # only this job's ranks count
+                except (socket.timeout, OSError, ValueError, AttributeError):
                     pass
         return answers
 
