@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from mxnet import autograd, gluon
 
-from facealign.runs.checkpoint import CheckpointError, CheckpointManager
+from facealign.runs.checkpoint import CheckpointManager
+from facealign.runs.checkpoint_format import CheckpointError
 from facealign.models import get_model, initialize
 
 

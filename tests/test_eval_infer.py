@@ -11,7 +11,7 @@ import yaml
 
 from conftest import run_cli
 from facealign.runs import artifact
-from facealign.runs import checkpoint
+from facealign.runs import checkpoint, checkpoint_format
 from facealign.evaluation import scoring
 from facealign.runs.artifact import ModelInfo
 from facealign.data.codec import HeatmapCodec
@@ -71,8 +71,8 @@ def _untrained_checkpoint(run, tmp_path):
 
     from facealign.models import build_model, initialize
 
-    ckpt = checkpoint.resolve(run)
-    state = checkpoint.read_state(ckpt)
+    ckpt = checkpoint.find(run)
+    state = checkpoint_format.read_state(ckpt)
     info = ModelInfo.from_dict(state["model_info"])
     net = initialize(build_model(info.model_spec()), seed=9)
     trainer = gluon.Trainer(net.collect_params(), mx.optimizer.Nadam(learning_rate=1e-3))
@@ -85,7 +85,7 @@ def test_eval_cli_reports_every_normalisation_and_writes_tensorboard(trained_run
     proc = run_cli("facealign-eval", trained_run, "--data", f"synth={synth_sets / 'val'}", "--protocol", "both",
                    "--flip", "--quiet")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    ckpt = checkpoint.resolve(trained_run)
+    ckpt = checkpoint.find(trained_run)
     out = trained_run / "eval" / ckpt.name
     report = json.loads((out / "report.json").read_text())
     assert [(r["set"], r["protocol"], r["flip"]) for r in report["results"]] == [

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from conftest import BIN, REPO, corrupt_copy, pack_synthetic_sets, rank_process, run_cli, wait_for_step, write_tiny_job
-from facealign.runs.checkpoint import CheckpointManager, verify
+from facealign.runs.checkpoint import CheckpointManager
+from facealign.runs.checkpoint_format import verify
 from facealign.data.records import RecordFile
 from tb_events import scalars
 from launcher.local import horovodrun_command, trainer_command
@@ -455,7 +456,8 @@ def test_a_lost_peer_is_told_from_a_bug_in_one_place_and_every_error_carries_its
     from facealign.errors import TrainerError
     from facealign.platform.gpu_probe import GPUProbeFailed
     from facealign.runs.artifact import ArtifactError
-    from facealign.runs.checkpoint import CheckpointError, CheckpointWriteError
+    from facealign.runs.checkpoint import CheckpointWriteError
+    from facealign.runs.checkpoint_format import CheckpointError
     from facealign.runs.lock import RunLocked
     from facealign.spec.schema import SpecError
     from facealign.train.faults import LostPeer, NonFiniteLoss, ending, exit_code_for, lost_peer

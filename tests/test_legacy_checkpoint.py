@@ -13,7 +13,7 @@ import pytest
 from conftest import BIN, REPO, run_cli
 from facealign.runs import artifact
 from facealign.serve import loading
-from facealign.runs import checkpoint
+from facealign.runs import checkpoint, checkpoint_format
 from facealign.cli.pack import main as pack_main
 
 FIXTURE = REPO / "tests" / "data" / "legacy-run-bb133a6"
@@ -85,16 +85,16 @@ def test_it_resumes_bitwise(legacy):
                           capture_output=True, text=True, timeout=600, cwd=legacy, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "resumed from run/checkpoints/ckpt-000000002: step 2" in proc.stdout
-    ckpt = checkpoint.resolve(legacy / "run", "latest")
+    ckpt = checkpoint.find(legacy / "run", "latest")
     assert ckpt.name == "ckpt-000000004"
-    state = checkpoint.read_state(ckpt)
+    state = checkpoint_format.read_state(ckpt)
     if _same_cpu():
-        assert hashlib.sha256(checkpoint.model_file(ckpt).read_bytes()).hexdigest() == STEP4_PARAMS_SHA256
+        assert hashlib.sha256(checkpoint_format.model_file(ckpt).read_bytes()).hexdigest() == STEP4_PARAMS_SHA256
         assert state["metrics"]["nme/synth"] == STEP4_NME
     import mxnet as mx
 
     expected = mx.nd.load(str(FIXTURE / "expected-step4-model.params"))
-    got = mx.nd.load(str(checkpoint.model_file(ckpt)))
+    got = mx.nd.load(str(checkpoint_format.model_file(ckpt)))
     assert expected.keys() == got.keys()
     for k in expected:
         np.testing.assert_allclose(got[k].asnumpy(), expected[k].asnumpy(), rtol=1e-4, atol=1e-6, err_msg=k)

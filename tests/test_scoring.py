@@ -13,7 +13,7 @@ from skimage.transform import SimilarityTransform
 from conftest import BIN, REPO, run_cli, write_tiny_job
 from facealign.runs import artifact
 from facealign.serve import loading
-from facealign.runs import checkpoint
+from facealign.runs import checkpoint, checkpoint_format
 from facealign.data.loader import RecordSet
 from facealign.cli.pack import main as pack_main
 from facealign.data.transforms import ARCFACE_5PT, apply, five_points, reference_alignment
@@ -150,8 +150,8 @@ def test_validation_eval_and_predictor_give_the_same_per_image_nme(box_run, tmp_
     from facealign.serve.predictor import Predictor
     from facealign.train.validation import Validator
 
-    ckpt = checkpoint.resolve(box_run, "latest")
-    state = checkpoint.read_state(ckpt)
+    ckpt = checkpoint.find(box_run, "latest")
+    state = checkpoint_format.read_state(ckpt)
     source = artifact.resolve(ckpt)
     # 1. the trainer's validation (its Validator, one rank)
     dist.init(cpu=True)
@@ -180,8 +180,8 @@ def test_validation_eval_and_predictor_give_the_same_per_image_nme(box_run, tmp_
 
 def test_eval_train_protocol_reproduces_the_recorded_validation(trained_run, tmp_path):
     """The run's best checkpoint scored with ``--protocol train``: the NME its state.json recorded."""
-    ckpt = checkpoint.resolve(trained_run)
-    recorded = checkpoint.read_state(ckpt)["metrics"]["nme/synth"]
+    ckpt = checkpoint.find(trained_run)
+    recorded = checkpoint_format.read_state(ckpt)["metrics"]["nme/synth"]
     proc = run_cli("facealign-eval", trained_run, "--protocol", "train", "--out", tmp_path, "--no-tensorboard",
                    "--quiet")
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -136,7 +136,7 @@ def main(argv=None) -> int:
         return 1
 
     # 3. Evaluation of the best checkpoint, exactly as before training.
-    best = checkpoint.resolve(run_dir, "best")
+    best = checkpoint.find(run_dir, "best")
     after = score(best, spec, val)
 
     # 4. The evaluation tool on the run: every normalisation, AUC, failure rates, CED curves.

@@ -250,9 +250,9 @@ def evaluate_model(source, backend, args: EvalOptions, sets, margins, out: Path,
     if source.checkpoint is not None and args.tensorboard:
         from tensorboardX import SummaryWriter
 
-        from facealign.runs import checkpoint
+        from facealign.runs import checkpoint_format
 
-        tb = SummaryWriter(str(checkpoint.run_of(source.checkpoint) / TB_DIR))
+        tb = SummaryWriter(str(checkpoint_format.run_of(source.checkpoint) / TB_DIR))
     evaluation = Evaluation(report)
     try:
         for job in plan(source, args, sets, margins):
@@ -325,9 +325,9 @@ def score_one(source, backend, args: EvalOptions, job: tuple, out: Path, tb, eva
 
 def default_out(source) -> Path:
     if source.checkpoint is not None:
-        from facealign.runs import checkpoint
+        from facealign.runs import checkpoint_format
 
-        return checkpoint.run_of(source.checkpoint) / EVAL_DIR / source.checkpoint.name
+        return checkpoint_format.run_of(source.checkpoint) / EVAL_DIR / source.checkpoint.name
     return Path("eval") / (source.path.stem if source.kind == "onnx" else source.path.name)
 
 

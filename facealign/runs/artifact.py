@@ -33,7 +33,7 @@ from pathlib import Path
 import yaml
 
 from facealign.errors import CannotStart
-from facealign.runs import checkpoint
+from facealign.runs import checkpoint, checkpoint_format
 from facealign.runs.layout import JOB_FILE
 from facealign.data.schemes import scheme_for
 from facealign.data.transforms import BOX_CROP_FRAMING, crop_framing
@@ -130,7 +130,7 @@ class ModelSource:
     def label(self) -> str:
         """A short name for reports: the run and checkpoint, or the file."""
         if self.checkpoint is not None:
-            return f"{checkpoint.run_of(self.location).name}/{self.location.name}"
+            return f"{checkpoint_format.run_of(self.location).name}/{self.location.name}"
         return self.path.stem if self.kind == "onnx" else self.path.name
 
 
@@ -140,9 +140,9 @@ def detect_kind(path) -> str:
     if path.suffix == ".onnx" and path.is_file():
         return "onnx"
     if path.is_dir():
-        if checkpoint.is_run(path):
+        if checkpoint_format.is_run(path):
             return "run"
-        if checkpoint.is_checkpoint(path):
+        if checkpoint_format.is_checkpoint(path):
             return "checkpoint"
         if (path / INFO_FILE).is_file():
             return "export"
@@ -161,9 +161,9 @@ def resolve(path, *, which: str = "best", model_name: str | None = None, log=Non
     kind = detect_kind(path)
     if kind in ("run", "checkpoint"):
         try:
-            ckpt = checkpoint.resolve(path, which, log=log)
-            state = checkpoint.read_state(ckpt)
-        except checkpoint.CheckpointError as e:
+            ckpt = checkpoint.find(path, which, log=log)
+            state = checkpoint_format.read_state(ckpt)
+        except checkpoint_format.CheckpointError as e:
             raise ArtifactError(str(e)) from None
         return ModelSource(kind, path, ckpt, checkpoint_info(ckpt, state), state)
     if kind == "export":
@@ -186,7 +186,7 @@ def resolve(path, *, which: str = "best", model_name: str | None = None, log=Non
 def _legacy_job(ckpt: Path) -> dict:
     """The raw job.yaml of a checkpoint's run, leniently (for checkpoints that predate ``model_info``)."""
     try:
-        raw = yaml.safe_load((checkpoint.run_of(ckpt) / JOB_FILE).read_text()) or {}
+        raw = yaml.safe_load((checkpoint_format.run_of(ckpt) / JOB_FILE).read_text()) or {}
     except (OSError, yaml.YAMLError):
         return {}
     return raw if isinstance(raw, dict) else {}
@@ -217,10 +217,10 @@ def checkpoint_info(ckpt: Path, state: dict) -> ModelInfo:
     """A checkpoint's ModelInfo: as its trainer recorded it, or, for checkpoints from before that,
     rebuilt from the structure in ``state.json`` and the framing in the run's job.yaml."""
     if "model_info" in state:
-        return ModelInfo.from_dict(state["model_info"], f"{ckpt / checkpoint.STATE_FILE}: model_info")
+        return ModelInfo.from_dict(state["model_info"], f"{ckpt / checkpoint_format.STATE_FILE}: model_info")
     model = state.get("model")
     if not isinstance(model, dict):
-        raise ArtifactError(f"{ckpt / checkpoint.STATE_FILE} does not record the model's structure")
+        raise ArtifactError(f"{ckpt / checkpoint_format.STATE_FILE} does not record the model's structure")
     raw = _legacy_job(ckpt)
     data = _section(raw, "data")
     framing = crop_framing(_section(raw, "eval").get("crop", "center"),
@@ -312,7 +312,7 @@ def pretrained_params_file(path) -> Path:
         return path
     source = resolve(path)
     if source.kind in ("run", "checkpoint"):
-        return checkpoint.model_file(source.location)
+        return checkpoint_format.model_file(source.location)
     if source.kind == "export":
         return source.location / PARAMS_FILE
     if source.kind == "reference":

@@ -33,12 +33,16 @@ EVAL_DIR = "eval"
 SWEEP_FILE = "sweep.json"
 
 
-def write_json(path, obj, *, indent: int | None = 1) -> None:
+def write_json(path, obj, *, indent: int | None = 1, sort_keys: bool = False, sync: bool = False) -> None:
     """Write ``obj`` as JSON whole or not at all: a reader never sees half a file (a temporary beside it,
-    then an atomic rename)."""
+    then an atomic rename). ``sync``: on disk before the rename (what a checkpoint's commit needs)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=indent) + "\n")
+    with open(tmp, "w") as fh:
+        fh.write(json.dumps(obj, indent=indent, sort_keys=sort_keys) + "\n")
+        if sync:
+            fh.flush()
+            os.fsync(fh.fileno())
     os.replace(tmp, path)
 
 

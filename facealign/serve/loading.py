@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from facealign.runs import checkpoint
+from facealign.runs import checkpoint_format
 from facealign.runs.artifact import ONNX_FILE, PARAMS_FILE, SYMBOL_FILE, ArtifactError, ModelSource, load_reference_params
 from facealign.serve import graphs
 
@@ -26,9 +26,9 @@ def load_network(source: ModelSource, ctx):
 
         net = build_model(source.info.model_spec())
         try:
-            net.load_parameters(str(checkpoint.model_file(source.location)), ctx=ctx)
+            net.load_parameters(str(checkpoint_format.model_file(source.location)), ctx=ctx)
         except (mx.base.MXNetError, AssertionError) as e:
-            raise ArtifactError(f"{checkpoint.model_file(source.location)}: does not load into "
+            raise ArtifactError(f"{checkpoint_format.model_file(source.location)}: does not load into "
                                 f"{source.info.name} ({str(e).strip().splitlines()[0]})") from None
     elif source.kind == "export":
         import warnings

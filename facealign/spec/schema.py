@@ -27,10 +27,6 @@ import yaml
 
 from facealign.errors import CannotStart
 from facealign.data.schemes import SCHEMES
-from facealign.runs.layout import EXIT_FILE, JOB_FILE  # noqa: F401  (named there; re-exported for one release)
-
-
-
 
 LOSSES = ("mse", "awing", "star")  # facealign.train.losses computes each
 

@@ -187,7 +187,7 @@ class RunningStats:
 
     @staticmethod
     def average(gathered: list[dict]) -> dict:
-        from facealign.runs.checkpoint import average_over_ranks
+        from facealign.runs.checkpoint_format import average_over_ranks
 
         return average_over_ranks(gathered)
 

@@ -22,7 +22,8 @@ from mxnet import autograd
 from facealign.errors import EXIT_OK, EXIT_REQUEUE
 from facealign.data.records import DataError
 from facealign.runs import status
-from facealign.runs.checkpoint import CheckpointError, CheckpointWriteError
+from facealign.runs.checkpoint import CheckpointWriteError
+from facealign.runs.checkpoint_format import CheckpointError, apply, decode, rank_stats
 from facealign.runs.optimizer_state import optimizer_state
 from facealign.spec.schema import JobSpec, spec_hash
 from facealign.train import dist
@@ -82,19 +83,19 @@ def resume(run: Run) -> TrainState:
     state, found = TrainState(restarts=restarts), None
     for candidate in map(Path, candidates):
         try:
-            decoded, problem = run.ckpt.read(candidate), None
+            decoded, problem = decode(candidate), None
         except CheckpointError as e:
             decoded, problem = None, str(e)
         if dist.allreduce(1.0 if problem else 0.0)[0]:
             log(f"checkpoint {candidate} cannot be loaded ({problem or 'on another rank'}); falling back to the "
                 f"previous one")
             continue
-        record = run.ckpt.apply(candidate, decoded, run.net, run.trainer, run.ctx,
+        record = apply(candidate, decoded, run.net, run.trainer, run.ctx,
                                 fingerprint=run.model_spec.fingerprint())
         # each nominal rank's own BatchNorm statistics, wherever it runs now (a checkpoint of another nominal
         # world has other ranks: all start from the average)
         same_world = TrainState.nominal_world_size(record) == run.nominal.size
-        run.nominal.stats.start(run.ckpt.rank_stats(decoded, run.nominal.ranks) if same_world else None)
+        run.nominal.stats.start(rank_stats(decoded, run.nominal.ranks) if same_world else None)
         # where the run stands for `facealign-launch status` (facealign.runs.status); the best survives restarts
         run.progress = status.read_progress(run.run_dir) if primary else {}
         state, found = TrainState.resumed(record, primary=primary, progress=run.progress, restarts=restarts), candidate
