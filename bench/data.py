@@ -28,7 +28,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.report import write_report  # noqa: E402
 from facealign.data.codec import HeatmapCodec  # noqa: E402
-from facealign.data.loader import SampleConfig, TrainLoader, process_sample, RecordSet  # noqa: E402
+from facealign.data.loader import TrainLoader  # noqa: E402
+from facealign.data.pipeline import RecordSet, SampleConfig, process_sample  # noqa: E402
 from facealign.data.records import RecordFile, decode_image  # noqa: E402
 from facealign.data.transforms import flip_horizontal, similarity, warp  # noqa: E402
 

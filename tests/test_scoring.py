@@ -14,7 +14,7 @@ from conftest import BIN, REPO, run_cli, write_tiny_job
 from facealign.runs import artifact
 from facealign.serve import loading
 from facealign.runs import checkpoint, checkpoint_format
-from facealign.data.loader import RecordSet
+from facealign.data.pipeline import RecordSet
 from facealign.cli.pack import main as pack_main
 from facealign.data.transforms import ARCFACE_5PT, apply, five_points, reference_alignment
 from facealign.evaluation.metrics import nme

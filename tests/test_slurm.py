@@ -232,7 +232,7 @@ def test_two_node_job_allreduces_across_hosts(cluster, data, tmp_path):
 
 def test_container_plans_mount_the_repository_and_pick_the_runtime(tmp_path):
     sys.path.insert(0, str(REPO))
-    from launcher.slurm import container_plan, task_setup
+    from launcher.containers import container_plan, task_setup
 
     options, prefix = container_plan("nvcr.io#nvidia/mxnet:24.06-py3", repo=REPO, workdir=REPO, mounts="/data,/s:/x")
     assert options == ["--container-image=nvcr.io#nvidia/mxnet:24.06-py3",

@@ -44,7 +44,7 @@ def score(checkpoint, spec, prefix, protocol=None, set_name="synthetic", norm=No
     from facealign.serve import loading
     from facealign.spec import components
     from facealign.evaluation.backends import MXNetBackend
-    from facealign.data.loader import RecordSet
+    from facealign.data.pipeline import RecordSet
     from facealign.evaluation.metrics import primary_norm
     from facealign.models import build_model, initialize
     from facealign.evaluation.scoring import score as score_records
@@ -98,6 +98,7 @@ def main(argv=None) -> int:
     work = Path(args.workdir).resolve()
     bin_dir = Path(sys.executable).parent
 
+    from facealign.evaluation.metrics import norm_label, primary_norm
     from facealign.runs import checkpoint
     from facealign.spec import components
 
@@ -120,8 +121,9 @@ def main(argv=None) -> int:
     sets.append(f"resources.tasks_per_node={args.np}")
 
     spec = components.load(args.job, sets)
+    nme = norm_label(primary_norm(components.model_info(spec).landmark_dims))  # eye-centre in 2D, box in 3D
     before = score(None, spec, val)
-    print(f"[demo] untrained NME on {args.val_faces} validation faces: {100 * before:.2f}%", flush=True)
+    print(f"[demo] untrained {nme} on {args.val_faces} validation faces: {100 * before:.2f}%", flush=True)
 
     # 2. Training: horovodrun, one core per rank.
     from launcher.local import trainer_command
@@ -143,8 +145,8 @@ def main(argv=None) -> int:
     subprocess.run([str(bin_dir / "facealign-eval"), str(run_dir), "--data", f"synthetic={val}",
                     "--protocol", "standard", "--flip", "--quiet"], check=True)
     print(f"\n[demo] trained for {time.time() - started:.0f} s; best checkpoint {best}")
-    print(f"[demo] NME before training: {100 * before:.2f}%")
-    print(f"[demo] NME after training:  {100 * after:.2f}%  ({before / max(after, 1e-9):.1f}x lower)")
+    print(f"[demo] {nme} before training: {100 * before:.2f}%")
+    print(f"[demo] {nme} after training:  {100 * after:.2f}%  ({before / max(after, 1e-9):.1f}x lower)")
     print(f"[demo] two protocols, one checkpoint: {100 * after:.2f}% is the run's own validation ('train': the "
           f"centre crop of the stored canvas, {spec.eval.decode} decoding, no flip; what the trainer logged); the "
           f"table above is facealign-eval's 'standard' + flip (a crop of the true landmark box, averaged with the "

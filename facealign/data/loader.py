@@ -1,21 +1,5 @@
-"""The sharded, augmenting training loader and the deterministic evaluation loader.
-
-Sharding (``ShardedSampler``): every epoch has one global permutation of all
-records, drawn from (seed, epoch) and therefore identical on every rank. It is
-cut to a multiple of ``world_size * batch_size`` and dealt out by rank
-(``perm[rank::world_size]``), so every rank gets the same number of batches
-and no rank can wait in an allreduce that the others never reach. A batch is a
-pure function of (seed, epoch, step, rank): resuming at (epoch, step) replays
-exactly the batches an uninterrupted run would have seen.
-
-A process may stand for several ranks of that world: a job that lost a node goes
-on with fewer processes, each drawing the batches of the nominal ranks it stands
-for (``epoch(..., order=)``), micro-batch by micro-batch, in the same order as they
-would (facealign.train.world.deal). The data seen is then the same at any process count.
-
-Augmentation of the sample with global index ``i`` in ``epoch`` draws from
-``np.random.default_rng((seed, epoch, i))``: independent of rank, worker
-count and timing.
+"""The training loader: batches of a rank's shard (facealign.data.sampler), each sample read, cropped and
+augmented by facealign.data.pipeline in worker processes, heatmaps encoded here.
 
 Work split: worker processes (spawned, never forked from a process that runs
 MXNet) read, decode, warp and augment; the main process encodes heatmaps with
@@ -33,135 +17,14 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from .codec import HeatmapCodec
-from .pose import relative_depth
-from .records import DataError, RecordFile, pose_degrees
-from .schemes import get_scheme
-from .transforms import AugmentConfig, apply, box_crop, draw_train_crop, flip_horizontal, photometric, similarity, warp
-
-
-class ShardedSampler:
-    """Which global record indices rank ``rank`` sees at (epoch, step)."""
-
-    def __init__(self, num_records: int, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 shuffle: bool = True):
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is outside world size {world_size}")
-        per_step = batch_size * world_size
-        if num_records < per_step:
-            raise ValueError(f"{num_records} records cannot fill one step of {world_size} rank(s) x "
-                             f"batch {batch_size} = {per_step} samples")
-        self.num_records, self.batch_size = num_records, batch_size
-        self.rank, self.world_size, self.seed, self.shuffle = rank, world_size, seed, shuffle
-        self.steps_per_epoch = num_records // per_step
-        self.dropped_per_epoch = num_records - self.steps_per_epoch * per_step
-
-    def epoch_indices(self, epoch: int, rank: int | None = None) -> np.ndarray:
-        """Rank ``rank``'s (default: this sampler's) indices for the epoch, in order (length
-        steps_per_epoch * batch_size)."""
-        if self.shuffle:
-            order = np.random.default_rng((self.seed, epoch)).permutation(self.num_records)
-        else:
-            order = np.arange(self.num_records)
-        order = order[:self.steps_per_epoch * self.batch_size * self.world_size]
-        return order[self.rank if rank is None else rank::self.world_size]
-
-    def batch_indices(self, epoch: int, step: int, rank: int | None = None) -> np.ndarray:
-        """Rank ``rank``'s (default: this sampler's) batch at (epoch, step)."""
-        if not 0 <= step < self.steps_per_epoch:
-            raise IndexError(f"step {step} outside epoch of {self.steps_per_epoch} steps")
-        return self.epoch_indices(epoch, rank)[step * self.batch_size:(step + 1) * self.batch_size]
-
-
-class RecordSet:
-    """Several record files seen as one index space (files in the given order)."""
-
-    def __init__(self, paths):
-        paths = [paths] if isinstance(paths, (str, bytes)) or not hasattr(paths, "__iter__") else list(paths)
-        if not paths:
-            raise ValueError("no record files given")
-        self.files = [RecordFile(p) for p in paths]
-        self.starts = np.cumsum([0] + [len(f) for f in self.files])
-
-    def __len__(self) -> int:
-        return int(self.starts[-1])
-
-    def locate(self, i: int) -> tuple[RecordFile, int]:
-        j = int(np.searchsorted(self.starts, i, side="right")) - 1
-        return self.files[j], i - int(self.starts[j])
-
-    def sample(self, i: int, **kw):
-        f, local = self.locate(i)
-        return f.sample(local, **kw)
-
-
-@dataclass(frozen=True)
-class SampleConfig:
-    """How one record becomes one network input; shared by training and evaluation."""
-
-    input_size: int = 128
-    num_points: int | None = None  # expected K; None accepts what the records hold
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    eval_crop: str = "center"  # "center": the base_size window at the canvas centre; "box": 1.2 x landmark box
-    decode_reduce: int = 1  # 2, 4 or 8: JPEG DCT-domain reduction, faster where the crop down-samples anyway
-    on_error: str = "raise"  # "raise" or "skip" (replace by the next record; counted)
-    scheme: str = "ibug68"  # the landmark scheme whose flip pairs re-label a mirrored face
-
-
-@dataclass
-class ProcessedSample:
-    image: np.ndarray  # S x S x 3 uint8
-    landmarks: np.ndarray  # K x D float32 in crop pixels
-    transform: np.ndarray  # 2 x 3 affine, stored-image pixels -> crop pixels
-    fallback: bool  # the augmentation fell back to the plain crop
-    index: int
-    source_landmarks: np.ndarray  # K x D float32 in the stored image's pixels
-    source: str  # the record's source name
-    yaw: float | None = None  # the head's yaw in degrees, where the record carries its pose
-
-
-def process_sample(records: RecordSet, index: int, cfg: SampleConfig, *, train: bool, seed: int = 0,
-                   epoch: int = 0) -> ProcessedSample:
-    """Read, decode, crop and (for training) augment the record with global index ``index``."""
-    s = records.sample(index, reduce=cfg.decode_reduce)
-    if cfg.num_points is not None and s.landmarks.shape[0] != cfg.num_points:
-        raise DataError(f"{s.meta.get('file')}: record {s.meta.get('index')}: has {s.landmarks.shape[0]} "
-                        f"landmarks, the job expects {cfg.num_points}")
-    # Landmarks stay in full-resolution pixels; the crop affine absorbs the decode reduction.
-    full_h, full_w = s.image.shape[0] * cfg.decode_reduce, s.image.shape[1] * cfg.decode_reduce
-    reduce_to_full = np.array([[cfg.decode_reduce, 0, (cfg.decode_reduce - 1) / 2],
-                               [0, cfg.decode_reduce, (cfg.decode_reduce - 1) / 2]], np.float64)
-    lm = s.landmarks
-    size, aug = cfg.input_size, cfg.augment
-    fallback = False
-    if train:
-        rng = np.random.default_rng((seed, epoch, index))
-        M, ok = draw_train_crop(rng, (full_h, full_w), lm, size, aug)
-        fallback = not ok
-    elif cfg.eval_crop == "box":
-        M = box_crop(s.box, size, expand=1.2)
-    else:
-        M = similarity((full_w / 2, full_h / 2), (size / 2, size / 2), size / aug.base_size, 0.0)
-    M_reduced = M.copy()
-    M_reduced[:, :2] = M[:, :2] @ reduce_to_full[:, :2]
-    M_reduced[:, 2] = M[:, :2] @ reduce_to_full[:, 2] + M[:, 2]
-    crop = warp(s.image, M_reduced, size)
-    pts = apply(M, lm)  # z scales with x and y (facealign.data.pose: the depth convention)
-    pts = (relative_depth(pts) if pts.shape[1] == 3 else pts).astype(np.float32)
-    if train:
-        if aug.flip and rng.random() < 0.5:
-            scheme = get_scheme(cfg.scheme)
-            crop, pts = flip_horizontal(crop, pts, scheme.flip)
-            M = np.array([[-1, 0, size - 1], [0, 1, 0]], np.float64) @ np.vstack([M, [0, 0, 1]])
-        crop = photometric(rng, crop, aug)
-    source = s.meta.get("source", f"{s.meta.get('file')}[{s.meta.get('index')}]")
-    pose = pose_degrees(s.meta)
-    return ProcessedSample(crop, pts, M, fallback, index, lm, source, pose["yaw"] if pose else None)
+from .pipeline import RecordSet, SampleConfig, build_batch
+from .sampler import ShardedSampler
 
 
 # --- worker processes -----------------------------------------------------------------------------
@@ -210,38 +73,7 @@ def _init_worker(paths, cfg: SampleConfig, parent_pid: int):
 
 
 def _process_batch(indices, train: bool, seed: int, epoch: int):
-    return _build_batch(_WORKER["records"], _WORKER["cfg"], indices, train, seed, epoch)
-
-
-def _build_batch(records: RecordSet, cfg: SampleConfig, indices, train: bool, seed: int, epoch: int):
-    """Images (B, S, S, 3) uint8, landmarks (B, K, D), transforms (B, 2, 3), and counters; each skipped
-    record as (file, index in it, why)."""
-    images, points, transforms, used = [], [], [], []
-    fallbacks, skipped, errors = 0, 0, []
-    n = len(records)
-    for index in indices:
-        index = int(index)
-        for attempt in range(n):
-            try:
-                p = process_sample(records, index, cfg, train=train, seed=seed, epoch=epoch)
-                break
-            except DataError as e:
-                if cfg.on_error != "skip":
-                    raise
-                skipped += 1
-                f, local = records.locate(index)
-                errors.append((str(f.rec_path), local, str(e)))
-                index = (index + 1) % n  # a deterministic substitute keeps batch sizes equal on all ranks
-        else:
-            raise DataError(f"every one of the {n} records failed to load")
-        images.append(p.image)
-        points.append(p.landmarks)
-        transforms.append(p.transform)
-        used.append(p.index)
-        fallbacks += p.fallback
-    dims = min(p.shape[1] for p in points)  # files with z and without: the batch keeps what every face has
-    return (np.stack(images), np.stack([p[:, :dims] for p in points]), np.stack(transforms), np.array(used),
-            fallbacks, skipped, errors)
+    return build_batch(_WORKER["records"], _WORKER["cfg"], indices, train, seed, epoch)
 
 
 @dataclass
@@ -318,7 +150,7 @@ class TrainLoader:
     def _submit(self, epoch: int, step: int, rank: int):
         indices = self.sampler.batch_indices(epoch, step, rank)
         if self.workers == 0:
-            return _build_batch(self.records, self.cfg, indices, self.train, self.seed, epoch)
+            return build_batch(self.records, self.cfg, indices, self.train, self.seed, epoch)
         with _trainer_signals_blocked():  # submit may spawn a worker (and the resource tracker)
             return self._ensure_pool().submit(_process_batch, indices, self.train, self.seed, epoch)
 

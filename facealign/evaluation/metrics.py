@@ -26,6 +26,11 @@ def primary_norm(landmark_dims: int) -> str:
     return "eye_centre" if landmark_dims == 2 else "box"
 
 
+def norm_label(norm: str) -> str:
+    """How a normalisation is named where a figure is printed: "eye-centre NME", "box NME", ..."""
+    return norm.replace("_", "-") + " NME"
+
+
 def normaliser(gt: np.ndarray, norm: str = "eye_centre", scheme: LandmarkScheme | None = None) -> np.ndarray:
     gt = np.asarray(gt, np.float64)[..., :2]
     if norm not in NORMALISATIONS:

@@ -11,157 +11,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tensorboardX import SummaryWriter
+from tqdm import tqdm
 
+from facealign.data.pipeline import RecordSet
 from facealign.runs.layout import EVAL_DIR, TB_DIR
-from facealign.evaluation.metrics import NORMALISATIONS, auc_and_failure, ced, primary_norm
+from facealign.evaluation.figures import ced_figure, save_figure
+from facealign.evaluation.metrics import NORMALISATIONS, primary_norm
+from facealign.evaluation.scoring import Protocol, check_records, reference_protocol, score, yaw_bin_masks
+from facealign.evaluation.tables import format_comparison, format_table, summarise
+from facealign.runs import checkpoint_format
+from facealign.runs.artifact import legacy_validation_record
 
 CHOICES = ("reference", "standard", "train", "both", "all")
-THRESHOLDS = (0.08, 0.10)
 
 
 class UsageError(ValueError):
     """A command line that cannot run; printed as one line, exit 2."""
-
-
-def summarise(result) -> dict:
-    """Mean and median NME, AUC and failure rate at each threshold, per normalisation; and, where the records
-    carry their head pose, NME per yaw bin and their balanced mean (``by_yaw``, per normalisation)."""
-    rows = {}
-    for norm, values in result.nme.items():
-        row = {"nme": float(values.mean()) if len(values) else float("nan"),
-               "median": float(np.median(values)) if len(values) else float("nan")}
-        for t in THRESHOLDS:
-            auc, fr = auc_and_failure(values, t)
-            row[f"auc@{t:.2f}"], row[f"failure@{t:.2f}"] = auc, fr
-        rows[norm] = row
-    n = len(result.pred)
-    from facealign.evaluation.scoring import yaw_bins
-
-    by_yaw = {norm: yaw_bins(values, result.yaws) for norm, values in result.nme.items()}
-    # a model that predicts z: the 3D NME and the depth error alone (box normaliser), per yaw bin too
-    depth = {key: {"nme": float(values.mean()) if len(values) else float("nan"),
-                   "median": float(np.median(values)) if len(values) else float("nan"),
-                   "by_yaw": yaw_bins(values, result.yaws)} for key, values in result.nme_3d.items()}
-    return {"images": n, "images_per_s": n / max(result.seconds, 1e-9), "by_norm": rows,
-            "by_yaw": by_yaw if all(v is not None for v in by_yaw.values()) else None, "depth": depth or None}
-
-
-# --- figures (matplotlib, Agg) ------------------------------------------------------------------------
-
-CED_X_CAP = 0.50  # a broken model's curve is flat at 0 below this anyway
-
-
-def ced_x_limit(curves: dict, threshold: float = 0.10) -> float:
-    """The CED axis's end: at least ``threshold``, and at least the 95th percentile of every curve's NMEs
-    (so a model whose median is above the threshold still shows its curve), rounded up to 5% and capped
-    at ``CED_X_CAP``."""
-    values = [np.asarray(v, dtype=np.float64) for v in curves.values() if len(v)]
-    p95 = max((float(np.percentile(v[np.isfinite(v)], 95)) for v in values if np.isfinite(v).any()), default=0.0)
-    return float(min(max(threshold, np.ceil(p95 * 20 - 1e-9) / 20), CED_X_CAP))
-
-
-def ced_figure(curves: dict, title: str, threshold: float = 0.10):
-    """A CED figure: one curve per label ({label: per-image NMEs}), with its AUC and failure rate at
-    ``threshold`` in the legend, the reference's 8% and 10% marks as lines, and an axis that covers
-    the data (``ced_x_limit``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=100)
-    limit = ced_x_limit(curves, threshold)
-    for label, values in curves.items():
-        xs, ys = ced(values, limit, steps=400)
-        auc, fr = auc_and_failure(values, threshold)
-        ax.plot(xs * 100, ys, linewidth=2, label=f"{label} (AUC@{threshold * 100:g}% {auc:.3f}, FR {100 * fr:.1f}%)")
-    for mark in THRESHOLDS:
-        ax.axvline(mark * 100, color="0.4", linestyle="--", linewidth=1)
-        ax.text(mark * 100, 0.02, f" {mark * 100:g}%", color="0.3", fontsize=8)
-    ax.set_xlim(0, limit * 100)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("NME (%)")
-    ax.set_ylabel("fraction of images")
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8, framealpha=0.9)
-    fig.tight_layout()
-    return fig
-
-
-def save_figure(fig, stem: Path) -> np.ndarray:
-    """Write ``stem``.png and ``stem``.pdf; return the RGB pixels (for TensorBoard)."""
-    import matplotlib.pyplot as plt
-
-    fig.savefig(str(stem) + ".png")
-    fig.savefig(str(stem) + ".pdf")
-    fig.canvas.draw()
-    rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-    plt.close(fig)
-    return rgb
-
-
-# --- reports --------------------------------------------------------------------------------------
-
-def format_table(report: dict) -> str:
-    cols = ["nme", *[f"{m}@{t:.2f}" for t in THRESHOLDS for m in ("auc", "failure")]]
-    lines = [f"model: {report['model']} ({report['backend']}, {report['device']})", "",
-             "| set | protocol | normalisation | NME % | " + " | ".join(c.replace("failure", "FR").upper()
-                                                                     for c in cols[1:]) + " | images | images/s |",
-             "|---|---|---|---:|" + "---:|" * (len(cols) - 1) + "---:|---:|"]
-    for entry in report["results"]:
-        for norm, row in entry["by_norm"].items():
-            primary = " **" if norm == report["primary_norm"] else ""
-            lines.append(f"| {entry['set']} | {entry['protocol']}{' + flip' if entry['flip'] else ''} | {norm}{primary}"
-                         f" | {100 * row['nme']:.3f} | " + " | ".join(f"{row[c]:.4f}" for c in cols[1:])
-                         + f" | {entry['images']} | {entry['images_per_s']:.1f} |")
-    lines.append("")
-    lines.append(f"** the reference's figure for {report['landmark_dims']}D models. AUC and FR (failure rate) "
-                 f"at NME thresholds 0.08 and 0.10.")
-    yawed = [e for e in report["results"] if e.get("by_yaw")]
-    if yawed:
-        norm = report["primary_norm"]
-        bins = [b for b in yawed[0]["by_yaw"][norm] if b != "balanced"]
-        lines += ["", f"NME % ({norm}) by head yaw, degrees (faces):", "",
-                  "| set | protocol | " + " | ".join(f"yaw {b}" for b in bins) + " | balanced | mean |",
-                  "|---|---|" + "---:|" * (len(bins) + 2)]
-        for e in yawed:
-            cells = [f"{100 * e['by_yaw'][norm][b]['nme']:.3f} ({e['by_yaw'][norm][b]['images']})"
-                     if e["by_yaw"][norm][b]["nme"] is not None else "– (0)" for b in bins]
-            lines.append(f"| {e['set']} | {e['protocol']}{' + flip' if e['flip'] else ''} | " + " | ".join(cells)
-                         + f" | {100 * e['by_yaw'][norm]['balanced']['nme']:.3f} | {100 * e['by_norm'][norm]['nme']:.3f} |")
-    lines += format_depth(report)
-    return "\n".join(lines)
-
-
-def format_depth(report: dict) -> list[str]:
-    """The 3D NME and depth error table of a model that predicts z (nothing for the others)."""
-    entries = [e for e in report["results"] if e.get("depth")]
-    if not entries:
-        return []
-    lines = ["", "3D, for a model that predicts z (x, y, z; each face's z relative to its mean; box normaliser):", "",
-             "| set | protocol | 3D NME % | depth error % | by yaw: 3D NME % / depth error % |", "|---|---|---:|---:|---|"]
-    for e in entries:
-        d = e["depth"]
-        bins = d["nme_3d"]["by_yaw"] or {}
-        cells = ", ".join(f"{b}: {100 * v['nme']:.2f} / {100 * d['z']['by_yaw'][b]['nme']:.2f}"
-                          for b, v in bins.items() if b != "balanced" and v["nme"] is not None) or "–"
-        lines.append(f"| {e['set']} | {e['protocol']}{' + flip' if e['flip'] else ''} | {100 * d['nme_3d']['nme']:.3f} "
-                     f"| {100 * d['z']['nme']:.3f} | {cells} |")
-    return lines
-
-
-def format_comparison(reports: list[dict]) -> str:
-    lines = ["| model | set | protocol | normalisation | NME % | AUC@0.10 | FR@0.10 | images |",
-             "|---|---|---|---|---:|---:|---:|---:|"]
-    for report in reports:
-        for entry in report["results"]:
-            norm = report["primary_norm"]
-            row = entry["by_norm"][norm]
-            lines.append(f"| {report['label']} | {entry['set']} | {entry['protocol']}{' + flip' if entry['flip'] else ''}"
-                         f" | {norm} | {100 * row['nme']:.3f} | {row['auc@0.10']:.4f} | {row['failure@0.10']:.4f} "
-                         f"| {entry['images']} |")
-    return "\n".join(lines)
 
 
 # --- one model ------------------------------------------------------------------------------------
@@ -192,8 +58,6 @@ class Evaluation:
 
 def plan(source, args: EvalOptions, sets: dict, margins: dict) -> list[tuple]:
     """[(set name, prefix, Protocol, flip, batch size, max samples)] for one model."""
-    from facealign.evaluation.scoring import Protocol, reference_protocol
-
     info = source.info
     wanted = {"both": ("reference", "standard"), "all": ("reference", "standard", "train")}.get(
         args.protocol, (args.protocol,))
@@ -231,8 +95,6 @@ def validation_record(source) -> dict:
                          f"does not record a validation protocol)")
     if "validation" in source.state:
         return source.state["validation"]
-    from facealign.runs.artifact import legacy_validation_record
-
     return legacy_validation_record(source.location)
 
 
@@ -248,10 +110,6 @@ def evaluate_model(source, backend, args: EvalOptions, sets, margins, out: Path,
               "primary_norm": primary, "results": []}
     tb = None
     if source.checkpoint is not None and args.tensorboard:
-        from tensorboardX import SummaryWriter
-
-        from facealign.runs import checkpoint_format
-
         tb = SummaryWriter(str(checkpoint_format.run_of(source.checkpoint) / TB_DIR))
     evaluation = Evaluation(report)
     try:
@@ -270,11 +128,6 @@ def evaluate_model(source, backend, args: EvalOptions, sets, margins, out: Path,
 
 def score_one(source, backend, args: EvalOptions, job: tuple, out: Path, tb, evaluation: Evaluation) -> None:
     """One set under one protocol: its summary in the report, its figures, predictions and scalars."""
-    from tqdm import tqdm
-
-    from facealign.data.loader import RecordSet
-    from facealign.evaluation.scoring import check_records, score, yaw_bin_masks
-
     info, report, primary = source.info, evaluation.report, evaluation.report["primary_norm"]
     set_name, prefix, protocol, flip, batch_size, limit = job
     records = RecordSet([prefix])
@@ -325,8 +178,6 @@ def score_one(source, backend, args: EvalOptions, job: tuple, out: Path, tb, eva
 
 def default_out(source) -> Path:
     if source.checkpoint is not None:
-        from facealign.runs import checkpoint_format
-
         return checkpoint_format.run_of(source.checkpoint) / EVAL_DIR / source.checkpoint.name
     return Path("eval") / (source.path.stem if source.kind == "onnx" else source.path.name)
 

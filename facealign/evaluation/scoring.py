@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from facealign.data.codec import HeatmapCodec
-from facealign.data.loader import SampleConfig, process_sample
+from facealign.data.pipeline import SampleConfig, process_sample
 from facealign.data.records import DataError, pose_degrees
 from facealign.data.schemes import get_scheme
 from facealign.data.transforms import (DEFAULT_TOP_MARGIN, REFERENCE_TOP_MARGIN, AugmentConfig, apply, box_crop,

@@ -89,7 +89,7 @@ def _constant_initializers(path: Path) -> None:
 
 def open_records(prefix, info: ModelInfo):
     """The packed records at ``prefix``, checked against the model (landmark count, dimensions)."""
-    from facealign.data.loader import RecordSet
+    from facealign.data.pipeline import RecordSet
     from facealign.evaluation.scoring import check_records
 
     records = RecordSet([prefix])

@@ -24,7 +24,7 @@ from facealign.spec.schema import AugmentSpec, JobSpec, SpecError, load_job
 
 if TYPE_CHECKING:  # the compute side's types, imported by the factories that build them
     from facealign.data.codec import HeatmapCodec
-    from facealign.data.loader import SampleConfig
+    from facealign.data.pipeline import SampleConfig
     from facealign.data.transforms import AugmentConfig
     from facealign.evaluation.scoring import Protocol
     from facealign.runs.artifact import ModelInfo
@@ -72,7 +72,7 @@ def augment(spec: JobSpec) -> AugmentConfig:
 
 def sample_config(spec: JobSpec) -> SampleConfig:
     """How a training record becomes a network input."""
-    from facealign.data.loader import SampleConfig
+    from facealign.data.pipeline import SampleConfig
 
     d = spec.data
     return SampleConfig(input_size=d.input_size, num_points=d.num_points, augment=augment(spec),

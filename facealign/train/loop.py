@@ -121,7 +121,7 @@ def run_job(run: Run, on_finish, closing) -> tuple[int, str]:
     record_progress(run, state)
     describe(run, state)
     if state.step == 0 and run.validator.sets:
-        run.log("before training: " + metrics_text(validate(run, state)))
+        run.log("before training: " + metrics_text(validate(run, state), run.validator.norm))
     code = train_loop(run, state)
     if on_finish is not None:
         on_finish(run.net, run.world)
@@ -155,7 +155,7 @@ def train_loop(run: Run, state: TrainState) -> int:
                 window = Window()
             if run.validator.sets and (state.step % eval_every == 0 or state.step == run.last_step):
                 state.metrics = validate(run, state)  # the checkpoints' until the next
-                run.log(f"validation at step {state.step}: {metrics_text(state.metrics)}")
+                run.log(f"validation at step {state.step}: {metrics_text(state.metrics, run.validator.norm)}")
             if end_of_epoch:
                 state.epoch, state.batch_in_epoch = state.epoch + 1, 0
             if (state.step % ckpt_every == 0 or state.step == run.last_step or end_of_epoch or vote.stopping):

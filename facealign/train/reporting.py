@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from tensorboardX import SummaryWriter
 
+from facealign.evaluation.metrics import norm_label
 from facealign.runs import status
 from facealign.runs.layout import LOG_FILE, TB_DIR
 from facealign.spec import components
@@ -105,15 +106,25 @@ def report_validation(run, state: TrainState, metrics: dict, images) -> None:
     w = run.writer
     if w is not None:
         for k, v in metrics.items():
-            w.add_scalar(f"val/{k}", v, state.step)
+            w.add_scalar(f"val/{scalar_tag(k, run.validator.norm)}", v, state.step)
         if state.step and images is not None and run.spec.logging.images:
             faces, heatmaps = draw_faces(*images, run.codec.peak)
             w.add_image("val/faces", faces, state.step, dataformats="HWC")
             w.add_image("val/heatmaps", heatmaps, state.step, dataformats="HWC")
 
 
-def metrics_text(metrics: dict) -> str:
-    return ", ".join(f"{k} {v * 100:.2f}%" for k, v in metrics.items())
+def scalar_tag(metric: str, norm: str) -> str:
+    """The TensorBoard tag of a validation metric: ``nme/<set>`` is the model's primary NME, whose normaliser
+    differs between 2D (eye-centre) and 3D models (box, the reference's 3D convention), so its tag names it:
+    ``nme_eye_centre/<set>``, ``nme_box/<set>``. Before 0.2.0 the tag was ``nme/<set>``."""
+    kind, _, name = metric.partition("/")
+    return f"nme_{norm}/{name}" if kind == "nme" else metric
+
+
+def metrics_text(metrics: dict, norm: str) -> str:
+    """``nme/<set> 11.32% (eye-centre NME), nme3d/<set> ...``: the primary NME with its normaliser named."""
+    return ", ".join(f"{k} {v * 100:.2f}%" + (f" ({norm_label(norm)})" if k.startswith("nme/") else "")
+                     for k, v in metrics.items())
 
 
 def record_progress(run, state: TrainState, **fields) -> None:

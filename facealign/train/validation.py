@@ -6,13 +6,14 @@ import numpy as np
 
 from facealign.train import dist
 from facealign.evaluation.backends import MXNetBackend
-from facealign.data.loader import RecordSet
+from facealign.data.pipeline import RecordSet
 from facealign.evaluation.metrics import primary_norm
 from facealign.evaluation.scoring import Protocol, score
 
 
 class Validator:
-    """``run(net)`` -> ({"nme/<set>": value}, rank 0's first batch for drawing, or None).
+    """``run(net)`` -> ({"nme/<set>": value}, rank 0's first batch for drawing, or None): ``nme/<set>`` is the
+    model's primary NME, by the normaliser ``norm``.
 
     ``record`` is what the run's checkpoints keep of it (``components.validation_record``):
     the ``train`` protocol, the sets, the batch size and the sample limit. Each rank scores

@@ -1,4 +1,4 @@
-"""facealign.mixed_precision: AMP's lists for our networks and the inference graphs of reduced exports.
+"""facealign.serve.graphs and facealign.train.amp: AMP's lists for our networks and the inference graphs of reduced exports.
 
 (The bfloat16 training step under these lists runs in test_models, in its own process: AMP patches
 MXNet process-wide. The bfloat16 and int8 exports built on these graphs are in test_precision.)
