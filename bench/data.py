@@ -130,7 +130,7 @@ def main(argv=None) -> int:
         "affine_warp_ms": timed(lambda: warp(img, M, 128), 2000),
         "flip_ms": timed(lambda: flip_horizontal(crop, s.landmarks, list(range(16, -1, -1)) + list(range(17, 68))), 2000),
         "encode_68_gaussians_ms": enc_cy,
-        "process_sample_ms": timed(lambda: process_sample(records, 3, cfg, train=True, seed=0, epoch=0), 500),
+        "process_sample_ms": timed(lambda: process_sample(records, 3, cfg, augment=True, seed=0, epoch=0), 500),
     }
     stages = {k: v * 1e3 if k != "encode_68_gaussians_ms" else v * 1e3 for k, v in stages.items()}
     results["stages_ms"] = stages

@@ -33,7 +33,7 @@ def test_procedural_z_points_toward_the_camera():
 
 def test_records_keep_z_and_samples_take_it_relative_to_the_face(faces3d):
     cfg = SampleConfig(input_size=64, augment=AugmentConfig(rotate=0, scale_sigma=0, flip=False))
-    p = process_sample(faces3d, 3, cfg, train=False)
+    p = process_sample(faces3d, 3, cfg, augment=False)
     assert p.source_landmarks.shape == (68, 3) and p.landmarks.shape == (68, 3)
     scale = np.sqrt(abs(np.linalg.det(p.transform[:, :2])))
     np.testing.assert_allclose(p.landmarks[:, 2], relative_depth(p.source_landmarks)[:, 2] * scale, atol=1e-3)
@@ -48,7 +48,7 @@ def test_every_augmentation_carries_z(faces3d, epoch):
     flip = np.array(get_scheme("ibug68").flip)
     mirrored = 0
     for i in range(len(faces3d)):
-        p = process_sample(faces3d, i, cfg, train=True, seed=1, epoch=epoch)
+        p = process_sample(faces3d, i, cfg, augment=True, seed=1, epoch=epoch)
         det = np.linalg.det(p.transform[:, :2])
         expected = relative_depth(p.source_landmarks)[:, 2] * np.sqrt(abs(det))
         if det < 0:  # the crop is mirrored

@@ -72,8 +72,8 @@ def _init_worker(paths, cfg: SampleConfig, parent_pid: int):
     _WORKER["cfg"] = cfg
 
 
-def _process_batch(indices, train: bool, seed: int, epoch: int):
-    return build_batch(_WORKER["records"], _WORKER["cfg"], indices, train, seed, epoch)
+def _process_batch(indices, augment: bool, seed: int, epoch: int):
+    return build_batch(_WORKER["records"], _WORKER["cfg"], indices, augment, seed, epoch)
 
 
 @dataclass
@@ -120,15 +120,15 @@ class TrainLoader:
 
     def __init__(self, paths, *, batch_size: int, codec: HeatmapCodec, rank: int = 0, world_size: int = 1,
                  seed: int = 0, cfg: SampleConfig = SampleConfig(), workers: int = 0, prefetch: int = 4,
-                 train: bool = True, shuffle: bool | None = None):
+                 augment: bool = True, shuffle: bool | None = None):
         self.paths = [str(paths)] if isinstance(paths, (str, os.PathLike)) else [str(p) for p in paths]
         self.records = RecordSet(self.paths)
-        self.cfg, self.codec, self.train, self.seed = cfg, codec, train, seed
+        self.cfg, self.codec, self.augment, self.seed = cfg, codec, augment, seed
         if codec.input_size != cfg.input_size:
             raise ValueError(f"codec input_size {codec.input_size} != sample input_size {cfg.input_size}")
         self.rank = rank
         self.sampler = ShardedSampler(len(self.records), batch_size, rank, world_size, seed,
-                                      shuffle=train if shuffle is None else shuffle)
+                                      shuffle=augment if shuffle is None else shuffle)
         self.workers, self.prefetch = workers, max(1, prefetch)
         self.stats = {"samples": 0, "fallbacks": 0, "skipped": 0, "skipped_by_file": {}}
         self._pool = None
@@ -150,9 +150,9 @@ class TrainLoader:
     def _submit(self, epoch: int, step: int, rank: int):
         indices = self.sampler.batch_indices(epoch, step, rank)
         if self.workers == 0:
-            return build_batch(self.records, self.cfg, indices, self.train, self.seed, epoch)
+            return build_batch(self.records, self.cfg, indices, self.augment, self.seed, epoch)
         with _trainer_signals_blocked():  # submit may spawn a worker (and the resource tracker)
-            return self._ensure_pool().submit(_process_batch, indices, self.train, self.seed, epoch)
+            return self._ensure_pool().submit(_process_batch, indices, self.augment, self.seed, epoch)
 
     def epoch(self, epoch: int, start_step: int = 0, *, order=None):
         """Yield the batches of ``epoch``: this rank's from ``start_step`` on, or those of ``order``, (rank,

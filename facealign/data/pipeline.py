@@ -63,9 +63,10 @@ class ProcessedSample:
     yaw: float | None = None  # the head's yaw in degrees, where the record carries its pose
 
 
-def process_sample(records: RecordSet, index: int, cfg: SampleConfig, *, train: bool, seed: int = 0,
+def process_sample(records: RecordSet, index: int, cfg: SampleConfig, *, augment: bool, seed: int = 0,
                    epoch: int = 0) -> ProcessedSample:
-    """Read, decode, crop and (for training) augment the record with global index ``index``."""
+    """Read, decode and crop the record with global index ``index``; ``augment``: the training crop and
+    augmentation drawn from (seed, epoch, index), else the evaluation crop (``cfg.eval_crop``)."""
     s = records.sample(index, reduce=cfg.decode_reduce)
     if cfg.num_points is not None and s.landmarks.shape[0] != cfg.num_points:
         raise DataError(f"{s.meta.get('file')}: record {s.meta.get('index')}: has {s.landmarks.shape[0]} "
@@ -77,7 +78,7 @@ def process_sample(records: RecordSet, index: int, cfg: SampleConfig, *, train: 
     lm = s.landmarks
     size, aug = cfg.input_size, cfg.augment
     fallback = False
-    if train:
+    if augment:
         rng = np.random.default_rng((seed, epoch, index))
         M, ok = draw_train_crop(rng, (full_h, full_w), lm, size, aug)
         fallback = not ok
@@ -91,7 +92,7 @@ def process_sample(records: RecordSet, index: int, cfg: SampleConfig, *, train: 
     crop = warp(s.image, M_reduced, size)
     pts = apply(M, lm)  # z scales with x and y (facealign.data.pose: the depth convention)
     pts = (relative_depth(pts) if pts.shape[1] == 3 else pts).astype(np.float32)
-    if train:
+    if augment:
         if aug.flip and rng.random() < 0.5:
             scheme = get_scheme(cfg.scheme)
             crop, pts = flip_horizontal(crop, pts, scheme.flip)
@@ -102,7 +103,7 @@ def process_sample(records: RecordSet, index: int, cfg: SampleConfig, *, train: 
     return ProcessedSample(crop, pts, M, fallback, index, lm, source, pose["yaw"] if pose else None)
 
 
-def build_batch(records: RecordSet, cfg: SampleConfig, indices, train: bool, seed: int, epoch: int):
+def build_batch(records: RecordSet, cfg: SampleConfig, indices, augment: bool, seed: int, epoch: int):
     """Images (B, S, S, 3) uint8, landmarks (B, K, D), transforms (B, 2, 3), and counters; each skipped
     record as (file, index in it, why)."""
     images, points, transforms, used = [], [], [], []
@@ -112,7 +113,7 @@ def build_batch(records: RecordSet, cfg: SampleConfig, indices, train: bool, see
         index = int(index)
         for attempt in range(n):
             try:
-                p = process_sample(records, index, cfg, train=train, seed=seed, epoch=epoch)
+                p = process_sample(records, index, cfg, augment=augment, seed=seed, epoch=epoch)
                 break
             except DataError as e:
                 if cfg.on_error != "skip":

@@ -154,7 +154,7 @@ def prepare(records, index: int, protocol: Protocol, info, set_name: str, cfg: S
     degrees or None, the truth's z (K,) where the record has it, else None)."""
     s = info.input_size
     if protocol.name == "train":
-        p = process_sample(records, index, cfg or sample_config(protocol, info), train=False)
+        p = process_sample(records, index, cfg or sample_config(protocol, info), augment=False)
         return (p.image, p.transform, p.source_landmarks[:, :2].astype(np.float64), p.source, p.yaw,
                 depth_of(p.source_landmarks))
     smp = records.sample(index)

@@ -30,7 +30,7 @@ from facealign.train import dist
 from facealign.train.faults import LostPeer, NonFiniteLoss, ending, record_exit
 from facealign.train.losses import depth_targets, stacked_loss
 from facealign.train.optim import count_nonfinite
-from facealign.train.reporting import (Log, Window, describe, metrics_text, open_writer, record_progress, report,
+from facealign.train.reporting import (Log, ProgressWindow, describe, metrics_text, open_writer, record_progress, report,
                                        report_finish, report_validation)
 from facealign.train.setup import Run, build, lock_run_dir, set_up_world, start_heartbeat
 from facealign.train.state import TrainState
@@ -133,7 +133,7 @@ def run_job(run: Run, on_finish, closing) -> tuple[int, str]:
 
 def train_loop(run: Run, state: TrainState) -> int:
     """The loop: every optimizer step, and on its boundaries logging, validation and collective checkpoints."""
-    spec, window = run.spec, Window()
+    spec, window = run.spec, ProgressWindow()
     eval_every = spec.eval.every_steps or run.steps_per_epoch
     ckpt_every = spec.checkpoint.every_steps or run.steps_per_epoch
     started = (state.step, time.perf_counter())
@@ -152,7 +152,7 @@ def train_loop(run: Run, state: TrainState) -> int:
             end_of_epoch = state.batch_in_epoch == run.steps_per_epoch
             if state.step % spec.logging.every_steps == 0 or state.step == run.last_step or vote.stopping:
                 report(run, state, window, started, len(vote.losses))
-                window = Window()
+                window = ProgressWindow()
             if run.validator.sets and (state.step % eval_every == 0 or state.step == run.last_step):
                 state.metrics = validate(run, state)  # the checkpoints' until the next
                 run.log(f"validation at step {state.step}: {metrics_text(state.metrics, run.validator.norm)}")
@@ -184,7 +184,7 @@ class Vote:
     losses: np.ndarray  # the stacks' losses, averaged over the step's micro-batches on every rank
 
 
-def forward_backward(run: Run, state: TrainState, batch, window: Window):
+def forward_backward(run: Run, state: TrainState, batch, window: ProgressWindow):
     """One micro-batch of the nominal rank it belongs to (whose BatchNorm statistics its forward pass
     updates): forward, the loss in float32 whatever the network computed in, backward; this rank's skipped
     records counted. Returns the stacks' losses (DistributedTrainer allreduces gradients inside

@@ -46,7 +46,7 @@ class Log:
 
 
 @dataclass
-class Window:
+class ProgressWindow:
     """What the progress line between two reports averages."""
 
     t: float = field(default_factory=time.perf_counter)
@@ -76,7 +76,7 @@ def open_writer(run, state: TrainState, closing) -> SummaryWriter | None:
     return writer
 
 
-def report(run, state: TrainState, window: Window, started: tuple, stacks: int) -> None:
+def report(run, state: TrainState, window: ProgressWindow, started: tuple, stacks: int) -> None:
     """The progress line, its TensorBoard scalars and the progress record."""
     elapsed = time.perf_counter() - window.t
     ips = window.images * run.world.size / max(elapsed, 1e-9)
