@@ -407,7 +407,7 @@ def test_a_sweep_runs_as_one_array_and_status_and_hparams_report_every_member(cl
         hp = {k: (v.number_value if v.HasField("number_value") else v.string_value)
               for k, v in plugin.session_start_info.hparams.items()}
         assert hp["schedule.length"] == length and hp["optim.lr"] in (1e-3, 2e-3) and hp["model.name"] == "hg2-d3-cab"
-        assert hp["world_size"] == 2
+        assert hp["nominal_world_size"] == 2
         assert "hparam/nme/synth" in scalars(root / name / "tb" / "hparams")
 
     compare = subprocess.run([str(BIN / "facealign-eval"), root, "--data", f"synth={data / 'val'}", "--protocol",

@@ -126,8 +126,8 @@ HPARAM_KEYS = ("model.name", "model.width", "model.depth", "loss.kind", "optim.n
                "schedule.length", "run.seed")
 
 
-def hyperparameters(spec: JobSpec, world_size: int, overrides=()) -> dict:
-    """What TensorBoard's HParams dashboard lists for a run: the main keys of the spec, the world size, and
+def hyperparameters(spec: JobSpec, nominal_world_size: int, overrides=()) -> dict:
+    """What TensorBoard's HParams dashboard lists for a run: the main keys of the spec, the nominal world size, and
     every ``--set``/sweep override (``key=value``) as the spec resolved it. Values are bool, int, float or str."""
     def value(dotted):
         v = spec
@@ -142,7 +142,7 @@ def hyperparameters(spec: JobSpec, world_size: int, overrides=()) -> dict:
             out[key] = value(key)
         except AttributeError:
             continue
-    out["world_size"] = world_size
+    out["nominal_world_size"] = nominal_world_size
     return out
 
 
