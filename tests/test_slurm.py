@@ -505,10 +505,15 @@ def test_a_two_node_job_that_loses_a_node_finishes_on_the_other(two_node_referen
         subprocess.run(["bash", str(CLUSTER), "up"], capture_output=True, timeout=300)  # n2 back for the next test
     log = out.read_text()
     assert info["JobState"] == "COMPLETED", log[-4000:]
-    restart = re.search(r"restart 1 of 3: lost node\(s\) n2; world size 2 -> 1 on n1; resuming from step (\d+); "
+    restart = re.search(r"restart 1 of 3: lost node\(s\) n2; 2 -> 1 process\(es\) on n1; resuming from step (\d+); "
                         r"\d+ s since the step ended", log)
     assert restart, log[-4000:]
     assert "finished at step 48" in log
+    # the file users read has the fault and the restart too: rank 0's lost-peer line, then the launcher's
+    run_log = (run_dir / "log.txt").read_text()
+    lost = re.search(r"^\S+ (a collective failed \(.*|no progress on rank .*)$", run_log, re.M)
+    assert lost and "rank 1 on n2" in lost.group(1), run_log[-3000:]
+    assert f"launcher: {restart.group(0)}" in run_log and run_log.index(lost.group(1)) < run_log.index("launcher: restart")
     _same_training(two_node_reference, run_dir, 48)
     status = json.loads(_launch("status", run_dir, "--json").stdout)[0]
     assert status["restarts"] == 1 and status["world_sizes"] == [2, 1] and status["state"] == "finished"
@@ -568,7 +573,7 @@ def test_a_crashed_rank_on_a_live_node_restarts_on_the_same_nodes(cluster, data,
     info = wait_for(job_id, timeout=400)
     log = (run_dir / f"slurm-{job_id}.out").read_text()
     assert info["JobState"] == "COMPLETED", log[-4000:]
-    assert re.search(r"restart 1 of 3: a rank was lost, its node is still up; world size 2 -> 2 on \S+; resuming from "
+    assert re.search(r"restart 1 of 3: a rank was lost, its node is still up; 2 -> 2 process\(es\) on \S+; resuming from "
                      r"step \d+", log), log[-4000:]
     assert "finished at step 48" in log
     status = json.loads(_launch("status", run_dir, "--json").stdout)[0]
