@@ -23,7 +23,7 @@ from facealign.models import get_model_spec, list_models  # noqa: E402
 from facealign.cli.kernel_check import MODES, Case, sweep  # noqa: E402
 from facealign.models.specs import width_problem  # noqa: E402
 
-BLOCK_MODELS = ["hg2-d3-cab", "hg2-d3-hpm", "hg2-d3-inception", "hg2-d4-resnet", "sat2-d3-cab"]
+BLOCK_MODELS = ["hg2-d3-cab", "hg2-d3-hpm", "hg2-d3-inception", "hg2-d4-resnet", "sat2-d3-cab", "hg2-d3-mobile"]
 
 
 def main(argv=None) -> int:

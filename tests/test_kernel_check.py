@@ -13,7 +13,7 @@ from facealign.models import layers
 from facealign.cli.kernel_check import Case, sweep
 from facealign.models.specs import get_model_spec, width_problem
 
-BLOCK_MODELS = ["hg2-d3-cab", "hg2-d3-hpm", "hg2-d3-inception", "hg2-d4-resnet", "sat2-d3-cab"]
+BLOCK_MODELS = ["hg2-d3-cab", "hg2-d3-hpm", "hg2-d3-inception", "hg2-d4-resnet", "sat2-d3-cab", "hg2-d3-mobile"]
 WIDTHS = range(16, 257, 8)
 
 
@@ -30,7 +30,7 @@ def _failures(outcomes):
 @pytest.mark.parametrize("mode", ["float32", "bfloat16"])
 def test_every_accepted_width_trains(mode):
     cases = [Case(m, w, mode) for m in BLOCK_MODELS for w in WIDTHS if _buildable(m, w)]
-    assert len(cases) == 131  # CAB and SAT models build only multiples of 16 above 64
+    assert len(cases) == 131 + 31  # CAB and SAT models build only multiples of 16 above 64; mobile every width
     outcomes = sweep(cases)
     assert len(outcomes) == len(cases)
     assert not _failures(outcomes)

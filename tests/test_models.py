@@ -50,7 +50,7 @@ def _blocks(net, cls):
 def test_zoo_lists_the_named_models():
     assert set(ALL_MODELS) == {"hg2-d4-resnet", "hg2-d3-hpm", "hg2-d4-cab", "sat2-d3-cab", "hg2-d3-cab",
                                "hg2-d3-inception", "hg2-d3-cab-3d", "sat2-d3-cab-3d", "hg2-d3-cab-3dz",
-                               "sat2-d3-cab-3dz"}
+                               "sat2-d3-cab-3dz", "hg1-d3-mobile", "hg2-d3-mobile"}
     assert get_model_spec("hg2-d3-cab-3d").landmark_dims == 3 and not get_model_spec("hg2-d3-cab-3d").predict_z
     assert get_model_spec("hg2-d3-cab").landmark_dims == 2
     assert get_model_spec("sat2-d3-cab-3dz").predict_z and get_model_spec("sat2-d3-cab-3dz").output_channels == 136
@@ -79,13 +79,44 @@ def test_deformable_variant_matches_the_unreleased_dcn_model():
 
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_model_builds_with_reference_output_shapes(name):
+    spec = get_model_spec(name)
     net = initialize(get_model(name))
     with autograd.train_mode():
-        out = net(_pixels(2))
-    assert isinstance(out, list) and len(out) == 2
+        out = net(_pixels(2, size=spec.input_size))
+    assert isinstance(out, list) and len(out) == spec.num_stacks
     for heatmap in out:  # the -3dz models: 68 depth maps after the 68 heatmaps
-        assert heatmap.shape == (2, get_model_spec(name).output_channels, 64, 64)
+        assert heatmap.shape == (2, spec.output_channels, spec.heatmap_size, spec.heatmap_size)
         assert np.isfinite(heatmap.asnumpy()).all()
+
+
+def test_the_mobile_block_is_an_inverted_residual_with_its_multiply_adds():
+    """Shapes, gradients, the projection shortcut where channels change, and its cost against a hand count:
+    expand C -> 2C, depthwise 3 x 3 over 2C, project 2C -> C per pixel, plus a 1 x 1 C_in -> C shortcut."""
+    from facealign.models.blocks import InvertedResidual, make_block
+    from facealign.models.cost import multiply_adds
+
+    for c_in, c, size in ((24, 24, 16), (16, 40, 8)):
+        block = make_block("mobile", c_in, c, "b")
+        assert isinstance(block, InvertedResidual) and (block.shortcut is None) == (c_in == c)
+        block.initialize(mx.init.Xavier())
+        x = mx.nd.random.uniform(-1, 1, (2, c_in, size, size))
+        x.attach_grad()
+        with autograd.record():
+            y = block(x)
+            loss = (y ** 2).mean()
+        loss.backward()
+        assert y.shape == (2, c, size, size) and np.abs(x.grad.asnumpy()).sum() > 0
+        assert all(np.abs(p.grad().asnumpy()).sum() > 0 for p in block.collect_params().values() if p.grad_req != "null")
+        per_pixel = c_in * 2 * c + 2 * c * 9 + 2 * c * c + (c_in * c if c_in != c else 0)
+        assert multiply_adds(block, size) == size * size * per_pixel
+
+
+def test_the_cost_of_the_reference_model_and_the_light_ones():
+    from facealign.models.cost import gflops
+
+    assert gflops(get_model("hg2-d3-cab"), 128) == pytest.approx(26.68, abs=0.01)  # 13.3 G multiply-adds
+    light = get_model("hg1-d3-mobile")
+    assert gflops(light, light.spec.input_size) < 0.25 and count_parameters(light)["trainable"] < 300_000
 
 
 @pytest.mark.parametrize("name", ALL_MODELS)

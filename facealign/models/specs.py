@@ -13,9 +13,9 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-BLOCK_TYPES = ("resnet", "hpm", "inception", "cab")
-# Smallest channel divisor each block needs (C/2, C/4, 3C/8, C/8 must be whole).
-CHANNEL_MULTIPLE = {"resnet": 2, "hpm": 4, "inception": 8, "cab": 8}
+BLOCK_TYPES = ("resnet", "hpm", "inception", "cab", "mobile")
+# Smallest channel divisor each block needs (C/2, C/4, 3C/8, C/8 must be whole; mobile's 2C always is).
+CHANNEL_MULTIPLE = {"resnet": 2, "hpm": 4, "inception": 8, "cab": 8, "mobile": 1}
 # "inception" and "cab" exist only for in == out channels; a block that changes them is this kind instead
 BLOCK_FALLBACK = {"inception": "resnet", "cab": "hpm"}
 STEM_STRICT = {"cab"}
@@ -78,7 +78,7 @@ class ModelSpec:
     topology: str = "hourglass"  # "hourglass" or "sat"
     num_stacks: int = 2
     depth: int = 3  # down-sampling steps inside each hourglass / SAT module
-    block: str = "cab"  # resnet | hpm | inception | cab (SAT modules always use CAB inside)
+    block: str = "cab"  # resnet | hpm | inception | cab | mobile (SAT modules always use CAB inside)
     width: int = 256  # channels of the stacks; the stem uses width/4 and width/2 (at least 32)
     num_landmarks: int = 68
     input_size: int = 128
@@ -158,6 +158,9 @@ MODELS: dict[str, ModelSpec] = {
     # 3D with depth: the same networks with K depth maps per stack (not in the reference)
     "hg2-d3-cab-3dz": _hourglass(depth=3, block="cab", landmark_dims=3, predict_z=True),
     "sat2-d3-cab-3dz": _sat(depth=3, block="cab", landmark_dims=3, predict_z=True),
+    # light models for CPUs (not in the reference): inverted-residual blocks, narrow, at a smaller input
+    "hg1-d3-mobile": _hourglass(num_stacks=1, depth=3, block="mobile", width=64, input_size=64, heatmap_size=32),
+    "hg2-d3-mobile": _hourglass(num_stacks=2, depth=3, block="mobile", width=96, input_size=96, heatmap_size=48),
 }
 
 

@@ -105,7 +105,7 @@ class ModelSection:
     num_stacks: typing.Optional[int] = _f(None, "override the model's stacks", ge=1)
     depth: typing.Optional[int] = _f(None, "override the down-sampling steps", ge=1)
     width: typing.Optional[int] = _f(None, "override the stack channels", ge=8)
-    block: typing.Optional[str] = _f(None, "override the block type: resnet, hpm, inception, cab")
+    block: typing.Optional[str] = _f(None, "override the block type: resnet, hpm, inception, cab, mobile")
     dcn: typing.Optional[int] = _f(None, "deformable convolutions: 0, 1, 2, 3", ge=0, le=3)
     predict_z: typing.Optional[bool] = _f(
         None, "3D models: also predict each landmark's depth z (K depth maps beside the heatmaps; the -3dz zoo "
