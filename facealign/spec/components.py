@@ -185,7 +185,37 @@ def check(spec: JobSpec, source: str) -> JobSpec:
     except ModelSpecError as e:
         field, message = e.problems[0]
         raise SpecError(f"{source}: {_MODEL_KEYS.get(field, 'model')}: {message} (model {spec.model.name})") from None
+    if spec.loss.distill.teacher:
+        problem = teacher_problem(spec)
+        if problem:
+            raise SpecError(f"{source}: loss.distill.teacher: {problem}")
     return spec
+
+
+def teacher_problem(spec: JobSpec) -> str | None:
+    """Why ``loss.distill.teacher`` cannot teach this job's model (None: it can): not a model, an ONNX file or a
+    reduced-precision export (the trainer runs the teacher as an MXNet network of float32 parameters), or a
+    model whose heatmaps mean something else (landmark scheme, input size, heatmap size, crop framing)."""
+    from facealign.runs.artifact import ArtifactError, resolve
+
+    path = spec.loss.distill.teacher
+    try:
+        source = resolve(path)
+    except ArtifactError as e:
+        return str(e)
+    if source.kind == "onnx":
+        return f"{path}: an ONNX file cannot run inside training; give its export package's directory"
+    if source.info.precision != "float32":
+        return f"{path}: a {source.info.precision} export; give a run, a checkpoint or a float32 export"
+    teacher, student = source.info, model_info(spec)
+    for what, theirs, ours in (("landmark scheme", teacher.scheme, student.scheme),
+                               ("input size", teacher.input_size, student.input_size),
+                               ("heatmap size", teacher.heatmap_size, student.heatmap_size),
+                               ("crop framing", round(teacher.crop_framing, 6), round(student.crop_framing, 6))):
+        if theirs != ours:
+            return (f"{path} ({teacher.name}) has {what} {theirs}, this job's model has {ours}: its heatmaps are "
+                    f"no targets for this model")
+    return None
 
 
 def load(path, overrides=(), *, check_files: bool = False) -> JobSpec:

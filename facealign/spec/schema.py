@@ -116,6 +116,17 @@ class ModelSection:
 
 
 @dataclass(frozen=True)
+class DistillSpec:
+    teacher: typing.Optional[str] = _f(
+        None, "a trained model whose outputs are soft targets beside the ground truth (Fast Pose Distillation): a run "
+              "directory (its best checkpoint), a checkpoint or a float32 export package; its landmark scheme, input "
+              "size, heatmap size and crop framing must be this job's. null: no distillation")
+    weight: float = _f(1.0, "weight of the teacher term (the mean squared error to the teacher's last stack: its "
+                            "heatmaps, and its depth maps where both models predict z) added to each stack's loss",
+                       ge=0)
+
+
+@dataclass(frozen=True)
 class LossSpec:
     kind: str = _f("mse", "per-stack heatmap loss: mse (the reference's), awing (Adaptive Wing with its weighted "
                           "loss map) or star (the STAR loss on top of a heatmap term); see facealign/train/losses.py",
@@ -134,6 +145,7 @@ class LossSpec:
     z_weight: float = _f(1.0, "models that predict z: weight of the L1 depth error (divided by the face box's size) "
                               "added to each stack's heatmap loss; it trains the depth branches only (under "
                               "SGD a learning-rate factor for them; Adam-family optimizers all but ignore it)", ge=0)
+    distill: DistillSpec = _f(DistillSpec(), "knowledge distillation from a teacher model (loss.distill.teacher)")
 
 
 @dataclass(frozen=True)

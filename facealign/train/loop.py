@@ -192,9 +192,10 @@ def forward_backward(run: Run, state: TrainState, batch, window: ProgressWindow)
     data = mx.nd.array(batch.images, ctx=run.ctx, dtype="float32")
     target = mx.nd.array(batch.heatmaps, ctx=run.ctx)
     depth = depth_targets(batch, run.ctx) if run.model_spec.predict_z else None
+    soft = run.teacher(data)[-1] if run.teacher is not None else None  # inference mode, outside the record
     with autograd.record():
         loss, stack_losses = stacked_loss(run.net(data), target, settings=run.loss_settings,
-                                          stack_weights=run.spec.loss.stack_weights, depth=depth)
+                                          stack_weights=run.spec.loss.stack_weights, depth=depth, soft=soft)
         if run.scaler is not None:
             loss = loss * run.scaler.value
     autograd.backward(loss)

@@ -49,12 +49,14 @@ class LossSettings:
     heatmap_size: int = 64  # the heatmaps' side (star builds its coordinate grid from it)
     z_weight: float = 1.0  # of the depth term, for models that predict z
     input_size: int = 128  # depth maps are in units of the input's side
+    distill_weight: float = 0.0  # of the teacher term (loss.distill.weight), where a teacher gives soft targets
 
 
 def settings_for(spec: JobSpec) -> LossSettings:
     """``loss.*``, the targets' peak and the heatmap side of a job spec."""
-    fields = {f.name for f in dataclasses.fields(LossSettings)} - {"peak", "heatmap_size", "input_size"}
+    fields = {f.name for f in dataclasses.fields(LossSettings)} - {"peak", "heatmap_size", "input_size", "distill_weight"}
     return LossSettings(peak=spec.data.peak, heatmap_size=spec.data.heatmap_size, input_size=spec.data.input_size,
+                        distill_weight=spec.loss.distill.weight if spec.loss.distill.teacher else 0.0,
                         **{name: getattr(spec.loss, name) for name in fields})
 
 
@@ -208,11 +210,22 @@ def _float32(x):
     return x if dtype is None or dtype == np.float32 else x.astype("float32")
 
 
+def distill_loss(F, pred, soft):
+    """The teacher term of Fast Pose Distillation (Zhang et al., CVPR 2019): the mean squared error between a
+    stack's output and the teacher's last stack, on the channels the teacher has (a student that predicts z
+    learns its depth maps from the ground truth alone where the teacher has none)."""
+    channels = soft.shape[1]
+    if pred.shape[1] != channels:
+        pred = F.slice_axis(pred, axis=1, begin=0, end=channels)
+    return mse(F, pred, soft)
+
+
 def stacked_loss(outputs, target, *, kind: str = "mse", stack_weights=None, settings: LossSettings | None = None,
-                 F=None, depth=None):
+                 F=None, depth=None, soft=None):
     """(total, [loss of each stack]): the stacks' losses against the same target, weighted and summed
     (intermediate supervision; equal weights of 1 are the reference's). ``depth``: (z (B, K) in input
-    pixels, box size (B,)) for a model that predicts z, whose outputs hold K heatmaps then K depth maps."""
+    pixels, box size (B,)) for a model that predicts z, whose outputs hold K heatmaps then K depth maps.
+    ``soft``: a teacher's last-stack output, whose ``distill_loss`` each stack adds with ``distill_weight``."""
     settings = settings or LossSettings(kind=kind)
     if settings.kind not in LOSSES:
         raise ValueError(f"loss kind must be one of {LOSSES}, got {settings.kind!r}")
@@ -226,4 +239,8 @@ def stacked_loss(outputs, target, *, kind: str = "mse", stack_weights=None, sett
         heatmaps, depth_maps = F.split(o, num_outputs=2, axis=1)
         per_stack.append(stack_loss(F, heatmaps, target, settings)
                          + settings.z_weight * depth_loss(F, heatmaps, depth_maps, *depth, settings.input_size))
+    if soft is not None:
+        soft = _float32(soft)
+        per_stack = [loss + settings.distill_weight * distill_loss(F, o, soft)
+                     for loss, o in zip(per_stack, map(_float32, outputs))]
     return sum(w * loss for w, loss in zip(weights, per_stack)), per_stack

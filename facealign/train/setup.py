@@ -21,7 +21,7 @@ from facealign.data.loader import TrainLoader
 from facealign.models import ModelSpec, build_model, initialize
 from facealign.platform import cpu_isa, gpu_probe
 from facealign.platform.gpu_probe import GPUProbeFailed
-from facealign.runs.artifact import ModelInfo, load_pretrained
+from facealign.runs.artifact import ArtifactError, ModelInfo, load_pretrained, resolve
 from facealign.runs.checkpoint import CheckpointManager
 from facealign.runs.layout import CHECKPOINTS_DIR, JOB_FILE, TB_DIR
 from facealign.runs.lock import RunLock, RunLocked
@@ -66,6 +66,7 @@ class Run:
     steps_per_epoch: int
     last_step: int
     trainable: list[mx.gluon.Parameter]
+    teacher: mx.gluon.HybridBlock | None = None  # loss.distill's, in inference mode: soft targets
     writer: SummaryWriter | None = None  # TensorBoard (rank 0, opened after the resume)
     progress: dict = field(default_factory=dict)
 
@@ -119,6 +120,26 @@ def probe_gpus(ctx, world: dist.World, log: Log) -> None:
         raise GPUProbeFailed(failures[0])
 
 
+def load_teacher(spec: JobSpec, ctx, log: Log) -> mx.gluon.HybridBlock | None:
+    """``loss.distill.teacher`` as a frozen, hybridised network on this rank's device (every rank runs its own:
+    no collective, and nothing of it in the checkpoints), or None. Built after AMP patched the operators, so
+    it computes in bfloat16 where the student does. Every one of its parameters must load."""
+    if not spec.loss.distill.teacher:
+        return None
+    source = resolve(spec.loss.distill.teacher)
+    net = build_model(source.info.model_spec())
+    net.initialize(mx.init.Zero(), ctx=ctx)  # draws nothing from MXNet's generator: every value is loaded below
+    report = load_pretrained(net, spec.loss.distill.teacher, ctx)
+    if report["kept"]:
+        raise ArtifactError(f"{spec.loss.distill.teacher}: {len(report['kept'])} of the teacher's parameters are "
+                            f"not in it, e.g. {report['kept'][0]}")
+    for p in net.collect_params().values():
+        p.grad_req = "null"
+    net.hybridize(static_alloc=True)
+    log(f"distilling from {source.label()} ({source.info.name}), weight {spec.loss.distill.weight:g}")
+    return net
+
+
 def build(spec: JobSpec, run_dir: Path, world: dist.World, nominal_shares: Shares, heartbeat: Heartbeat, log: Log,
           closing) -> Run:
     """The GPU probe, the loader, the network and its trainer, the nominal world, the checkpoints and the
@@ -157,6 +178,7 @@ def build(spec: JobSpec, run_dir: Path, world: dist.World, nominal_shares: Share
     net.hybridize(static_alloc=True)  # static_shape as well would double the memory for ~10% speed
     trainable = [p for p in net.collect_params().values() if p.grad_req != "null"]
     nominal = NominalWorld(nominal_shares, trainable, dist.RunningStats(net, world, nominal_shares.ranks))
+    teacher = load_teacher(spec, ctx, log)
     ckpt = CheckpointManager(run_dir / CHECKPOINTS_DIR, writer=world.is_primary, keep_last=spec.checkpoint.keep_last,
                              keep_best=spec.checkpoint.keep_best, metric=spec.metric_name(), mode=spec.checkpoint.mode,
                              log=log)
@@ -168,4 +190,4 @@ def build(spec: JobSpec, run_dir: Path, world: dist.World, nominal_shares: Share
                scaler=loss_scaling.for_spec(spec), ckpt=ckpt, validator=Validator(validation, info, world, ctx),
                codec=codec, loss_settings=losses.settings_for(spec), model_spec=model_spec, info=info,
                validation=validation, steps_per_epoch=steps_per_epoch, last_step=total_steps(spec, steps_per_epoch),
-               trainable=trainable)
+               trainable=trainable, teacher=teacher)
