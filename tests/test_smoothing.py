@@ -123,3 +123,20 @@ def test_the_tracker_frames_the_next_faces_from_the_last_and_detects_every_n_fra
     assert tracker.boxes(4)[0, 0] > 300
     tracker.update(0.12, np.zeros((0, 25, 2)))
     assert tracker.boxes(5) is None  # the face was lost: detect
+
+
+def test_a_face_that_fades_or_leaves_the_frame_is_lost_and_detected_again():
+    from facealign.serve.smoothing import make_filter
+    from facealign.serve.tracking import FaceTracker
+
+    face = np.stack(np.meshgrid(np.arange(5.0), np.arange(5.0)), -1).reshape(-1, 2) * 10 + 100
+    tracker = FaceTracker(lambda: make_filter("off"), detect_every=100, min_score=2.0)
+    confident, faint = np.full((1, 25), 15.0), np.full((1, 25), 1.0)
+    tracker.update(0.0, face[None].copy(), confident, (640, 480))
+    assert tracker.boxes(1) is not None  # tracked: no detector
+    tracker.update(0.04, face[None].copy(), faint, (640, 480))
+    assert tracker.boxes(2) is None  # its score fell below 2: the detector runs
+    tracker.update(0.08, face[None].copy(), confident, (640, 480))
+    assert tracker.boxes(3) is not None
+    tracker.update(0.12, face[None] + 600.0, confident, (640, 480))  # its centre at x 620, y 620: out of the frame
+    assert tracker.boxes(4) is None

@@ -14,7 +14,8 @@ landmarks x, y in image pixels, per-landmark scores; for a model that predicts z
 the head pose: yaw, pitch, roll in degrees) and, unless --no-draw, the annotated images (the head's axes
 drawn from the nose tip for a model that predicts z); per video ``<name>.json`` (per frame) and ``<name>_landmarks.avi``.
 In videos the detector runs every --detect-every frames and the faces are
-tracked from their landmarks in between. --smooth steadies each face's landmarks over
+tracked from their landmarks in between; a face whose landmark scores fall below --track-min-score, or
+that leaves the frame, is lost and the detector runs on the next frame. --smooth steadies each face's landmarks over
 the frames: one-euro (the default; the One Euro filter, facealign.serve.smoothing: --min-cutoff
 Hz at rest, --beta for how fast it follows motion), ema A (A the weight of the previous
 frame) or off. Each face's filter starts afresh when its track is lost. Detections
@@ -69,6 +70,9 @@ def parse_args(argv=None):
     p.add_argument("--min-box-score", type=float, default=0.0,
                    help="drop detections scoring below this (dlib's HOG score; default 0)")
     p.add_argument("--detect-every", type=int, default=5, help="video: run the detector every N frames")
+    p.add_argument("--track-min-score", type=float, default=2.0,
+                   help="video: a face whose mean landmark score (heatmap peak; about 20 when confident) falls below "
+                        "this is lost and the detector runs on the next frame (default 2)")
     p.add_argument("--no-draw", action="store_true", help="write JSON only")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--strict", action="store_true", help="exit 1 when any image could not be read")
@@ -172,7 +176,7 @@ def run_video(predictor, path: Path, args, boxes, out: Path) -> dict:
     fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
     total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
     writer, frames, index, last_t = None, [], 0, -1.0
-    tracker = FaceTracker(smoothing_of(args), args.detect_every)
+    tracker = FaceTracker(smoothing_of(args), args.detect_every, args.track_min_score)
     start = time.perf_counter()
     from tqdm import tqdm
 
@@ -189,7 +193,7 @@ def run_video(predictor, path: Path, args, boxes, out: Path) -> dict:
         stamp = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
         t = stamp if stamp > last_t else (last_t + 1.0 / fps if last_t > -1 else 0.0)
         last_t = t
-        tracker.update(t, pred.landmarks)
+        tracker.update(t, pred.landmarks, pred.scores, (frame.shape[1], frame.shape[0]))
         frames.append({"frame": index, "faces": pred.to_json()})
         if not args.no_draw:
             if writer is None:

@@ -24,11 +24,15 @@ def match_previous(current, previous):
 
 class FaceTracker:
     """``boxes(index)``: the faces' boxes for frame ``index`` from the last frame's landmarks, or None where the
-    detector must run (every ``detect_every`` frames, or no face tracked); ``update(t, landmarks)`` smooths a
-    frame's landmarks in place, each face with the filter of the track it continues (a new one starts afresh)."""
+    detector must run (every ``detect_every`` frames, or no face tracked); ``update(t, landmarks, ...)`` smooths a
+    frame's landmarks in place, each face with the filter of the track it continues (a new one starts afresh).
 
-    def __init__(self, new_filter, detect_every: int = 1):
-        self.new_filter, self.detect_every = new_filter, max(int(detect_every), 1)
+    A track is lost, and the detector runs on the next frame, when its face's mean landmark score (the heatmap
+    peaks: about the targets' peak, 20, when confident) falls below ``min_score``, or its landmarks' centre leaves
+    the frame."""
+
+    def __init__(self, new_filter, detect_every: int = 1, min_score: float = 0.0):
+        self.new_filter, self.detect_every, self.min_score = new_filter, max(int(detect_every), 1), min_score
         self.previous, self.filters = None, []
 
     def boxes(self, index: int):
@@ -36,10 +40,24 @@ class FaceTracker:
             return None
         return np.array([landmark_box(p) for p in self.previous])
 
-    def update(self, t: float, landmarks: np.ndarray) -> np.ndarray:
+    def update(self, t: float, landmarks: np.ndarray, scores: np.ndarray | None = None,
+               frame_size: tuple[int, int] | None = None) -> np.ndarray:
+        """Smooth ``landmarks`` (F, K, D) in place and keep the faces still tracked; ``scores`` (F, K) and
+        ``frame_size`` (width, height) decide which are lost."""
         matches = match_previous(landmarks, self.previous)
         self.filters = [self.filters[j] if j is not None else self.new_filter() for j in matches]
         for i, f in enumerate(self.filters):
             landmarks[i] = f(t, landmarks[i])
-        self.previous = landmarks.copy()
+        kept = [i for i in range(len(landmarks)) if self.holds(landmarks[i], None if scores is None else scores[i],
+                                                                 frame_size)]
+        self.previous, self.filters = landmarks[kept].copy(), [self.filters[i] for i in kept]
         return landmarks
+
+    def holds(self, points: np.ndarray, scores: np.ndarray | None, frame_size) -> bool:
+        """Whether a face stays tracked: confident enough, and its landmarks' centre inside the frame."""
+        if scores is not None and len(scores) and float(np.mean(scores)) < self.min_score:
+            return False
+        if frame_size is not None:
+            cx, cy = points[:, :2].mean(0)
+            return 0 <= cx < frame_size[0] and 0 <= cy < frame_size[1]
+        return True
