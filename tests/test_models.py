@@ -108,7 +108,7 @@ def test_the_mobile_block_is_an_inverted_residual_with_its_multiply_adds():
         assert y.shape == (2, c, size, size) and np.abs(x.grad.asnumpy()).sum() > 0
         assert all(np.abs(p.grad().asnumpy()).sum() > 0 for p in block.collect_params().values() if p.grad_req != "null")
         per_pixel = c_in * 2 * c + 2 * c * 9 + 2 * c * c + (c_in * c if c_in != c else 0)
-        assert multiply_adds(block, size) == size * size * per_pixel
+        assert multiply_adds(block, size, channels=c_in) == size * size * per_pixel
 
 
 def test_the_cost_of_the_reference_model_and_the_light_ones():

@@ -16,13 +16,14 @@ import numpy as np
 COUNTED = ("Convolution", "_contrib_DeformableConvolution", "Deconvolution", "FullyConnected")
 
 
-def multiply_adds(net, input_size: int) -> int:
-    """Multiply-adds of one forward pass of ``net`` (any Gluon HybridBlock) on one ``input_size`` square image."""
+def multiply_adds(net, input_size: int, channels: int = 3) -> int:
+    """Multiply-adds of one forward pass of ``net`` (any Gluon HybridBlock) on one ``input_size`` square input
+    of ``channels`` (an RGB image; a block's input width for one block)."""
     data = mx.sym.var("data")
     out = net(data)
     graph = mx.sym.Group(list(out)) if isinstance(out, (list, tuple)) else out
     internals = graph.get_internals()
-    arg_shapes, out_shapes, aux_shapes = internals.infer_shape(data=(1, 3, input_size, input_size))
+    arg_shapes, out_shapes, aux_shapes = internals.infer_shape(data=(1, channels, input_size, input_size))
     shapes = {**dict(zip(internals.list_outputs(), out_shapes)), **dict(zip(internals.list_arguments(), arg_shapes)),
               **dict(zip(internals.list_auxiliary_states(), aux_shapes))}
     nodes = json.loads(graph.tojson())["nodes"]
