@@ -396,3 +396,18 @@ assert fed == ["UpSampling"], fed
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "bfloat16" in proc.stdout  # the network really computed in bfloat16
+
+
+def test_facealign_models_lists_parameters_and_gflops_of_every_model():
+    import json
+
+    from conftest import run_cli
+
+    proc = run_cli("facealign-models", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["model"]: r for r in json.loads(proc.stdout)}
+    assert set(rows) == set(ALL_MODELS)
+    assert rows["hg2-d3-cab"]["gflops"] == pytest.approx(26.68, abs=0.01) and rows["hg2-d3-cab"]["input_size"] == 128
+    assert rows["hg1-d3-mobile"]["input_size"] == 64 and rows["hg1-d3-mobile"]["gflops"] < 0.25
+    table = run_cli("facealign-models").stdout
+    assert "GFLOPs" in table.splitlines()[0] and "hg1-d3-mobile" in table
