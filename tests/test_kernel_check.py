@@ -29,8 +29,11 @@ def _failures(outcomes):
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["float32", "bfloat16"])
 def test_every_accepted_width_trains(mode):
-    cases = [Case(m, w, mode) for m in BLOCK_MODELS for w in WIDTHS if _buildable(m, w)]
-    assert len(cases) == 131 + 31  # CAB and SAT models build only multiples of 16 above 64; mobile every width
+    # mobile builds at every width and has no concatenation, the layouts oneDNN stumbles on: every 16th here,
+    # every width in bench/widths.py
+    cases = [Case(m, w, mode) for m in BLOCK_MODELS for w in (WIDTHS if m != "hg2-d3-mobile" else range(16, 257, 16))
+             if _buildable(m, w)]
+    assert len(cases) == 131 + 16  # CAB and SAT models build only multiples of 16 above 64
     outcomes = sweep(cases)
     assert len(outcomes) == len(cases)
     assert not _failures(outcomes)

@@ -136,7 +136,7 @@ def load_teacher(spec: JobSpec, ctx, log: Log) -> mx.gluon.HybridBlock | None:
     for p in net.collect_params().values():
         p.grad_req = "null"
     net.hybridize(static_alloc=True)
-    log(f"distilling from {source.label()} ({source.info.name}), weight {spec.loss.distill.weight:g}")
+    log(f"distilling from {source.label} ({source.info.name}), weight {spec.loss.distill.weight:g}")
     return net
 
 
