@@ -82,7 +82,7 @@ def _assert_same(a, b):
 def test_two_ranks_train_identically_and_only_rank_0_writes(tiny_job, tmp_path):
     run_dir, probe = tmp_path / "run", tmp_path / "probe"
     proc = _run(tiny_job, run_dir, probe, "schedule.max_steps=10")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-3000:] + _said(proc)
     r0, r1 = _report(probe, 0), _report(probe, 1)
     assert r0["exit"] == r1["exit"] == 0
     assert r1["writes"] == [], r1["writes"]  # every rank reads; only rank 0 writes
@@ -129,18 +129,28 @@ def test_a_rank_count_that_does_not_divide_the_nominal_world_is_refused(tiny_job
     assert "2 rank(s) were started, but the job's nominal world is 1 node(s) x 3 task(s) = 3 rank(s)" in proc.stderr
 
 
+def _said(proc, chars: int = 2000) -> str:
+    """The end of what each rank printed (horovodrun prefixes its lines with [r]<stderr>:), for assertion messages:
+    a rank that died first is seen beside the one whose error it caused."""
+    by_source = {}
+    for line in proc.stderr.splitlines():
+        found = re.match(r"\[(\d+)\]<std(?:err|out)>:", line)
+        by_source.setdefault(f"rank {found.group(1)}" if found else "horovodrun", []).append(line)
+    return "\n".join(f"--- {source}:\n" + "\n".join(lines)[-chars:] for source, lines in by_source.items())
+
+
 @pytest.mark.parametrize("amp", ["off", "bfloat16"])
 def test_exact_resume_is_bitwise(tiny_job, tmp_path, amp):
     sets = [f"optim.amp={amp}"]
     straight = _run(tiny_job, tmp_path / "a", tmp_path / "pa", "schedule.max_steps=12", *sets)
-    assert straight.returncode == 0, straight.stderr[-3000:]
+    assert straight.returncode == 0, _said(straight)
     first = _run(tiny_job, tmp_path / "b", tmp_path / "pb1", "schedule.max_steps=5", *sets)
-    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.returncode == 0, _said(first)
     second = _run(tiny_job, tmp_path / "b", tmp_path / "pb2", "schedule.max_steps=12", *sets)
-    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.returncode == 0, _said(second)
     if amp == "bfloat16":  # bfloat16's loss curve is float32's, within bfloat16's precision
         fp32 = _run(tiny_job, tmp_path / "f", tmp_path / "pf", "schedule.max_steps=12")
-        assert fp32.returncode == 0, fp32.stderr[-3000:]
+        assert fp32.returncode == 0, _said(fp32)
         curve = [v for _, v in scalars(tmp_path / "a" / "tb")["train/loss"]]
         reference = [v for _, v in scalars(tmp_path / "f" / "tb")["train/loss"]]
         assert len(curve) == len(reference) == 12 and curve != reference
@@ -177,7 +187,7 @@ def test_a_signal_stops_every_rank_at_a_checkpoint_and_the_run_resumes(tiny_job,
     assert ckpt.latest_valid().name == f"ckpt-{stopped:09d}"  # checkpointed at the stop: nothing lost
 
     resumed = _run(tiny_job, run_dir, tmp_path / "p2", f"schedule.max_steps={stopped + 2}")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.returncode == 0, _said(resumed)
     log = (run_dir / "log.txt").read_text()
     assert f"resumed from {run_dir / 'checkpoints' / f'ckpt-{stopped:09d}'}: step {stopped}" in log
     assert f"step {stopped + 2}/{stopped + 2}" in log
@@ -225,7 +235,7 @@ def test_single_process_with_bfloat16_amp_and_gradient_accumulation(tiny_job, tm
                            "--set", "resources.tasks_per_node=1", "--set", "optim.amp=bfloat16",
                            "--set", "optim.grad_accumulation=2", "--set", "schedule.max_steps=3"],
                           capture_output=True, text=True, timeout=300, env={**os.environ, **ENV})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, _said(proc)
     log = (run_dir / "log.txt").read_text()
     assert "batch 4 x 1 rank(s) x 2" in log and "step 3/3" in log and "finished at step 3" in log
     losses = [v for _, v in scalars(run_dir / "tb")["train/loss"]]
@@ -285,7 +295,7 @@ def test_an_overflow_on_one_rank_skips_that_update_on_every_rank(tiny_job, tmp_p
     run_dir = tmp_path / "run"
     proc = _run_env(tiny_job, run_dir, tmp_path / "p", {"FACEALIGN_PROBE_INF_GRAD": f"1:{call}"}, *sets,
                     "schedule.max_steps=3")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-3000:] + _said(proc)
     assert "+inf gradient after backward call" in proc.stderr
     final0, final1 = _params(tmp_path / "p" / "rank0.params"), _params(tmp_path / "p" / "rank1.params")
     _assert_same(_trainable(final0), _trainable(final1))
@@ -298,9 +308,9 @@ def test_an_overflow_on_one_rank_skips_that_update_on_every_rank(tiny_job, tmp_p
     assert [v for _, v in scalars(run_dir / "tb")["train/loss_scale"]] == [65536.0, 65536.0, 32768.0]
 
     clean = _run(tiny_job, tmp_path / "clean", tmp_path / "pc", *sets, "schedule.max_steps=2")
-    assert clean.returncode == 0, clean.stderr[-3000:]
+    assert clean.returncode == 0, _said(clean)
     _assert_same(_trainable(final0), _trainable(_params(tmp_path / "pc" / "rank0.params")))
 
     resumed = _run(tiny_job, run_dir, tmp_path / "p2", *sets, "schedule.max_steps=5")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.returncode == 0, _said(resumed)
     assert _state(run_dir)["loss_scale"] == {"value": 32768.0, "clean": 2, "skipped": 1}
