@@ -308,16 +308,18 @@ def pretrained_params_file(path) -> Path:
     """The .params file ``model.pretrained`` names: the file itself, or that of a run's best checkpoint,
     a checkpoint, an export package or a reference release."""
     path = Path(path)
-    if path.is_file():
-        return path
-    source = resolve(path)
+    return path if path.is_file() else params_file(resolve(path))
+
+
+def params_file(source: ModelSource) -> Path:
+    """The .params file of a resolved model (a checkpoint's model.params, an export's, a release's)."""
     if source.kind in ("run", "checkpoint"):
         return checkpoint_format.model_file(source.location)
     if source.kind == "export":
         return source.location / PARAMS_FILE
     if source.kind == "reference":
         return source.location
-    raise ArtifactError(f"{path}: an ONNX model cannot initialise a network")
+    raise ArtifactError(f"{source.path}: an ONNX model cannot initialise a network")
 
 
 def load_pretrained(net, path, ctx) -> dict:

@@ -21,7 +21,7 @@ from facealign.data.loader import TrainLoader
 from facealign.models import ModelSpec, build_model, initialize
 from facealign.platform import cpu_isa, gpu_probe
 from facealign.platform.gpu_probe import GPUProbeFailed
-from facealign.runs.artifact import ArtifactError, ModelInfo, load_pretrained, resolve
+from facealign.runs.artifact import ArtifactError, ModelInfo, load_pretrained, params_file, resolve
 from facealign.runs.checkpoint import CheckpointManager
 from facealign.runs.layout import CHECKPOINTS_DIR, JOB_FILE, TB_DIR
 from facealign.runs.lock import RunLock, RunLocked
@@ -129,7 +129,7 @@ def load_teacher(spec: JobSpec, ctx, log: Log) -> mx.gluon.HybridBlock | None:
     source = resolve(spec.loss.distill.teacher)
     net = build_model(source.info.model_spec())
     net.initialize(mx.init.Zero(), ctx=ctx)  # draws nothing from MXNet's generator: every value is loaded below
-    report = load_pretrained(net, spec.loss.distill.teacher, ctx)
+    report = load_pretrained(net, params_file(source), ctx)  # resolved (and verified) once, above
     if report["kept"]:
         raise ArtifactError(f"{spec.loss.distill.teacher}: {len(report['kept'])} of the teacher's parameters are "
                             f"not in it, e.g. {report['kept'][0]}")
