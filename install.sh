@@ -125,12 +125,17 @@ pip install -q --upgrade "pip>=23" wheel "setuptools<70"
 pip install -q ${mxnet_req[@]+"${mxnet_req[@]}"} \
   "opencv-python-headless<4.11" pyyaml tensorboardX tensorboard "scipy<1.12" "cython>=3" pytest psutil \
   tqdm "matplotlib<3.11" pillow \
-  "onnx==1.14.1" dlib-bin coloredlogs flatbuffers sympy \
+  "onnx==1.14.1" dlib-bin coloredlogs flatbuffers sympy absl-py attrs "protobuf>=4.25.3,<5" "tensorboard<2.21" \
   "scikit-image==0.20.*" "mkdocs==1.6.*"
 # onnxruntime 1.16.3: the last release whose quantizer (int8 exports) works with the onnx 1.14 that
 # mxnet.onnx needs. Its metadata asks for numpy>=1.24.2, but it runs with MXNet's numpy<1.24 (the ONNX
 # tests check it), so it goes in without its declared dependencies (installed above).
 pip install -q --no-deps "onnxruntime==1.16.3"
+# mediapipe 0.10.14: BlazeFace, the default face detector (its model is inside the wheel; 0.10.30 and
+# later ship none). Without its declared dependencies: jax and sounddevice serve other solutions, and
+# opencv-contrib-python would install a second cv2 over the headless one. What its face detector needs is
+# installed above: protobuf<5 (its generated code), with the last TensorBoard that runs on protobuf 4.
+pip install -q --no-deps "mediapipe==0.10.14"
 # mkdocs: the documentation site (docs/; the tests build it with --strict).
 # onnx<1.15: what mxnet.onnx can export to; onnxruntime runs it. dlib-bin: dlib's HOG face detector
 # (prebuilt, model inside). scikit-image: only the tests, whose re-telling of the reference's

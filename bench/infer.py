@@ -6,7 +6,7 @@ directory), for each backend, batch size (1, 8, 32) and flip test (off, on):
 the latency of ``Predictor.predict`` on one image with that many given face
 boxes (crop, network, decode, map back; no detection, no refinement pass),
 p50 and p90 over the timed repetitions, and faces/s = batch / p50. Then the
-detectors alone (dlib HOG, OpenCV Haar) on procedural faces placed in
+detectors alone (BlazeFace, dlib HOG, OpenCV Haar) on procedural faces placed in
 640 x 480 and 1280 x 720 frames. Each model runs in its own process (MXNet's
 memory pool keeps buffers until exit). Prints tables and writes JSON.
 
@@ -116,7 +116,7 @@ def measure_detectors(reps: int) -> list[dict]:
     rows = []
     for size in ((640, 480), (1280, 720)):
         image, _ = scene(size, faces=2)
-        for name in ("dlib", "haar"):
+        for name in ("blazeface", "dlib", "haar"):
             detector = make_detector(name)
             detector(image)
             times = []

@@ -34,6 +34,22 @@ def test_the_teacher_term_matches_numpy_on_every_stack_and_only_on_the_teachers_
     np.testing.assert_allclose(plain.asscalar(), sum(((h - target) ** 2).mean() for h in heat), rtol=1e-5)
 
 
+def test_under_adaptive_wing_the_teacher_term_is_adaptive_wing_against_the_teachers_heatmaps():
+    from test_losses import awing_numpy, loss_map_numpy
+
+    rng = np.random.default_rng(1)
+    pred = rng.uniform(-2, 22, size=(2, 3, 8, 8))
+    target = np.zeros((2, 3, 8, 8))
+    target[:, :, 3:5, 3:5] = 20.0
+    soft = np.clip(target * 0.8 + rng.normal(0, 1, target.shape), 0, None)  # a teacher's softer peaks
+    settings = LossSettings(kind="awing", distill_weight=0.5)
+    term = distill_loss(mx.nd, mx.nd.array(pred, dtype="float64"), mx.nd.array(soft, dtype="float64"), settings)
+    np.testing.assert_allclose(term.asscalar(), awing_numpy(pred, soft, loss_map_numpy(soft)), rtol=1e-6)
+    total, _ = stacked_loss([mx.nd.array(pred)], mx.nd.array(target), settings=settings, soft=mx.nd.array(soft))
+    expected = awing_numpy(pred, target, loss_map_numpy(target)) + 0.5 * awing_numpy(pred, soft, loss_map_numpy(soft))
+    np.testing.assert_allclose(total.asscalar(), expected, rtol=1e-4)
+
+
 def _student(trained_run, synth_sets, path, **data):
     """The light model on the teacher's data settings (trained_run: 64 -> 32 px, sigma 2, base size 256)."""
     return write_tiny_job(path, synth_sets, run={"name": "student", "seed": 4},

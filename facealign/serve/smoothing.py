@@ -88,7 +88,8 @@ def make_filter(kind: str, *, ema: float = 0.6, min_cutoff: float = 1.0, beta: f
     raise ValueError(f"smoothing must be one-euro, ema or off, got {kind!r}")
 
 
-def jitter(track: np.ndarray) -> float:
-    """RMS of the second difference of a (T, ...) track: what a viewer sees as shaking."""
+def shake(track: np.ndarray) -> float:
+    """RMS of the second difference of a (T, ...) track, for a track without a truth (with one, score
+    ``facealign.evaluation.metrics.jitter``): what a viewer sees as shaking."""
     second = np.diff(np.asarray(track, np.float64), n=2, axis=0)
     return float(np.sqrt(np.mean(second ** 2)))

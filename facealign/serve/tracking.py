@@ -1,6 +1,7 @@
 """Faces followed through a video: each face matched to the last frame's nearest, its landmarks smoothed by its
 own filter (facealign.serve.smoothing), and the last frame's landmarks framing the faces of the next one, so the
-detector runs only every few frames."""
+detector runs only every few frames. ``follow`` is one frame of it, for ``facealign-infer`` and the video
+scoring alike."""
 from __future__ import annotations
 
 import numpy as np
@@ -61,3 +62,15 @@ class FaceTracker:
             cx, cy = points[:, :2].mean(0)
             return 0 <= cx < frame_size[0] and 0 <= cy < frame_size[1]
         return True
+
+
+def follow(predictor, tracker: FaceTracker, image: np.ndarray, index: int, t: float, boxes=None):
+    """Frame ``index`` (at ``t`` seconds) of a video: its faces framed from the last frame's landmarks (or found by
+    the predictor's detector where the tracker has none, every ``detect_every`` frames and after a lost track; or
+    ``boxes`` when given), their landmarks predicted and smoothed in place. Tracked faces need no re-crop: their
+    boxes are landmark boxes already. Returns the ``Prediction``."""
+    tracked = tracker.boxes(index) if boxes is None else None
+    given = boxes if boxes is not None else tracked
+    pred = predictor.predict(image, given, refine=0 if tracked is not None else None)
+    tracker.update(t, pred.landmarks, pred.scores, (image.shape[1], image.shape[0]))
+    return pred

@@ -107,6 +107,11 @@ class SyntheticFace:
     visible_landmarks: np.ndarray | None = None
 
 
+# an opening mouth: how far each point of the lower lip, and of the jaw (x 0.9), moves down with the opening
+LOWER_LIP_FOLLOWS = {56: .9, 57: 1., 58: .9, 55: .5, 59: .5, 65: .95, 66: 1., 67: .95}
+JAW_FOLLOWS = {8: 1., 7: .9, 9: .9, 6: .7, 10: .7, 5: .45, 11: .45, 4: .2, 12: .2}
+
+
 def face_shape(rng: np.random.Generator) -> np.ndarray:
     """Identity and expression applied to the template (canonical frame): 68 3D points."""
     t = mean_face().copy()
@@ -130,9 +135,9 @@ def face_shape(rng: np.random.Generator) -> np.ndarray:
     # Expression.
     if rng.random() < 0.5:  # open mouth; the jaw follows
         o = rng.uniform(0.02, 0.3)
-        for i, w in {56: .9, 57: 1., 58: .9, 55: .5, 59: .5, 65: .95, 66: 1., 67: .95}.items():
+        for i, w in LOWER_LIP_FOLLOWS.items():
             t[i, 1] += o * w
-        for i, w in {8: 1., 7: .9, 9: .9, 6: .7, 10: .7, 5: .45, 11: .45, 4: .2, 12: .2}.items():
+        for i, w in JAW_FOLLOWS.items():
             t[i, 1] += o * w * 0.9
     s = rng.uniform(-0.04, 0.1)  # smile (negative: frown)
     for i, w in {48: 1., 54: 1., 60: .9, 64: .9, 49: .4, 53: .4}.items():

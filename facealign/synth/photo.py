@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib.util import find_spec
 
@@ -36,7 +37,7 @@ from PIL import Image
 
 from facealign.data.pose import head_rotation
 
-from .faces import CANVAS, SyntheticFace, face_shape
+from .faces import CANVAS, JAW_FOLLOWS, LOWER_LIP_FOLLOWS, SyntheticFace, face_shape
 from .raster import interpolate, rasterize
 
 # --- the head surface --------------------------------------------------------------------------
@@ -499,10 +500,43 @@ RENDER_SCALE = 2 / 3
 PARTS = ("identity", "detail", "backgrounds", "camera")
 
 
-def render_face(seed: int, index: int, size: int = CANVAS, without=()) -> SyntheticFace:
+@dataclass(frozen=True)
+class FramePose:
+    """One video frame of a face (``synth/video.py``): the head's yaw, pitch and roll in degrees, the mouth's
+    opening (0 closed, 1 wide), the face's shift from its place (fractions of the side), its scale, and the
+    frame's number (the sensor's noise changes with it; everything else about the face stays)."""
+    yaw: float = 0.0
+    pitch: float = 0.0
+    roll: float = 0.0
+    mouth: float = 0.0
+    shift: tuple[float, float] = (0.0, 0.0)
+    scale: float = 1.0
+    frame: int = 0
+
+
+# What a video's head turns about (template units: nose tip at the origin, y down, z to the camera): the middle of
+# the face's height, inside the head. It stays at the frame's centre (plus the shift), so an opening mouth moves
+# the jaw alone, not the whole face.
+VIDEO_PIVOT = np.array([[0.0, 0.1, -0.74]])
+
+
+def _open_mouth(shape: np.ndarray, mouth: float) -> np.ndarray:
+    """``shape`` with its inner lips ``mouth`` x 0.25 template units apart (0: closed), the lower lip and jaw
+    following as ``face_shape`` opens a mouth."""
+    shape = shape.copy()
+    o = 0.25 * float(np.clip(mouth, 0, 1)) - (shape[66, 1] - shape[62, 1])
+    for i, w in LOWER_LIP_FOLLOWS.items():
+        shape[i, 1] += o * w
+    for i, w in JAW_FOLLOWS.items():
+        shape[i, 1] += o * w * 0.9
+    return shape
+
+
+def render_face(seed: int, index: int, size: int = CANVAS, without=(), pose: FramePose | None = None
+                ) -> SyntheticFace:
     """The photographic procedural face number ``index`` of the set ``seed`` (a ``size``-pixel square).
-    ``without`` leaves out parts (``PARTS``): the extra shape variation, the skin's texture, creases and
-    highlights, the photographic backgrounds, the camera's effects."""
+    ``without`` leaves out parts (``PARTS``): the extra shape variation, the skin's texture, creases and highlights,
+    the photographic backgrounds, the camera's effects. ``pose``: a video frame's (``FramePose``)."""
     unknown = set(without) - set(PARTS)
     if unknown:
         raise ValueError(f"unknown part(s) {sorted(unknown)} to leave out; expected some of {PARTS}")
@@ -511,13 +545,16 @@ def render_face(seed: int, index: int, size: int = CANVAS, without=()) -> Synthe
     shape = face_shape(rng)
     varied = _identity(rng, shape)
     shape = shape if "identity" in without else varied
+    shape = shape if pose is None else _open_mouth(shape, pose.mouth)
     mouth_open = np.linalg.norm(shape[62, :2] - shape[66, :2]) > 0.02
     yaw = float(np.clip(rng.normal(0, 28), -75, 75))
     pitch = float(np.clip(rng.normal(0, 11), -30, 30))
     roll = float(np.clip(rng.normal(0, 12), -40, 40))
-    R = head_rotation(yaw, pitch, roll)
     f = size / 2.25 / 1.42 * rng.uniform(0.85, 1.15)
     dist = rng.uniform(3.5, 12.0)
+    if pose is not None:  # the draws above happen all the same: the rest of the face stays (seed, index)'s
+        yaw, pitch, roll, f = pose.yaw, pose.pitch, pose.roll, f * pose.scale
+    R = head_rotation(yaw, pitch, roll)
 
     grid, tris = _grid()
     ctrl, w, head, head_n = _head_surface(rng, shape)
@@ -534,6 +571,9 @@ def render_face(seed: int, index: int, size: int = CANVAS, without=()) -> Synthe
 
     lm = project(shape)
     offset_px = size / 2 - (lm[:, :2].min(0) + lm[:, :2].max(0)) / 2 + rng.normal(0, 0.02 * size, 2)
+    if pose is not None:  # a video's head turns about a point of its own, not about its landmarks' box
+        offset_px += (lm[:, :2].min(0) + lm[:, :2].max(0)) / 2 - project(VIDEO_PIVOT)[0, :2]
+        offset_px += np.asarray(pose.shift, np.float64) * size
     lm[:, :2] += offset_px
     visible = _visible_jaw(lm, shape, ctrl, w, R, project, offset_px, yaw)
 
@@ -584,7 +624,8 @@ def render_face(seed: int, index: int, size: int = CANVAS, without=()) -> Synthe
     camera = "camera" not in without
     img = _optics(rng, img) if camera else img
     img = cv2.resize(img, (out_size, out_size), interpolation=cv2.INTER_LINEAR)
-    img = _sensor(rng, img) if camera else (np.clip(img, 0, 1) * 255).astype(np.uint8)
+    frame = None if pose is None else (seed, index, pose.frame)
+    img = _sensor(rng, img, frame) if camera else (np.clip(img, 0, 1) * 255).astype(np.uint8)
     k = out_size / size  # pixel centres: x_out + 0.5 = (x + 0.5) * k, as cv2.resize maps them
     for pts in (lm, visible):
         pts[:, :2] = (pts[:, :2] + 0.5) * k - 0.5
@@ -798,12 +839,14 @@ def _optics(rng, img) -> np.ndarray:
     return img
 
 
-def _sensor(rng, img) -> np.ndarray:
-    """Noise, greyscale, JPEG: uint8 RGB out."""
+def _sensor(rng, img, frame=None) -> np.ndarray:
+    """Noise, greyscale, JPEG: uint8 RGB out. ``frame`` (seed, index, frame number): a video frame's noise, its
+    own (every frame's differs; the rest of the camera stays)."""
     out = (np.clip(img, 0, 1) * 255).astype(np.float32)
     sigma = rng.uniform(0, 8)
     if sigma > 0.5:
-        cv2.setRNGSeed(int(rng.integers(2 ** 31)))
+        drawn = int(rng.integers(2 ** 31))
+        cv2.setRNGSeed(drawn if frame is None else int(np.random.default_rng((*frame, 3)).integers(2 ** 31)))
         noise = np.empty(out.shape, np.float32)
         cv2.randn(noise, 0, sigma)
         luma = noise.mean(axis=2, keepdims=True)

@@ -185,21 +185,24 @@ def _smooth_l1_of_square(F, q):
 
 
 def stack_loss(F, pred, target, settings: LossSettings):
-    """One stack's loss under ``settings``."""
+    """One stack's loss under ``settings``: its heatmap term, plus STAR's where the kind is star."""
     s = settings
-    if s.kind == "mse":
-        return mse(F, pred, target)
-    awing_kw = dict(peak=s.peak, alpha=s.awing_alpha, omega=s.awing_omega, epsilon=s.awing_epsilon,
-                    theta=s.awing_theta)
-    heatmap = s.kind if s.kind == "awing" else s.star_heatmap
-    if heatmap == "awing":
-        term = awing(F, pred, target, awing_loss_map(F, target, s.peak, s.awing_weight), **awing_kw)
-    else:
-        term = mse(F, pred, target)
+    term = heatmap_loss(F, pred, target, s)
     if s.kind == "star":
         term = term + s.star_weight * star(F, pred, target, height=s.heatmap_size, width=s.heatmap_size,
                                            omega=s.star_omega)
     return term
+
+
+def heatmap_loss(F, pred, target, settings: LossSettings):
+    """The heatmap term of ``settings``' kind: MSE, or Adaptive Wing with its weighted loss map (awing, and
+    star's ``star_heatmap``)."""
+    s = settings
+    heatmap = s.kind if s.kind != "star" else s.star_heatmap
+    if heatmap != "awing":
+        return mse(F, pred, target)
+    return awing(F, pred, target, awing_loss_map(F, target, s.peak, s.awing_weight), peak=s.peak,
+                 alpha=s.awing_alpha, omega=s.awing_omega, epsilon=s.awing_epsilon, theta=s.awing_theta)
 
 
 def _float32(x):
@@ -210,14 +213,15 @@ def _float32(x):
     return x if dtype is None or dtype == np.float32 else x.astype("float32")
 
 
-def distill_loss(F, pred, soft):
-    """The teacher term of Fast Pose Distillation (Zhang et al., CVPR 2019): the mean squared error between a
-    stack's output and the teacher's last stack, on the channels the teacher has (a student that predicts z
-    learns its depth maps from the ground truth alone where the teacher has none)."""
+def distill_loss(F, pred, soft, settings: LossSettings | None = None):
+    """The teacher term of Fast Pose Distillation (Zhang et al., CVPR 2019): the job's heatmap loss
+    (``heatmap_loss``: MSE as in the paper, or Adaptive Wing for an awing or star job, so both terms
+    weigh the same errors alike) between a stack's output and the teacher's last stack, on the channels the
+    teacher has (a student that predicts z learns its depth maps from the ground truth alone)."""
     channels = soft.shape[1]
     if pred.shape[1] != channels:
         pred = F.slice_axis(pred, axis=1, begin=0, end=channels)
-    return mse(F, pred, soft)
+    return heatmap_loss(F, pred, soft, settings or LossSettings(kind="mse"))
 
 
 def stacked_loss(outputs, target, *, kind: str = "mse", stack_weights=None, settings: LossSettings | None = None,
@@ -241,6 +245,6 @@ def stacked_loss(outputs, target, *, kind: str = "mse", stack_weights=None, sett
                          + settings.z_weight * depth_loss(F, heatmaps, depth_maps, *depth, settings.input_size))
     if soft is not None:
         soft = _float32(soft)
-        per_stack = [loss + settings.distill_weight * distill_loss(F, o, soft)
+        per_stack = [loss + settings.distill_weight * distill_loss(F, o, soft, settings)
                      for loss, o in zip(per_stack, map(_float32, outputs))]
     return sum(w * loss for w, loss in zip(weights, per_stack)), per_stack
