@@ -57,3 +57,34 @@ def test_inference_graph_makes_the_scale_weights_parameters_and_computes_the_sam
     assert _ops(folded).count("BatchNorm") <= _ops(sym).count("BatchNorm") - conv_bns
     for got, want in zip(graphs.symbol_block(folded, folded_params)(x), reference, strict=True):
         np.testing.assert_allclose(got.asnumpy(), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_the_light_model_exports_to_onnx_and_int8_onnx(tmp_path):
+    """The mobile block's depthwise convolutions through mxnet.onnx (checked against MXNet by the export itself)
+    and onnxruntime's int8 quantiser; the trained light model's int8 and bfloat16 exports, with the drift guard,
+    are bench/realtime.py's (docs/serving.md)."""
+    import onnx
+    import onnxruntime as ort
+
+    from facealign.data.schemes import scheme_for
+    from facealign.data.transforms import crop_framing
+    from facealign.models import get_model, initialize
+    from facealign.runs import artifact
+    from facealign.serve import export
+
+    net = initialize(get_model("hg1-d3-mobile", width=16), seed=2)
+    info = artifact.ModelInfo.of("hg1-d3-mobile", net.spec, scheme=scheme_for(68).name,
+                                 crop_framing=crop_framing("center"))
+    result = export.export_package(net, info, tmp_path / "fp32", onnx=True, log=lambda m: None)
+    assert result["onnx_rel_diff"] < 1e-4
+    fp32 = tmp_path / "fp32" / "model.onnx"
+    groups = [a.i for n in onnx.load(str(fp32)).graph.node if n.op_type == "Conv" for a in n.attribute
+              if a.name == "group"]
+    assert max(groups) > 1  # the depthwise convolutions are there
+    pixels = np.random.RandomState(1).uniform(0, 255, (8, 3, 64, 64)).astype(np.float32)
+    export.onnx_int8(fp32, tmp_path / "int8.onnx", pixels)
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "int8.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    outputs = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"data": pixels[:2]})[-1]
+               for p in (fp32, tmp_path / "int8.onnx")]
+    assert np.corrcoef(outputs[0].ravel(), outputs[1].ravel())[0, 1] > 0.95  # int8 close to float32
