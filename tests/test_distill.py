@@ -108,3 +108,21 @@ def test_a_distilled_run_resumes_bit_for_bit_and_its_teacher_changes_what_it_lea
     assert set(mx.nd.load(str(a / "model.params"))) == set(mx.nd.load(str(c / "model.params")))
     with pytest.raises(AssertionError):
         assert_same_training(a, c, exact=True)
+
+
+@pytest.mark.horovod
+def test_a_distilled_run_shrunk_to_one_rank_matches_the_uninterrupted_one(trained_run, synth_sets, tmp_path):
+    """Every rank runs its own teacher: one process standing for the nominal two gives the same bits."""
+    from conftest import run_cli
+
+    job = _student(trained_run, synth_sets, tmp_path / "job.yaml", workers=1)
+    spec = yaml.safe_load(job.read_text())
+    spec["resources"] = {**spec.get("resources", {}), "tasks_per_node": 2}
+    job.write_text(yaml.safe_dump(spec))
+    for run_dir, ranks, steps in (("straight", 2, 4), ("elastic", 2, 2), ("elastic", 1, 4)):
+        proc = run_cli("facealign-launch", "local", job, "-np", ranks, "--run-dir", tmp_path / run_dir, "--set",
+                       f"schedule.max_steps={steps}", timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "standing for the nominal 2" in (tmp_path / "elastic" / "log.txt").read_text()
+    a, b = (CheckpointManager(tmp_path / r / "checkpoints", writer=False).at_step(4) for r in ("straight", "elastic"))
+    assert_same_training(a, b, exact=True)
