@@ -203,18 +203,16 @@ def dark_log_heatmaps(hm: np.ndarray, sigma: float) -> np.ndarray:
     n, k, h, w = hm.shape
     radius = int(math.ceil(3 * sigma))
     size = 2 * radius + 1
-    out = np.empty((n, k, h, w), np.float64)
-    for b in range(n):
-        for c in range(k):
-            channel = hm[b, c].astype(np.float64)
-            padded = np.zeros((h + 2 * radius, w + 2 * radius), np.float64)
-            padded[radius:radius + h, radius:radius + w] = channel
-            smooth = cv2.GaussianBlur(padded, (size, size), sigma)[radius:radius + h, radius:radius + w]
-            top = smooth.max()
-            if top > 0:
-                smooth = smooth * (channel.max() / top)
-            out[b, c] = np.log(np.maximum(smooth, 1e-10))
-    return out
+    channels = hm.reshape(n * k, h, w).astype(np.float64)
+    padded = np.zeros((h + 2 * radius, w + 2 * radius, n * k), np.float64)
+    padded[radius:radius + h, radius:radius + w] = channels.transpose(1, 2, 0)
+    smooth = np.empty_like(padded)
+    for first in range(0, n * k, 512):  # OpenCV filters up to 512 channels of an image at once, each on its own
+        smooth[..., first:first + 512] = cv2.GaussianBlur(padded[..., first:first + 512], (size, size), sigma)
+    smooth = smooth[radius:radius + h, radius:radius + w].transpose(2, 0, 1)
+    top = smooth.max(axis=(1, 2), keepdims=True)
+    scale = np.divide(channels.max(axis=(1, 2), keepdims=True), top, out=np.ones_like(top), where=top > 0)
+    return np.ascontiguousarray(np.log(np.maximum(smooth * scale, 1e-10)).reshape(n, k, h, w))
 
 
 def _taylor(lg: np.ndarray, px: int, py: int) -> tuple[float, float]:
