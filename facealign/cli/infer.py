@@ -40,6 +40,7 @@ import numpy as np
 
 from facealign.serve.detect import DEFAULT_DETECTOR, DETECTORS
 from facealign.serve.drawing import draw
+from facealign.serve.smoothing import BETA, D_CUTOFF, MIN_CUTOFF
 from facealign.serve.tracking import FaceTracker, follow
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
@@ -66,9 +67,11 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=8, help="images per batch (their faces share the network)")
     p.add_argument("--smooth", nargs="+", default=["one-euro"], metavar="KIND",
                    help="video: one-euro (default), ema A (A: the previous frame's weight, 0..1) or off")
-    p.add_argument("--min-cutoff", type=float, default=1.0, help="one-euro: cut-off frequency at rest, Hz (1.0)")
-    p.add_argument("--beta", type=float, default=0.05, help="one-euro: cut-off increase per pixel/s of speed (0.05)")
-    p.add_argument("--d-cutoff", type=float, default=1.0, help="one-euro: cut-off of the speed estimate, Hz (1.0)")
+    p.add_argument("--min-cutoff", type=float, default=MIN_CUTOFF,
+                   help=f"one-euro: cut-off frequency at rest, Hz ({MIN_CUTOFF})")
+    p.add_argument("--beta", type=float, default=BETA, help=f"one-euro: cut-off increase per pixel/s of speed ({BETA})")
+    p.add_argument("--d-cutoff", type=float, default=D_CUTOFF,
+                   help=f"one-euro: cut-off of the speed estimate, Hz ({D_CUTOFF})")
     p.add_argument("--min-box-score", type=float, default=0.0,
                    help="drop detections scoring below this (the detector's score; default 0)")
     p.add_argument("--detect-every", type=int, default=5, help="video: run the detector every N frames")
