@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export FACEALIGN_VENV := $(abspath $(VENV))
 
-.PHONY: setup demo demo-3d test bench bench-models bench-data bench-train bench-infer bench-precision bench-recipe bench-widths bench-elastic bench-depth bench-photoreal clean
+.PHONY: setup demo demo-3d test bench bench-models bench-data bench-train bench-infer bench-precision bench-recipe bench-widths bench-elastic bench-depth bench-photoreal bench-realtime clean
 
 setup:
 	bash install.sh
@@ -18,7 +18,7 @@ demo-3d: setup
 test: setup
 	$(PY) -m pytest tests
 
-bench: bench-models bench-data bench-train bench-infer bench-precision bench-recipe bench-widths bench-elastic bench-depth bench-photoreal
+bench: bench-models bench-data bench-train bench-infer bench-precision bench-recipe bench-widths bench-elastic bench-depth bench-photoreal bench-realtime
 
 bench-models: setup
 	$(PY) bench/models.py --out bench/results/models.json
@@ -52,3 +52,7 @@ bench-depth: setup
 
 bench-photoreal: setup
 	$(PY) bench/photoreal.py --out bench/results/photoreal.json
+
+# needs runs/photo, runs/photo-mobile and runs/photo-mobile-alone (jobs/photo.yaml, jobs/photo-mobile.yaml)
+bench-realtime: setup
+	$(PY) bench/realtime.py --out bench/results/realtime.json
