@@ -80,7 +80,9 @@ def export(models: dict, args, work: Path, outcomes: list) -> dict:
             if package == "bf16" and not has_bf16:
                 continue
             target = work / "exports" / f"{name}-{package}"
-            if not (target / "facealign-model.yaml").exists():
+            if (target / "facealign-model.yaml").exists():
+                outcomes.append({"model": name, "package": package, "written": True, "message": "kept from before"})
+            else:
                 if source is None:  # the reference's model: an untrained network, exported in --speed-of
                     continue
                 proc = run(BIN / "facealign-export", source, target, *extra)
