@@ -171,8 +171,9 @@ def validation_record(spec: JobSpec) -> dict:
             "batch_size": spec.eval.batch_size, "max_samples": spec.eval.max_samples}
 
 
-def check(spec: JobSpec, source: str) -> JobSpec:
-    """Build every part once; what a part refuses becomes a SpecError naming the key."""
+def check(spec: JobSpec, source: str, *, check_files: bool = True) -> JobSpec:
+    """Build every part once; what a part refuses becomes a SpecError naming the key. ``check_files``: the
+    teacher too (a file, as the records are: ``load_job`` checks those)."""
     try:
         s = scheme(spec)
     except KeyError as e:
@@ -185,7 +186,7 @@ def check(spec: JobSpec, source: str) -> JobSpec:
     except ModelSpecError as e:
         field, message = e.problems[0]
         raise SpecError(f"{source}: {_MODEL_KEYS.get(field, 'model')}: {message} (model {spec.model.name})") from None
-    if spec.loss.distill.teacher:
+    if spec.loss.distill.teacher and check_files:
         problem = teacher_problem(spec)
         if problem:
             raise SpecError(f"{source}: loss.distill.teacher: {problem}")
@@ -220,4 +221,4 @@ def teacher_problem(spec: JobSpec) -> str | None:
 
 def load(path, overrides=(), *, check_files: bool = False) -> JobSpec:
     """``config.load_job`` and ``check``: the job spec as the trainer will run it."""
-    return check(load_job(path, overrides, check_files=check_files), str(path))
+    return check(load_job(path, overrides, check_files=check_files), str(path), check_files=check_files)
