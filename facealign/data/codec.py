@@ -204,15 +204,15 @@ def dark_log_heatmaps(hm: np.ndarray, sigma: float) -> np.ndarray:
     radius = int(math.ceil(3 * sigma))
     size = 2 * radius + 1
     channels = hm.reshape(n * k, h, w).astype(np.float64)
-    padded = np.zeros((h + 2 * radius, w + 2 * radius, n * k), np.float64)
-    padded[radius:radius + h, radius:radius + w] = channels.transpose(1, 2, 0)
-    smooth = np.empty_like(padded)
-    for first in range(0, n * k, 512):  # OpenCV filters up to 512 channels of an image at once, each on its own
-        smooth[..., first:first + 512] = cv2.GaussianBlur(padded[..., first:first + 512], (size, size), sigma)
-    smooth = smooth[radius:radius + h, radius:radius + w].transpose(2, 0, 1)
+    # every channel zero-padded by the kernel's radius, stacked into one tall image: one blur for them all, no
+    # output pixel of a channel reading another's (bitwise the blur of each alone)
+    padded = np.zeros((n * k, h + 2 * radius, w + 2 * radius), np.float64)
+    padded[:, radius:radius + h, radius:radius + w] = channels
+    smooth = cv2.GaussianBlur(padded.reshape(-1, w + 2 * radius), (size, size), sigma)
+    smooth = smooth.reshape(n * k, h + 2 * radius, w + 2 * radius)[:, radius:radius + h, radius:radius + w]
     top = smooth.max(axis=(1, 2), keepdims=True)
     scale = np.divide(channels.max(axis=(1, 2), keepdims=True), top, out=np.ones_like(top), where=top > 0)
-    return np.ascontiguousarray(np.log(np.maximum(smooth * scale, 1e-10)).reshape(n, k, h, w))
+    return np.log(np.maximum(smooth * scale, 1e-10)).reshape(n, k, h, w)
 
 
 def _taylor(lg: np.ndarray, px: int, py: int) -> tuple[float, float]:
