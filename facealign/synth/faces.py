@@ -112,6 +112,14 @@ LOWER_LIP_FOLLOWS = {56: .9, 57: 1., 58: .9, 55: .5, 59: .5, 65: .95, 66: 1., 67
 JAW_FOLLOWS = {8: 1., 7: .9, 9: .9, 6: .7, 10: .7, 5: .45, 11: .45, 4: .2, 12: .2}
 
 
+def open_mouth_by(t: np.ndarray, o: float) -> None:
+    """Lower the lower lip by ``o`` template units (in place), the jaw following."""
+    for i, w in LOWER_LIP_FOLLOWS.items():
+        t[i, 1] += o * w
+    for i, w in JAW_FOLLOWS.items():
+        t[i, 1] += o * w * 0.9
+
+
 def face_shape(rng: np.random.Generator) -> np.ndarray:
     """Identity and expression applied to the template (canonical frame): 68 3D points."""
     t = mean_face().copy()
@@ -135,10 +143,7 @@ def face_shape(rng: np.random.Generator) -> np.ndarray:
     # Expression.
     if rng.random() < 0.5:  # open mouth; the jaw follows
         o = rng.uniform(0.02, 0.3)
-        for i, w in LOWER_LIP_FOLLOWS.items():
-            t[i, 1] += o * w
-        for i, w in JAW_FOLLOWS.items():
-            t[i, 1] += o * w * 0.9
+        open_mouth_by(t, o)
     s = rng.uniform(-0.04, 0.1)  # smile (negative: frown)
     for i, w in {48: 1., 54: 1., 60: .9, 64: .9, 49: .4, 53: .4}.items():
         t[i, 1] -= s * w

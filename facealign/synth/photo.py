@@ -37,7 +37,7 @@ from PIL import Image
 
 from facealign.data.pose import head_rotation
 
-from .faces import CANVAS, JAW_FOLLOWS, LOWER_LIP_FOLLOWS, SyntheticFace, face_shape
+from .faces import CANVAS, SyntheticFace, face_shape, open_mouth_by
 from .raster import interpolate, rasterize
 
 # --- the head surface --------------------------------------------------------------------------
@@ -524,11 +524,7 @@ def _open_mouth(shape: np.ndarray, mouth: float) -> np.ndarray:
     """``shape`` with its inner lips ``mouth`` x 0.25 template units apart (0: closed), the lower lip and jaw
     following as ``face_shape`` opens a mouth."""
     shape = shape.copy()
-    o = 0.25 * float(np.clip(mouth, 0, 1)) - (shape[66, 1] - shape[62, 1])
-    for i, w in LOWER_LIP_FOLLOWS.items():
-        shape[i, 1] += o * w
-    for i, w in JAW_FOLLOWS.items():
-        shape[i, 1] += o * w * 0.9
+    open_mouth_by(shape, 0.25 * float(np.clip(mouth, 0, 1)) - (shape[66, 1] - shape[62, 1]))
     return shape
 
 
@@ -570,10 +566,10 @@ def render_face(seed: int, index: int, size: int = CANVAS, without=(), pose: Fra
         return np.column_stack([cam[:, 0] * f * persp, cam[:, 1] * f * persp, cam[:, 2] * f])
 
     lm = project(shape)
-    offset_px = size / 2 - (lm[:, :2].min(0) + lm[:, :2].max(0)) / 2 + rng.normal(0, 0.02 * size, 2)
-    if pose is not None:  # a video's head turns about a point of its own, not about its landmarks' box
-        offset_px += (lm[:, :2].min(0) + lm[:, :2].max(0)) / 2 - project(VIDEO_PIVOT)[0, :2]
-        offset_px += np.asarray(pose.shift, np.float64) * size
+    # centred on its landmarks' box; a video's head on the point it turns about (VIDEO_PIVOT), shifted
+    centre = (lm[:, :2].min(0) + lm[:, :2].max(0)) / 2 if pose is None else project(VIDEO_PIVOT)[0, :2]
+    shift = 0.0 if pose is None else np.asarray(pose.shift, np.float64) * size
+    offset_px = size / 2 - centre + rng.normal(0, 0.02 * size, 2) + shift
     lm[:, :2] += offset_px
     visible = _visible_jaw(lm, shape, ctrl, w, R, project, offset_px, yaw)
 
