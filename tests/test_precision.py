@@ -21,8 +21,10 @@ def _export(trained_run, synth_sets, out, *args):
 @pytest.fixture(scope="module")
 def int8_package(trained_run, synth_sets, tmp_path_factory):
     out = tmp_path_factory.mktemp("int8") / "pkg"
+    # naive (min/max) ranges: entropy's KL search takes ~100 s over this model's 354 tensors (bench/precision.py
+    # exports with entropy, the default)
     proc = _export(trained_run, synth_sets, out, "--precision", "int8", "--calibration", synth_sets / "train",
-                   "--calibration-samples", "32", "--onnx")
+                   "--calibration-samples", "32", "--calib-mode", "naive", "--onnx")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return out
 
@@ -30,7 +32,9 @@ def int8_package(trained_run, synth_sets, tmp_path_factory):
 def test_int8_exports_record_their_precision_and_their_check(int8_package):
     info = yaml.safe_load((int8_package / "facealign-model.yaml").read_text())
     assert info["precision"] == "int8" and info["input_size"] == 64
-    check = json.loads((int8_package / "export-check.json").read_text())["check"]
+    recorded = json.loads((int8_package / "export-check.json").read_text())
+    assert recorded["calibration"] == {"mode": "naive", "faces": 32}
+    check = recorded["check"]
     for backend in ("mxnet", "onnxruntime"):
         assert check[backend]["faces"] == 24 and check[backend]["relative_drift"] <= 0.02
         assert check[backend]["nme"] != check[backend]["float32_nme"]  # it really ran in int8
@@ -89,10 +93,12 @@ def test_bfloat16_exports_compute_in_bfloat16_and_keep_their_accuracy(trained_ru
 @pytest.mark.parametrize("args,message", [
     (["--precision", "bfloat16", "--max-drift", "-1"], "loses too much accuracy"),
     (["--precision", "int8"], "--precision int8 needs --calibration PREFIX"),
+    (["--precision", "int8", "--calibration", "VAL", "--calibration-samples", "8", "--calib-mode", "naive",
+      "--max-drift", "-1"], "nothing written; try --calib-mode entropy"),
     (["--precision", "bfloat16", "--onnx"], "onnxruntime has no bfloat16 convolutions"),
 ])
 def test_an_export_that_cannot_be_trusted_writes_nothing(trained_run, synth_sets, tmp_path, args, message):
-    proc = _export(trained_run, synth_sets, tmp_path / "pkg", *args)
+    proc = _export(trained_run, synth_sets, tmp_path / "pkg", *[synth_sets / "val" if a == "VAL" else a for a in args])
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "pkg").exists() and not list(tmp_path.glob(".pkg.*"))
     unchecked = run_cli("facealign-export", trained_run, tmp_path / "p2", "--precision", "bfloat16")

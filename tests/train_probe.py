@@ -10,6 +10,7 @@ PROBE_DIR/rank<r>.params with a JSON report of its writes and exit code.
 ``FACEALIGN_PROBE_INF_GRAD=RANK:CALL``: after backward call number CALL (1-based) on rank RANK, one
 gradient array of the network is set to +inf, as a float16 overflow on that rank alone would leave it.
 """
+import faulthandler
 import json
 import os
 import sys
@@ -51,6 +52,7 @@ def inject_inf_gradient(rank: int) -> None:
 
 
 def main() -> int:
+    faulthandler.enable()  # as facealign.cli.train: a native crash names the Python line it happened under
     probe_dir = Path(sys.argv[1])
     args = parse_args(sys.argv[2:])
     run_dir = str(Path(args.run_dir).resolve())

@@ -9,6 +9,7 @@ lost or stalled rank among them: the launchers restart on it); 2 a job that cann
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import os
 import sys
 from pathlib import Path
@@ -35,6 +36,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    faulthandler.enable()  # a native crash (SIGSEGV, SIGABRT) in a rank prints where each Python thread was
     try:
         spec = components.load(args.job, args.set, check_files=True)
         return train(spec, Path(args.run_dir or Path(spec.run.out_root) / spec.run.name))
