@@ -57,7 +57,8 @@ def parse_args(argv=None):
     p.add_argument("--calibration", metavar="PREFIX", help="int8: packed records whose faces set the ranges")
     p.add_argument("--calibration-samples", type=int, default=64, help="int8: faces to calibrate on (64)")
     p.add_argument("--calib-mode", choices=("naive", "entropy"), default="entropy",
-                   help="int8: thresholds from the min/max (naive) or the KL-optimal (entropy) of the activations")
+                   help="int8: thresholds from the min/max (naive) or the KL-optimal (entropy) of the activations; "
+                        "neither wins on every model: if the drift guard refuses one, try the other")
     p.add_argument("--check", metavar="PREFIX", help="held-out packed records scoring float32 against the export "
                                                      "(required for bfloat16 and int8)")
     p.add_argument("--check-samples", type=int, default=200, help="faces of --check to score (200)")
