@@ -131,7 +131,7 @@ class RunningStats:
     A process may stand for several nominal ranks (facealign.train.world): it keeps
     each one's statistics apart, and ``select(rank)`` puts that rank's in the network
     before its micro-batch's forward pass updates them. ``gather()`` collects every
-    nominal rank's values in rank order with one allgather; ``average()`` picks from
+    nominal rank's values in rank order with one allreduce; ``average()`` picks from
     that; ``swapped(values)`` runs a block with other values in place.
     """
 
@@ -173,7 +173,14 @@ class RunningStats:
         rows = mx.nd.stack(*[mx.nd.concat(*[values[k].reshape(-1).as_in_context(p.data().context) for k, p in self.params],
                                           dim=0) for values in self.mine()])
         with collective():
-            every = hvd.allgather(rows, name="facealign.running_stats") if self.world.size > 1 else rows
+            if self.world.size > 1:
+                # an allreduce of zeros but this process's slot, not hvd.allgather, whose output Horovod's background
+                # thread resizes (the crash class of its MXNet allgather); adding zeros is exact
+                slots = mx.nd.zeros((self.world.size,) + rows.shape, ctx=rows.context, dtype=rows.dtype)
+                slots[self.world.rank] = rows
+                every = hvd.allreduce(slots, op=hvd.Sum, name="facealign.running_stats").reshape((-1, rows.shape[1]))
+            else:
+                every = rows
             every.wait_to_read()
         out = []
         for r in range(every.shape[0]):
