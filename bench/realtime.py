@@ -75,7 +75,7 @@ def export(models: dict, args, work: Path, outcomes: list) -> dict:
         out[name] = {}
         for package, extra in (("fp32", ["--onnx"]),
                                ("bf16", ["--precision", "bfloat16", "--check", check]),
-                               # naive ranges: entropy's lost 5-6% on these 64 px models (refused), naive's 1.4%
+                               # naive ranges: entropy's lost 5-6% on these 64 px models (refused), naive's 1.2-1.9%
                                ("int8", ["--precision", "int8", "--calibration", args.calibration, "--check", check,
                                          "--calib-mode", "naive", "--onnx"])):
             if package == "bf16" and not has_bf16:
