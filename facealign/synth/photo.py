@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from facealign.data.pose import head_rotation
+from facealign.data.pose import head_rotation, mean_face
 
 from .faces import CANVAS, SyntheticFace, face_shape, open_mouth_by
 from .raster import interpolate, rasterize
@@ -57,9 +57,11 @@ _ANCHORS = np.array([
     [0.0, -0.80, -0.16], [-0.34, -0.80, -0.24], [0.34, -0.80, -0.24],
     [0.0, -1.08, -0.30], [-0.40, -1.08, -0.42], [0.40, -1.08, -0.42],
     [0.0, 0.72, -0.80], [-0.30, 0.62, -0.86], [0.30, 0.62, -0.86],
-    [-0.76, -0.12, -0.90], [0.76, -0.12, -0.90],  # ears: a bump
+    [-0.76, -0.22, -0.90], [0.76, -0.22, -0.90],  # ears: a bump, from the brows' height to the nose's
 ])
-_EAR = (-0.12, 0.30)  # the ears span these template y, at theta = +-pi/2 + a little
+# the jaw's width kept this far in front of its sides, and behind them below the ears (template units)
+JAW_SIDES, JAW_BELOW_EAR, JAW_DEPTH = [1, 2, 3, 4, 5, 11, 12, 13, 14, 15], [2, 3, 4, 12, 13, 14], 0.12
+NAPE_R = 0.4  # the back of the head below the ears: this far around the neck's axis (the neck: 0.30-0.40)
 
 
 def _param(points: np.ndarray):
@@ -78,9 +80,15 @@ def _surface(theta, phi, offset):
 
 @lru_cache(maxsize=1)
 def _skull_anchors():
+    """(theta, phi, radial offset): the ellipsoid at the back and top of the skull; below the ears, at the back,
+    the head narrows into the neck (a full ellipsoid there would bulge past the jaw, seen from the front)."""
     th, ph = np.meshgrid(np.linspace(-np.pi, np.pi, 9), np.linspace(-1.3, 1.3, 6))
-    keep = (np.abs(th) > 2.0) | (ph > 1.0)
-    return np.column_stack([th[keep], ph[keep]])
+    keep = ((np.abs(th) > 2.0) & (ph > -0.3)) | (ph > 1.0)
+    a, y = np.meshgrid(np.radians([-140, -100, 100, 140, 180]), [0.30, 0.55])
+    nape = np.column_stack([NAPE_R * np.sin(a.ravel()), y.ravel(), -0.98 + NAPE_R * np.cos(a.ravel())])
+    n_t, n_p, n_o = _param(nape)
+    return np.column_stack([np.concatenate([th[keep], n_t]), np.concatenate([ph[keep], n_p]),
+                            np.concatenate([np.zeros(keep.sum()), n_o])])
 
 
 def _tps_kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -379,11 +387,17 @@ def _paint_features(rng, albedo, spec, cavity, uv, skin, hair, gaze, mouth_open)
     spec[:] = spec + mask[..., 0] * 0.6
     inner = uv[60:68]
     opening = np.linalg.norm(inner[2] - inner[6])
-    if mouth_open and opening > 1.5:
+    if mouth_open and opening > 1.0:
         cv2.fillPoly(albedo, [np.round(inner * 16).astype(np.int32)], (0.10, 0.03, 0.03), cv2.LINE_AA, 4)
-        if opening > 4:
-            teeth = np.vstack([inner[1:4], inner[3] * 0.65 + inner[5] * 0.35, inner[1] * 0.65 + inner[7] * 0.35])
-            cv2.fillPoly(albedo, [np.round(teeth * 16).astype(np.int32)], (0.82, 0.8, 0.72), cv2.LINE_AA, 4)
+        if opening > 2:  # the upper teeth: a band under the upper lip, inside the mouth
+            inside = np.zeros((TEX_H, TEX_W), np.float32)
+            cv2.fillPoly(inside, [np.round(inner * 16).astype(np.int32)], 1.0, cv2.LINE_AA, 4)
+            upper = inner[[0, 1, 2, 3, 4]]
+            band = np.vstack([upper, upper[::-1] + [0, min(opening * 0.5, eye_w * 0.2)]])
+            teeth = np.zeros_like(inside)
+            cv2.fillPoly(teeth, [np.round(band * 16).astype(np.int32)], 1.0, cv2.LINE_AA, 4)
+            a = (inside * teeth)[..., None]
+            albedo[:] = albedo * (1 - a) + np.array([0.8, 0.77, 0.7], np.float32) * a
         cv2.fillPoly(cavity, [np.round(inner * 16).astype(np.int32)], 0.8, cv2.LINE_AA, 4)
     cv2.polylines(albedo, [np.round(inner[[0, 1, 2, 3, 4]] * 16).astype(np.int32)], False,
                   tuple(float(v) for v in lip_c * 0.45), max(1, int(eye_w * 0.06)), cv2.LINE_AA, 4)
@@ -497,7 +511,8 @@ RENDER_SCALE = 2 / 3
 
 
 # What an ablation can leave out (bench/photoreal.py measures what each buys on real photographs).
-PARTS = ("identity", "detail", "backgrounds", "camera")
+PARTS = ("identity", "detail", "backgrounds", "camera", "smile")
+SMILE_SHARE = 0.35  # faces with a broad smile (``_smile``)
 
 
 @dataclass(frozen=True)
@@ -520,6 +535,26 @@ class FramePose:
 VIDEO_PIVOT = np.array([[0.0, 0.1, -0.74]])
 
 
+def _smile(rng, t: np.ndarray) -> np.ndarray:
+    """A broad smile on some faces, as people smile in photographs: the corners out and up, the lips parted over
+    the teeth, the cheeks pushing the lower lids up. Template units (eye centres 0.59 apart)."""
+    t = t.copy()
+    if rng.random() >= SMILE_SHARE:
+        return t
+    k = rng.uniform(0.3, 1.0)
+    c = t[48:68, 0].mean()
+    for i, w in {48: 1.0, 54: 1.0, 60: 0.9, 64: 0.9, 49: 0.5, 53: 0.5, 59: 0.5, 55: 0.5, 61: 0.4, 63: 0.4}.items():
+        t[i, 0] += math.copysign(0.075 * k * w, t[i, 0] - c)
+        t[i, 1] -= 0.055 * k * w
+    part = rng.uniform(0.0, 0.05) * k
+    t[[49, 50, 51, 52, 53, 61, 62, 63], 1] -= part * 0.4
+    t[[55, 56, 57, 58, 59, 65, 66, 67], 1] += part * 0.6
+    for lower, upper in (((40, 41), (38, 37)), ((46, 47), (44, 43))):
+        for lo, u in zip(lower, upper):
+            t[lo, 1] -= (t[lo, 1] - t[u, 1]) * 0.3 * k
+    return t
+
+
 def _open_mouth(shape: np.ndarray, mouth: float) -> np.ndarray:
     """``shape`` with its inner lips ``mouth`` x 0.25 template units apart (0: closed), the lower lip and jaw
     following as ``face_shape`` opens a mouth."""
@@ -532,7 +567,7 @@ def render_face(seed: int, index: int, size: int = CANVAS, without=(), pose: Fra
                 ) -> SyntheticFace:
     """The photographic procedural face number ``index`` of the set ``seed`` (a ``size``-pixel square).
     ``without`` leaves out parts (``PARTS``): the extra shape variation, the skin's texture, creases and highlights,
-    the photographic backgrounds, the camera's effects. ``pose``: a video frame's (``FramePose``)."""
+    the photographic backgrounds, the camera's effects, the broad smiles. ``pose``: a video frame's (``FramePose``)."""
     unknown = set(without) - set(PARTS)
     if unknown:
         raise ValueError(f"unknown part(s) {sorted(unknown)} to leave out; expected some of {PARTS}")
@@ -541,8 +576,10 @@ def render_face(seed: int, index: int, size: int = CANVAS, without=(), pose: Fra
     shape = face_shape(rng)
     varied = _identity(rng, shape)
     shape = shape if "identity" in without else varied
+    if "smile" not in without:  # its own draws: the rest of the face stays as without it
+        shape = _smile(np.random.default_rng((seed, index, 5)), shape)
     shape = shape if pose is None else _open_mouth(shape, pose.mouth)
-    mouth_open = np.linalg.norm(shape[62, :2] - shape[66, :2]) > 0.02
+    mouth_open = np.linalg.norm(shape[62, :2] - shape[66, :2]) > 0.012
     yaw = float(np.clip(rng.normal(0, 28), -75, 75))
     pitch = float(np.clip(rng.normal(0, 11), -30, 30))
     roll = float(np.clip(rng.normal(0, 12), -40, 40))
@@ -553,8 +590,12 @@ def render_face(seed: int, index: int, size: int = CANVAS, without=(), pose: Fra
     R = head_rotation(yaw, pitch, roll)
 
     grid, tris = _grid()
-    ctrl, w, head, head_n = _head_surface(rng, shape)
-    neck_w = rng.uniform(0.42, 0.55)
+    # The head is built about the template's proportions (its ellipsoid, anchors and texture space), then scaled
+    # per axis to this face's: a narrower or deeper face gets a narrower or deeper head, not a jaw sunk inside it.
+    scale = _axis_scale(shape)
+    unit = shape / scale
+    ctrl, w, head, head_n = _head_surface(rng, unit, scale)
+    neck_w = rng.uniform(0.30, 0.40)  # narrower than the jaw: seen from the front, the lower face's outline is the jaw
     body, body_uv, body_tris, shoulder_y = _body(rng, neck_w)
     body_n = _normals(body, (len(_BODY_Y), 64))
     if np.mean(body_n[:, 0] * body[:, 0] + body_n[:, 2] * (body[:, 2] + 0.98)) < 0:
@@ -571,7 +612,7 @@ def render_face(seed: int, index: int, size: int = CANVAS, without=(), pose: Fra
     shift = 0.0 if pose is None else np.asarray(pose.shift, np.float64) * size
     offset_px = size / 2 - centre + rng.normal(0, 0.02 * size, 2) + shift
     lm[:, :2] += offset_px
-    visible = _visible_jaw(lm, shape, ctrl, w, R, project, offset_px, yaw)
+    visible = _visible_jaw(lm, unit, ctrl, w, R, lambda p3: project(p3 * scale), offset_px, yaw)
 
     verts = np.vstack([project(head), project(body)])
     verts[:, :2] += offset_px
@@ -585,7 +626,7 @@ def render_face(seed: int, index: int, size: int = CANVAS, without=(), pose: Fra
     long_hair = rng.random() < 0.4
     hairline = float(_param(np.array([[0.0, -1.02 - rng.uniform(-0.1, 0.25), -0.3]]))[1][0])
     beard = rng.uniform(0.2, 0.9) if rng.random() < 0.3 else 0.0
-    uv = _uv_head(*_param(shape)[:2])
+    uv = _uv_head(*_param(unit)[:2])
     age = rng.uniform(0.3, 1.0) if rng.random() < 0.35 else 0.0
     if age > 0.6 and rng.random() < 0.6:  # grey
         hair = hair * 0.3 + HAIR[7] * 0.7
@@ -630,17 +671,30 @@ def render_face(seed: int, index: int, size: int = CANVAS, without=(), pose: Fra
                          visible_landmarks=visible.astype(np.float32))
 
 
-def _head_surface(rng, shape):
-    """The head through the 68 landmarks: the thin-plate spline of radial offsets (its control points and
-    weights), the grid's vertices and their outward normals (template frame)."""
+def _axis_scale(shape: np.ndarray) -> np.ndarray:
+    """The face's size along x, y and z against the template's (least squares about the template's origin)."""
+    t = mean_face()
+    return (shape * t).sum(0) / (t * t).sum(0)
+
+
+def _head_surface(rng, shape, scale=(1.0, 1.0, 1.0)):
+    """The head through the 68 landmarks of ``shape`` (template proportions): the thin-plate spline of radial
+    offsets (its control points and weights), the grid's vertices times ``scale`` and their outward normals."""
     grid, _ = _grid()
     lm_t, lm_p, lm_o = _param(shape)
     an_t, an_p, an_o = _param(_ANCHORS * [rng.uniform(0.92, 1.08), 1, 1])
     an_o[-2:] += rng.uniform(0.02, 0.08)  # the ears stand out
+    # In front of the jaw's sides the cheek keeps the jaw's width, as a real face does: seen from the front, the
+    # outline of the lower face is the jaw, not the head's ellipsoid bulging past it.
+    front, back = shape[JAW_SIDES].copy(), shape[JAW_BELOW_EAR].copy()
+    front[:, 2] = np.maximum(front[:, 2], HEAD_C[2]) + JAW_DEPTH
+    back[:, 2] -= JAW_DEPTH
+    jb_t, jb_p, jb_o = _param(np.vstack([front, back]))
     skull = _skull_anchors()
-    ctrl = np.vstack([np.column_stack([lm_t, lm_p]), np.column_stack([an_t, an_p]), skull])
-    w = _tps_weights(ctrl, np.concatenate([lm_o, an_o, np.zeros(len(skull))]))
-    head = _surface(grid[:, 0], grid[:, 1], _tps_eval(ctrl, w, grid))
+    ctrl = np.vstack([np.column_stack([lm_t, lm_p]), np.column_stack([an_t, an_p]), np.column_stack([jb_t, jb_p]),
+                      skull[:, :2]])
+    w = _tps_weights(ctrl, np.concatenate([lm_o, an_o, jb_o, skull[:, 2]]))
+    head = _surface(grid[:, 0], grid[:, 1], _tps_eval(ctrl, w, grid)) * np.asarray(scale)
     normals = _normals(head, (N_PHI, N_THETA))
     if np.mean(normals[:, 2] * (head[:, 2] - HEAD_C[2])) < 0:
         normals = -normals
