@@ -576,8 +576,7 @@ def render_face(seed: int, index: int, size: int = CANVAS, without=(), pose: Fra
     shape = face_shape(rng)
     varied = _identity(rng, shape)
     shape = shape if "identity" in without else varied
-    if "smile" not in without:  # its own draws: the rest of the face stays as without it
-        shape = _smile(np.random.default_rng((seed, index, 5)), shape)
+    shape = shape if "smile" in without else _smile(np.random.default_rng((seed, index, 5)), shape)  # own draws
     shape = shape if pose is None else _open_mouth(shape, pose.mouth)
     mouth_open = np.linalg.norm(shape[62, :2] - shape[66, :2]) > 0.012
     yaw = float(np.clip(rng.normal(0, 28), -75, 75))
@@ -590,10 +589,7 @@ def render_face(seed: int, index: int, size: int = CANVAS, without=(), pose: Fra
     R = head_rotation(yaw, pitch, roll)
 
     grid, tris = _grid()
-    # The head is built about the template's proportions (its ellipsoid, anchors and texture space), then scaled
-    # per axis to this face's: a narrower or deeper face gets a narrower or deeper head, not a jaw sunk inside it.
-    scale = _axis_scale(shape)
-    unit = shape / scale
+    unit = shape / (scale := _axis_scale(shape))  # the head at the template's proportions, scaled to this face's
     ctrl, w, head, head_n = _head_surface(rng, unit, scale)
     neck_w = rng.uniform(0.30, 0.40)  # narrower than the jaw: seen from the front, the lower face's outline is the jaw
     body, body_uv, body_tris, shoulder_y = _body(rng, neck_w)
@@ -619,7 +615,6 @@ def render_face(seed: int, index: int, size: int = CANVAS, without=(), pose: Fra
     all_tris = np.vstack([tris, body_tris + len(head)])
     tri, bary, _ = rasterize(verts, all_tris, size, size)
 
-    # Appearance, painted in texture space.
     skin = _mix(SKIN, rng) * rng.uniform(0.9, 1.08, 3).astype(np.float32)
     hair = _mix(HAIR, rng)
     bald = rng.random() < 0.12
@@ -638,7 +633,7 @@ def render_face(seed: int, index: int, size: int = CANVAS, without=(), pose: Fra
         spec[:] = 0
     body_tex = _body_texture(rng, skin, shoulder_y, float(shape[8, 1]))
 
-    # Per pixel: texture look-ups and normals, interpolated over the triangle each pixel sees; then light.
+    # Appearance painted in texture space; per pixel, texture look-ups and normals over its triangle, then light.
     covered = tri >= 0
     head_px = (tri < len(tris))[covered]
     uv_px = interpolate(np.vstack([_uv_head(grid[:, 0], grid[:, 1]), body_uv]), all_tris, tri, bary)
@@ -655,14 +650,13 @@ def render_face(seed: int, index: int, size: int = CANVAS, without=(), pose: Fra
 
     img = _background(rng, size, photographs="backgrounds" not in without)
     img[covered] = shaded
-    style = "long" if long_hair and not bald else ("frizzy" if not bald and rng.random() < 0.15 else "")
-    img = _hair_strands(rng, img, lm, hair, f, style, roll)
+    img = _hair_strands(rng, img, lm, hair, f, "long" if long_hair and not bald else (
+        "frizzy" if not bald and rng.random() < 0.15 else ""), roll)
     img = _glasses_and_occluders(rng, img, shape, project, offset_px, skin, f)
-    camera = "camera" not in without
-    img = _optics(rng, img) if camera else img
+    img = _optics(rng, img) if "camera" not in without else img
     img = cv2.resize(img, (out_size, out_size), interpolation=cv2.INTER_LINEAR)
-    frame = None if pose is None else (seed, index, pose.frame)
-    img = _sensor(rng, img, frame) if camera else (np.clip(img, 0, 1) * 255).astype(np.uint8)
+    img = (_sensor(rng, img, None if pose is None else (seed, index, pose.frame)) if "camera" not in without
+           else (np.clip(img, 0, 1) * 255).astype(np.uint8))
     k = out_size / size  # pixel centres: x_out + 0.5 = (x + 0.5) * k, as cv2.resize maps them
     for pts in (lm, visible):
         pts[:, :2] = (pts[:, :2] + 0.5) * k - 0.5
