@@ -124,7 +124,7 @@ say "installing ${mxnet_req[0]:-the Python dependencies beside the preinstalled 
 pip install -q --upgrade "pip>=23" wheel "setuptools<70"
 pip install -q ${mxnet_req[@]+"${mxnet_req[@]}"} \
   "opencv-python-headless<4.11" pyyaml tensorboardX tensorboard "scipy<1.12" "cython>=3" pytest psutil \
-  tqdm "matplotlib<3.11" pillow \
+  tqdm "matplotlib<3.11" pillow threadpoolctl \
   "onnx==1.14.1" dlib-bin coloredlogs flatbuffers sympy absl-py attrs "protobuf>=4.25.3,<5" "tensorboard<2.21" \
   "scikit-image==0.20.*" "mkdocs==1.6.*"
 # onnxruntime 1.16.3: the last release whose quantizer (int8 exports) works with the onnx 1.14 that

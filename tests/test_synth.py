@@ -1,5 +1,9 @@
 """The procedural face generators: deterministic, posed, labelled in both jaw conventions, and the
 landmarks sit on drawn features; the rasteriser's fast path against its NumPy reference."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -17,6 +21,81 @@ def test_deterministic_per_seed_and_index(style):
     np.testing.assert_array_equal(a.landmarks, b.landmarks)
     assert not np.array_equal(a.landmarks, c.landmarks)
     assert not np.array_equal(render_face(4, 7, style=style).image, a.image)
+
+
+_HASH_FACES = """
+import hashlib, sys
+from facealign.synth import render_face
+print(" ".join(hashlib.sha1(f.image.tobytes() + f.landmarks.tobytes()).hexdigest()[:12]
+               for f in (render_face(3, i) for i in range(int(sys.argv[1])))))
+"""
+
+
+def test_a_face_is_the_same_whatever_the_blas_thread_count():
+    # A threaded BLAS splits its sums by thread count: unheld, 3 of seed 3's first 60 faces differed by a grey
+    # level between 1 and 2 threads (facealign/synth/threads.py).
+    hashes = [subprocess.run([sys.executable, "-c", _HASH_FACES, "60"], capture_output=True, text=True, check=True,
+                             env={**os.environ, "OPENBLAS_NUM_THREADS": threads, "OMP_NUM_THREADS": threads}
+                             ).stdout.split() for threads in ("1", "4")]
+    assert len(hashes[0]) == 60 and hashes[0] == hashes[1]
+
+
+def test_the_template_joins_300w_outline_to_spiga_depth():
+    # derive_template.adapt against what it promises: the outline's inner points land on SPIGA's by a similarity
+    # (SPIGA's own outline rotated, scaled and moved gives SPIGA's face back), any other difference of the
+    # outline (a wider jaw) stays, a half-open mouth is closed to SPIGA's gap, z is SPIGA's.
+    from facealign.synth.derive_template import adapt
+    from facealign.synth.faces import mean_face, open_mouth_by
+
+    spiga = mean_face()
+    a = np.radians(12)
+    rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+
+    def outline(face):
+        return 3.0 * face[:, :2] @ rot.T + [40.0, 70.0]
+
+    np.testing.assert_allclose(adapt(spiga, outline(spiga)), spiga, atol=1e-9)
+    wide = spiga.copy()
+    wide[:17, 0] *= 1.1
+    got = adapt(spiga, outline(wide))
+    np.testing.assert_allclose(got[:17, 0], spiga[:17, 0] * 1.1, atol=1e-9)
+    np.testing.assert_allclose(got[17:], spiga[17:], atol=1e-9)
+    np.testing.assert_array_equal(got[:, 2], spiga[:, 2])
+    opened = spiga.copy()
+    open_mouth_by(opened, 0.05)
+    got = adapt(spiga, outline(opened))
+
+    def gap(t):
+        return t[[65, 66, 67], 1].mean() - t[[61, 62, 63], 1].mean()
+
+    assert gap(outline(opened) / 3.0) > gap(spiga) + 0.04
+    assert abs(gap(got) - gap(spiga)) < 1e-9 and got[30, 0] == 0 and got[30, 1] == 0
+    np.testing.assert_allclose(got[[0, 36, 48], 0], -got[[16, 45, 54], 0], atol=1e-12)
+
+
+def _dlib_serialised(values) -> bytes:
+    """NumPy reference of dlib's serialisation of a 136 x 1 float matrix preceded by the version, as
+    shape_predictor writes it: integers as a sign/length byte and little-endian magnitude, floats as
+    (mantissa, exponent)."""
+    def integer(v: int) -> bytes:
+        mag = abs(int(v)).to_bytes(8, "little").rstrip(b"\0")
+        return bytes([len(mag) | (0x80 if v < 0 else 0)]) + mag
+
+    out = integer(1) + integer(-136) + integer(-1)
+    for v in values:
+        frac, exp = np.frexp(v)
+        out += integer(int(frac * 2 ** 24)) + integer(int(exp) - 24)
+    return out
+
+
+def test_dlib_mean_shape_reads_dlibs_serialisation():
+    from facealign.synth.derive_template import dlib_mean_shape
+
+    values = np.random.default_rng(0).uniform(-0.2, 1.2, 136).astype(np.float32).astype(np.float64)
+    np.testing.assert_array_equal(dlib_mean_shape(_dlib_serialised(values) + b"forests follow"),
+                                  values.reshape(68, 2))
+    with pytest.raises(ValueError, match="not a 68-point dlib shape predictor: version 1, shape 10 x 1"):
+        dlib_mean_shape(_dlib_serialised(values)[:2] + bytes([0x81, 10]) + bytes([0x81, 1]))
 
 
 def test_an_unknown_style_is_refused_by_name():
@@ -102,10 +181,11 @@ def test_the_visible_jaw_moves_only_the_hidden_side_to_the_outline():
 
 
 def test_seen_from_the_front_the_lower_face_is_outlined_by_the_jaw():
-    """A frontal face's outline below the ears is its jaw, as in a photograph: the 3D jaw points lie on it (the
-    visible jaw barely moves them), not inside a head or neck that bulges past them. The head before the fix
-    (an ellipsoid not scaled with the face, a neck wider than the jaw) left them 3.1% of the eye-corner distance
-    inside on average over these faces, 8.3% on the worst row; this one 2.0%."""
+    """A frontal face's outline below the ears is its jaw, as in a photograph: the 3D jaw points 2-14 lie on it
+    (the visible jaw barely moves them), not inside a head or neck that bulges past them. The head before the fix
+    (an ellipsoid not scaled with the face, a neck wider than the jaw) left them 2.6% of the eye-corner distance
+    inside on average over these faces, 8.3% on the worst row; this one 1.6%. (Points 1 and 15 sit at the ears'
+    height, where the skull is the outline: 300-W's mean puts them inside it.)"""
     from facealign.synth.photo import FramePose
     from facealign.synth.photo import render_face as render_posed
 
@@ -113,8 +193,8 @@ def test_seen_from_the_front_the_lower_face_is_outlined_by_the_jaw():
     for i in range(12):
         f = render_posed(5, i, 256, pose=FramePose())
         eye = np.linalg.norm(f.landmarks[45, :2] - f.landmarks[36, :2])
-        gaps.append(np.linalg.norm(f.visible_landmarks[1:16, :2] - f.landmarks[1:16, :2], axis=1) / eye)
-    assert np.mean(gaps) < 0.025, np.mean(gaps, axis=0)
+        gaps.append(np.linalg.norm(f.visible_landmarks[2:15, :2] - f.landmarks[2:15, :2], axis=1) / eye)
+    assert np.mean(gaps) < 0.02, np.mean(gaps, axis=0)
 
 
 def test_a_broad_smile_widens_and_lifts_the_mouth():

@@ -1,7 +1,7 @@
 """Procedural faces with exact 68-point 2D and 3D landmarks: the embedded data for demos and tests.
 
-Each face starts from the 3D mean face in ``mean_face_68.txt`` (derived from
-SPIGA; see ``derive_template.py``), then:
+Each face starts from the 3D mean face in ``mean_face_68.txt`` (300-W's mean outline on
+SPIGA's depth; see ``derive_template.py``), then:
 
 * identity: face width / height / depth, jaw width, eye spacing and size, nose
   length and width, mouth width, small per-point jitter;
@@ -32,6 +32,8 @@ import cv2
 import numpy as np
 
 from facealign.data.pose import head_rotation, mean_face
+
+from .threads import one_blas_thread
 
 CANVAS = 384
 _SHIFT = 4  # cv2 fixed-point bits: sub-pixel vertex positions
@@ -214,6 +216,7 @@ def _occluded(points: np.ndarray, verts: np.ndarray, tris: np.ndarray, margin: f
     return (inside & (z > points[:, None, 2] + margin)).any(axis=1)
 
 
+@one_blas_thread
 def render_face(seed: int, index: int, size: int = CANVAS) -> SyntheticFace:
     """The synthetic face number ``index`` of the set ``seed``."""
     rng = np.random.default_rng((seed, index))

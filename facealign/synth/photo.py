@@ -39,6 +39,7 @@ from facealign.data.pose import head_rotation, mean_face
 
 from .faces import CANVAS, SyntheticFace, face_shape, open_mouth_by
 from .raster import interpolate, rasterize
+from .threads import one_blas_thread
 
 # --- the head surface --------------------------------------------------------------------------
 
@@ -563,6 +564,7 @@ def _open_mouth(shape: np.ndarray, mouth: float) -> np.ndarray:
     return shape
 
 
+@one_blas_thread
 def render_face(seed: int, index: int, size: int = CANVAS, without=(), pose: FramePose | None = None
                 ) -> SyntheticFace:
     """The photographic procedural face number ``index`` of the set ``seed`` (a ``size``-pixel square).
