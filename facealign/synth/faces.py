@@ -1,7 +1,8 @@
 """Procedural faces with exact 68-point 2D and 3D landmarks: the embedded data for demos and tests.
 
-Each face starts from the 3D mean face in ``mean_face_68.txt`` (300-W's mean outline on
-SPIGA's depth; see ``derive_template.py``), then:
+Each face starts from SPIGA's 3D mean face (``mean_face_68_spiga.txt``: this style keeps the first
+template, so its faces stay as they were; the photographic style starts from ``mean_face_68.txt``, 300-W's
+mean outline on SPIGA's depth; see ``derive_template.py``), then:
 
 * identity: face width / height / depth, jaw width, eye spacing and size, nose
   length and width, mouth width, small per-point jitter;
@@ -70,7 +71,7 @@ _INNER_MOUTH = list(range(60, 68))
 @lru_cache(maxsize=1)
 def _mesh() -> np.ndarray:
     """Triangles (T, 3) over the 68 landmarks + extra points, from a Delaunay triangulation of the frontal view."""
-    pts = np.vstack([mean_face(), _extra_points()])
+    pts = np.vstack([mean_face("spiga"), _extra_points()])
     xy = pts[:, :2]
     lo = xy.min(0) - 1
     subdiv = cv2.Subdiv2D((int(math.floor(lo[0] * 100)), int(math.floor(lo[1] * 100)),
@@ -122,9 +123,10 @@ def open_mouth_by(t: np.ndarray, o: float) -> None:
         t[i, 1] += o * w * 0.9
 
 
-def face_shape(rng: np.random.Generator) -> np.ndarray:
-    """Identity and expression applied to the template (canonical frame): 68 3D points."""
-    t = mean_face().copy()
+def face_shape(rng: np.random.Generator, template: str = "300w") -> np.ndarray:
+    """Identity and expression applied to the template (canonical frame; ``mean_face(template)``): 68 3D
+    points."""
+    t = mean_face(template).copy()
     t *= [rng.uniform(0.88, 1.12), rng.uniform(0.9, 1.1), rng.uniform(0.8, 1.2)]
     jaw = np.arange(17)
     t[jaw, 0] *= 1 + rng.uniform(-0.1, 0.1) * np.sin(np.pi * jaw / 16)  # wider or narrower lower face
@@ -220,7 +222,7 @@ def _occluded(points: np.ndarray, verts: np.ndarray, tris: np.ndarray, margin: f
 def render_face(seed: int, index: int, size: int = CANVAS) -> SyntheticFace:
     """The synthetic face number ``index`` of the set ``seed``."""
     rng = np.random.default_rng((seed, index))
-    shape = face_shape(rng)
+    shape = face_shape(rng, "spiga")  # the flat style keeps its first template: its faces stay
     extra = _extra_points()
     yaw = float(np.clip(rng.normal(0, 30), -70, 70))
     pitch = float(rng.uniform(-25, 25))
