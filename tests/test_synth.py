@@ -49,7 +49,7 @@ def test_the_template_joins_300w_outline_to_spiga_depth():
     from facealign.synth.derive_template import adapt
     from facealign.synth.faces import mean_face, open_mouth_by
 
-    spiga = mean_face()
+    spiga = mean_face()  # today's template stands in for SPIGA's: symmetric, so adapt's fixed point
     a = np.radians(12)
     rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
 
@@ -98,6 +98,19 @@ def test_dlib_mean_shape_reads_dlibs_serialisation():
                                   values.reshape(68, 2))
     with pytest.raises(ValueError, match="not a 68-point dlib shape predictor: version 1, shape 10 x 1"):
         dlib_mean_shape(_dlib_serialised(values)[:2] + bytes([0x81, 10]) + bytes([0x81, 1]))
+
+
+def test_derive_template_without_its_sources_is_one_line_and_writes_nothing(tmp_path):
+    from facealign.synth import derive_template
+
+    before = derive_template.OUT.read_bytes()
+    env = {**os.environ, "PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_RETRIES": "0", "PIP_TIMEOUT": "2",
+           "PIP_FIND_LINKS": "", "PIP_NO_INDEX": ""}
+    proc = subprocess.run([sys.executable, "-m", "facealign.synth.derive_template"], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("derive_template: pip could not download spiga==0.0.6")
+    assert derive_template.OUT.read_bytes() == before
 
 
 def test_an_unknown_style_is_refused_by_name():

