@@ -127,7 +127,7 @@ start_munge() {
 start_daemons() {
   local pair="$1"
   if ! pgrep -x slurmctld >/dev/null; then
-    slurmctld -i  # -i: ignore state of a previous run (a fresh cluster)
+    slurmctld -c  # -c: drop the jobs and node states a previous run saved (a fresh cluster)
     say "slurmctld started"
   fi
   if ! pgrep -f "slurmd -N $HOST" >/dev/null; then

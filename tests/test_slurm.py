@@ -105,6 +105,22 @@ def test_launcher_validates_and_renders_without_slurm(data, tmp_path):
     assert local.returncode == 2 and "start 2 or 1 rank(s)" in local.stderr
 
 
+def test_a_cluster_brought_up_again_starts_without_the_jobs_it_had(cluster):
+    # A controller stopped with a job on the node (a machine restart, a killed CI run) saves it; the next "up"
+    # must not bring it back holding the node, or every test after it waits for resources.
+    held = sbatch("--partition=local", "--cpus-per-task=1", "--wrap=sleep 600")
+    assert wait_for(held, states=("RUNNING",), timeout=60)["JobState"] == "RUNNING"
+    subprocess.run(["pkill", "-x", "slurmctld"], check=True)
+    for _ in range(60):
+        if subprocess.run(["pgrep", "-x", "slurmctld"], capture_output=True).returncode != 0:
+            break
+        time.sleep(0.5)
+    proc = subprocess.run(["bash", str(CLUSTER), "up"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout.strip() == ""
+    assert "local* 1 idle" in proc.stdout, proc.stdout
+
+
 def test_train_template_runs_and_chained_eval_reports(cluster, data, tmp_path):
     job = tiny_job(data, tmp_path / "tiny.yaml")
     run_dir = tmp_path / "run"
