@@ -16,7 +16,7 @@ demo-3d: setup
 	$(PY) -m facealign.cli.demo --job jobs/demo-3d.yaml
 
 test: setup
-	$(PY) -m pytest tests
+	bash tests/suite.sh $(PY)
 
 bench: bench-models bench-data bench-train bench-infer bench-precision bench-recipe bench-widths bench-elastic bench-depth bench-photoreal bench-realtime
 
