@@ -416,7 +416,7 @@ def test_a_sweep_runs_as_one_array_and_status_and_hparams_report_every_member(cl
     for r in rows:
         assert r["metric"] == "nme/synth" and 0 < r["best"] < 10 and r["best_step"] is not None
     table = _launch("status", tmp_path / "runs").stdout
-    assert "finished" in table and "01-lr0.001-length6" in table and "tensorboard --logdir" in table
+    assert "finished" in table and "01-lr0.001-length4" in table and "tensorboard --logdir" in table
 
     from tensorboardX.proto import plugin_hparams_pb2
     from tb_events import read_events
