@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make test`: every test, in three pytest runs. The Slurm tests spend most of their time waiting on the
 # scheduler (requeues, lost nodes, KillWait), so they run beside the demo's test, which trains on both cores;
-# then everything else. The same tests as `pytest tests`, about 4 minutes sooner on 2 cores
+# then everything else. The same tests as `pytest tests`, about 5 minutes sooner on 2 cores
 # (docs/getting-started.md). Exit status: 0 when all three passed, else 1.
 #
 #   bash tests/suite.sh .venv/bin/python [pytest options...]
