@@ -108,7 +108,7 @@ def test_launcher_validates_and_renders_without_slurm(data, tmp_path):
 def test_a_cluster_brought_up_again_starts_without_the_jobs_it_had(cluster):
     # A controller stopped with a job on the node (a machine restart, a killed CI run) saves it; the next "up"
     # must not bring it back holding the node, or every test after it waits for resources.
-    held = sbatch("--partition=local", "--cpus-per-task=1", "--wrap=sleep 600")
+    held = sbatch("--partition=local", "--cpus-per-task=1", "--output=/dev/null", "--wrap=sleep 600")
     assert wait_for(held, states=("RUNNING",), timeout=60)["JobState"] == "RUNNING"
     subprocess.run(["pkill", "-x", "slurmctld"], check=True)
     for _ in range(60):
