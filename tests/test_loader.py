@@ -11,7 +11,7 @@ from facealign.data.sampler import ShardedSampler
 from facealign.cli.pack import main as pack_main
 from facealign.data.records import DataError, RecordFile
 from facealign.data.schemes import IBUG68
-from facealign.data.transforms import AugmentConfig, apply
+from facealign.data.transforms import AugmentConfig, apply, photometric, random_convolution
 
 
 @pytest.fixture(scope="module")
@@ -142,3 +142,41 @@ def test_wrong_landmark_count_is_an_error(synth_set):
     with TrainLoader(synth_set, batch_size=4, codec=HeatmapCodec(), cfg=SampleConfig(num_points=98)) as loader:
         with pytest.raises(DataError, match="has 68 landmarks, the job expects 98"):
             next(loader.epoch(0))
+
+
+def _random_convolution_reference(crop, k, weights, alpha):
+    """RandConv written out: a zero-mean 3 -> 3 channel convolution over the reflected crop, each channel brought to
+    the crop's mean and spread, mixed with the crop."""
+    f = crop.astype(np.float64)
+    r = k // 2
+    padded = np.pad(f, ((r, r), (r, r), (0, 0)), mode="symmetric")  # OpenCV's BORDER_REFLECT
+    h, w = crop.shape[:2]
+    out = np.zeros_like(f)
+    for dy in range(k):
+        for dx in range(k):
+            out += np.einsum("hwi,oi->hwo", padded[dy:dy + h, dx:dx + w], weights[:, :, dy, dx])
+    out = (out - out.mean((0, 1))) / (out.std((0, 1)) + 1e-3) * (f.std((0, 1)) + 1e-3) + f.mean((0, 1))
+    return np.clip(alpha * f + (1 - alpha) * out, 0, 255)
+
+
+def test_random_convolution_matches_its_numpy_reference():
+    crop = (np.random.default_rng(1).random((24, 20, 3)) * 255).astype(np.uint8)
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        out = random_convolution(rng, crop)
+        rng = np.random.default_rng(seed)  # the same draws, in the same order
+        k = int(rng.choice((1, 3, 5, 7)))
+        weights = rng.normal(0.0, 1.0 / np.sqrt(k * k * 3), (3, 3, k, k))
+        expected = _random_convolution_reference(crop, k, weights, rng.uniform(0.0, 1.0))
+        assert out.dtype == np.uint8 and out.shape == crop.shape
+        assert np.abs(out.astype(np.float64) - expected).max() <= 1.0, seed  # float32 against float64, truncation
+
+
+def test_greyscale_and_random_convolution_only_when_drawn():
+    crop = (np.random.default_rng(2).random((16, 16, 3)) * 255).astype(np.uint8)
+    grey = photometric(np.random.default_rng(0), crop.copy(), AugmentConfig(grey=1.0))
+    assert (grey[:, :, 0] == grey[:, :, 1]).all() and (grey[:, :, 1] == grey[:, :, 2]).all()
+    assert np.abs(grey[:, :, 0] - crop @ np.array([0.299, 0.587, 0.114])).max() <= 1  # luma
+    changed = photometric(np.random.default_rng(0), crop.copy(), AugmentConfig(randconv=1.0))
+    assert not np.array_equal(changed, crop)
+    assert np.array_equal(photometric(np.random.default_rng(0), crop.copy(), AugmentConfig()), crop)

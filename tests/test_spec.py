@@ -149,7 +149,7 @@ def test_every_job_in_the_repository_builds_its_model(path):
 
 def test_augmentation_fields_arrive_by_name(tmp_path):
     values = {"base_size": 200.0, "rotate": 11.0, "scale_sigma": 0.13, "scale_clip": 0.17, "flip": False,
-              "translate": 0.05, "color": 0.3, "blur": 0.4, "occlusion": 0.6}
+              "translate": 0.05, "color": 0.3, "blur": 0.4, "occlusion": 0.6, "grey": 0.1, "randconv": 0.7}
     assert set(values) == {f for f in AugmentSpec.__dataclass_fields__}  # every field of the schema
     spec = load_job(_write(tmp_path, BASE + "data: {train: [t], val: {a: v}, augment: " + yaml.safe_dump(
         values, default_flow_style=True).strip() + "}\n"))

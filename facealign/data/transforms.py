@@ -103,6 +103,8 @@ class AugmentConfig:
     color: float = 0.0  # brightness / contrast / saturation jitter strength (0..1)
     blur: float = 0.0  # probability of a Gaussian blur (sigma 0.5..1.5 crop pixels)
     occlusion: float = 0.0  # probability of a random occluding rectangle
+    grey: float = 0.0  # probability of a greyscale crop
+    randconv: float = 0.0  # probability of a random convolution (``random_convolution``)
     max_tries: int = 3
 
 
@@ -134,6 +136,10 @@ def photometric(rng: np.random.Generator, crop: np.ndarray, cfg: AugmentConfig) 
         grey = f.mean(axis=2, keepdims=True)
         f = (grey + (f - grey) * sat) * alpha + beta
         crop = np.clip(f, 0, 255).astype(np.uint8)
+    if cfg.grey > 0 and rng.random() < cfg.grey:
+        crop = np.repeat(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)[:, :, None], 3, axis=2)
+    if cfg.randconv > 0 and rng.random() < cfg.randconv:
+        crop = random_convolution(rng, crop)
     if cfg.blur > 0 and rng.random() < cfg.blur:
         crop = cv2.GaussianBlur(crop, (0, 0), rng.uniform(0.5, 1.5))
     if cfg.occlusion > 0 and rng.random() < cfg.occlusion:
@@ -143,6 +149,27 @@ def photometric(rng: np.random.Generator, crop: np.ndarray, cfg: AugmentConfig) 
         crop = crop.copy() if not crop.flags.writeable else crop
         crop[y0:y0 + oh, x0:x0 + ow] = rng.integers(0, 256, 3, dtype=np.uint8)
     return crop
+
+
+RANDCONV_SIZES = (1, 3, 5, 7)
+
+
+def random_convolution(rng: np.random.Generator, crop: np.ndarray) -> np.ndarray:
+    """RandConv (Xu et al., ICLR 2021): the crop through a random 3 -> 3 channel convolution (kernel side from
+    ``RANDCONV_SIZES``, He-normal weights), each output channel matched to the crop's mean and spread, mixed with
+    the crop by a uniform weight. Textures and colours change, shapes stay: the model leans on the face's shape,
+    which is what carries over from procedural faces to photographs."""
+    k = int(rng.choice(RANDCONV_SIZES))
+    weights = rng.normal(0.0, 1.0 / np.sqrt(k * k * 3), (3, 3, k, k)).astype(np.float32)  # out, in, kh, kw
+    f = crop.astype(np.float32)
+    out = np.zeros_like(f)
+    for o in range(3):
+        for i in range(3):
+            out[:, :, o] += cv2.filter2D(f[:, :, i], -1, weights[o, i], borderType=cv2.BORDER_REFLECT)
+    mean, std = f.mean(axis=(0, 1)), f.std(axis=(0, 1)) + 1e-3
+    out = (out - out.mean(axis=(0, 1))) / (out.std(axis=(0, 1)) + 1e-3) * std + mean
+    alpha = rng.uniform(0.0, 1.0)
+    return np.clip(alpha * f + (1 - alpha) * out, 0, 255).astype(np.uint8)
 
 
 # --- framing of packed records and of the crops made from them ------------------------------------

@@ -66,6 +66,9 @@ class AugmentSpec:
     color: float = _f(0.0, "brightness / contrast / saturation jitter strength, 0..1", ge=0, le=1)
     blur: float = _f(0.0, "probability of a Gaussian blur", ge=0, le=1)
     occlusion: float = _f(0.0, "probability of a random occluding rectangle", ge=0, le=1)
+    grey: float = _f(0.0, "probability of a greyscale crop", ge=0, le=1)
+    randconv: float = _f(0.0, "probability of a random convolution of the crop (RandConv: new textures and "
+                              "colours, the same shapes)", ge=0, le=1)
 
 
 @dataclass(frozen=True)
