@@ -157,8 +157,8 @@ RANDCONV_SIZES = (1, 3, 5, 7)
 def random_convolution(rng: np.random.Generator, crop: np.ndarray) -> np.ndarray:
     """RandConv (Xu et al., ICLR 2021): the crop through a random 3 -> 3 channel convolution (kernel side from
     ``RANDCONV_SIZES``, He-normal weights), each output channel matched to the crop's mean and spread, mixed with
-    the crop by a uniform weight. Textures and colours change, shapes stay: the model leans on the face's shape,
-    which is what carries over from procedural faces to photographs."""
+    the crop by a uniform weight. Textures and colours change, shapes stay, so that a model leans on shapes; on
+    our procedural faces it did not help on real photographs (docs/performance.md)."""
     k = int(rng.choice(RANDCONV_SIZES))
     weights = rng.normal(0.0, 1.0 / np.sqrt(k * k * 3), (3, 3, k, k)).astype(np.float32)  # out, in, kh, kw
     f = crop.astype(np.float32)
