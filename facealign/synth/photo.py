@@ -283,8 +283,11 @@ def _paint_head(rng, uv, skin, hair, bald, hairline, long_hair, beard, age, deta
                      1.0, cv2.LINE_AA, 4)
         lips = np.zeros_like(mask)
         cv2.fillPoly(lips, [np.round(uv[48:60] * 16).astype(np.int32)], 1.0, cv2.LINE_AA, 4)
-        mask = _soft(np.clip(mask - cv2.dilate(lips, None, iterations=2), 0, 1), eye_w * 0.15)
-        grain = np.clip(0.6 + 0.5 * pore, 0, 1)
+        mask = np.clip(mask - cv2.dilate(lips, None, iterations=2), 0, 1)
+        # the hull reaches the ears at the eyes' height; a beard grows below the nose's
+        below = np.clip((np.arange(TEX_H, dtype=np.float32) - uv[33, 1] + eye_w * 0.1) / (eye_w * 0.6), 0, 1)
+        mask = _soft(mask * below[:, None], eye_w * 0.15)
+        grain = np.clip(0.8 + 0.25 * pore, 0, 1)
         a = (mask * grain * beard)[..., None]
         albedo = albedo * (1 - a) + (hair * 0.7 + skin * 0.15) * a
 
@@ -341,7 +344,7 @@ def _paint_features(rng, albedo, spec, cavity, uv, skin, hair, gaze, mouth_open)
         ys = (np.arange(y0, y1) - p[:, 1].min()) / max(np.ptp(p[:, 1]), 1)
         eye_img *= (0.7 + 0.3 * np.clip(ys * 2, 0, 1))[:, None, None]  # the lid's shadow on the sclera
         centre = p.mean(0) + gaze * eye_w * [0.25, 0.12] - [x0, y0]
-        r = eye_w * rng.uniform(0.36, 0.44)
+        r = eye_w * rng.uniform(0.19, 0.24)  # an iris is about 0.4 of the eye's width: the white shows beside it
         yy, xx = np.mgrid[0:y1 - y0, 0:x1 - x0].astype(np.float32)
         dist = np.hypot(xx - centre[0], yy - centre[1]) / r
         ang = np.arctan2(yy - centre[1], xx - centre[0])
@@ -362,17 +365,25 @@ def _paint_features(rng, albedo, spec, cavity, uv, skin, hair, gaze, mouth_open)
         crease = p[:4] + [0, -eye_w * rng.uniform(0.2, 0.35)]
         cv2.polylines(cavity, [np.round(crease * 16).astype(np.int32)], False, 0.7, max(1, lw), cv2.LINE_AA, 4)
 
-    # Brows: short hair strokes along the brow line.
+    # Brows: a soft band (the hairs seen together, at a photograph's resolution), short strokes over it.
     brow_c = hair * rng.uniform(0.35, 0.8) if rng.random() < 0.8 else HAIR[rng.integers(3)]
     thick = eye_w * rng.uniform(0.12, 0.26)
+    density = rng.uniform(0.35, 0.8)
     for brow in (list(range(17, 22)), list(range(22, 27))):
         p = uv[brow]
-        for k in range(int(rng.integers(40, 80))):
+        t = np.linspace(0, 1, len(p))[:, None]
+        # thick at the inner end (21, 22), thin at the tail; the points run along the brow's upper edge (iBUG)
+        taper = 0.4 + 0.6 * t if brow[0] == 17 else 1 - 0.6 * t
+        band = np.zeros((TEX_H, TEX_W), np.float32)
+        outline = np.vstack([p, (p + np.array([0.0, 1.0]) * thick * 1.6 * taper)[::-1]])
+        cv2.fillPoly(band, [np.round(outline * 16).astype(np.int32)], 1.0, cv2.LINE_AA, 4)
+        band = (_soft(band, max(thick * 0.35, 0.6)) * density)[..., None]
+        albedo[:] = albedo * (1 - band) + brow_c * band
+        for k in range(int(rng.integers(25, 50))):
             t = rng.uniform(0, len(p) - 1)
             i = min(int(t), len(p) - 2)
             q = p[i] + (p[i + 1] - p[i]) * (t - i)
             along = (p[i + 1] - p[i]) / max(np.linalg.norm(p[i + 1] - p[i]), 1e-6)
-            # thick at the inner end (21, 22), thin at the tail; the points run along the brow's upper edge (iBUG)
             taper = 0.4 + 0.6 * (t / (len(p) - 1)) if brow[0] == 17 else 1 - 0.6 * (t / (len(p) - 1))
             off = q + [0, thick * taper * rng.uniform(0.4, 1.1)]
             d = along * thick * rng.uniform(0.8, 1.6) + [0, -thick * taper * rng.uniform(0.3, 0.6)]
@@ -389,17 +400,27 @@ def _paint_features(rng, albedo, spec, cavity, uv, skin, hair, gaze, mouth_open)
     inner = uv[60:68]
     opening = np.linalg.norm(inner[2] - inner[6])
     if mouth_open and opening > 1.0:
-        cv2.fillPoly(albedo, [np.round(inner * 16).astype(np.int32)], (0.10, 0.03, 0.03), cv2.LINE_AA, 4)
-        if opening > 2:  # the upper teeth: a band under the upper lip, inside the mouth
-            inside = np.zeros((TEX_H, TEX_W), np.float32)
-            cv2.fillPoly(inside, [np.round(inner * 16).astype(np.int32)], 1.0, cv2.LINE_AA, 4)
-            upper = inner[[0, 1, 2, 3, 4]]
-            band = np.vstack([upper, upper[::-1] + [0, min(opening * 0.5, eye_w * 0.2)]])
-            teeth = np.zeros_like(inside)
+        inside = np.zeros((TEX_H, TEX_W), np.float32)
+        cv2.fillPoly(inside, [np.round(inner * 16).astype(np.int32)], 1.0, cv2.LINE_AA, 4)
+        # Teeth: the upper row hangs from the upper lip; on some faces the lower row stands on the lower lip. Toward
+        # the corners they fall into the cheeks' shadow, as in a smile.
+        tooth = eye_w * rng.uniform(0.16, 0.26)
+        teeth = np.zeros_like(inside)
+        rows = [(inner[[0, 1, 2, 3, 4]], tooth)]
+        if rng.random() < 0.5:
+            rows.append((inner[[4, 5, 6, 7, 0]], -tooth * 0.7))
+        for lip, depth in rows:
+            band = np.vstack([lip, lip[::-1] + [0, depth]])
             cv2.fillPoly(teeth, [np.round(band * 16).astype(np.int32)], 1.0, cv2.LINE_AA, 4)
-            a = (inside * teeth)[..., None]
-            albedo[:] = albedo * (1 - a) + np.array([0.8, 0.77, 0.7], np.float32) * a
-        cv2.fillPoly(cavity, [np.round(inner * 16).astype(np.int32)], 0.8, cv2.LINE_AA, 4)
+        half_w = max(np.linalg.norm(inner[4] - inner[0]) / 2, 1.0)
+        across = np.abs(np.arange(TEX_W, dtype=np.float32) - (inner[0, 0] + inner[4, 0]) / 2) / half_w
+        teeth *= np.clip((1 - across) * rng.uniform(1.5, 3.0), 0, 1)[None, :]
+        teeth = (_soft(teeth, 0.7) * inside)[..., None]
+        inside = inside[..., None]
+        dark = np.array([0.12, 0.04, 0.04], np.float32) * rng.uniform(0.5, 1.5)
+        white = np.array([0.86, 0.82, 0.74], np.float32) * rng.uniform(0.7, 1.0)
+        albedo[:] = albedo * (1 - inside) + inside * (dark * (1 - teeth) + white * teeth)
+        np.maximum(cavity, (inside * (0.85 - 0.65 * teeth))[..., 0], out=cavity)
     cv2.polylines(albedo, [np.round(inner[[0, 1, 2, 3, 4]] * 16).astype(np.int32)], False,
                   tuple(float(v) for v in lip_c * 0.45), max(1, int(eye_w * 0.06)), cv2.LINE_AA, 4)
     for a, b in ((31, 32), (35, 34)):  # nostrils
@@ -488,7 +509,8 @@ def _identity(rng, t: np.ndarray) -> np.ndarray:
     for eye in (range(36, 42), range(42, 48)):
         e = list(eye)
         mid = (t[e[0], 1] + t[e[3], 1]) / 2
-        t[e, 1] = mid + (t[e, 1] - mid) * rng.uniform(1.0, 1.4)
+        t[e, 1] = mid + (t[e, 1] - mid) * rng.uniform(0.9, 1.15)  # open as wide as real eyes, on average
+    t[17:27, 1] += rng.uniform(0.0, 0.03)  # brows a little lower: face_shape's expressions raise them on average
     jaw = np.arange(17)
     square = rng.uniform(0.05, 0.3) * np.exp(-((np.abs(jaw - 8) - 2.5) / 1.5) ** 2)  # a rounder, wider chin
     t[jaw, 0] *= 1 + square
@@ -514,7 +536,7 @@ RENDER_SCALE = 1 / 2
 
 # What an ablation can leave out (bench/photoreal.py measures what each buys on real photographs).
 PARTS = ("identity", "detail", "backgrounds", "camera", "smile")
-SMILE_SHARE = 0.35  # faces with a broad smile (``_smile``)
+SMILE_SHARE = 0.45  # faces with a broad smile (``_smile``)
 
 
 @dataclass(frozen=True)
@@ -548,7 +570,7 @@ def _smile(rng, t: np.ndarray) -> np.ndarray:
     for i, w in {48: 1.0, 54: 1.0, 60: 0.9, 64: 0.9, 49: 0.5, 53: 0.5, 59: 0.5, 55: 0.5, 61: 0.4, 63: 0.4}.items():
         t[i, 0] += math.copysign(0.075 * k * w, t[i, 0] - c)
         t[i, 1] -= 0.055 * k * w
-    part = rng.uniform(0.0, 0.05) * k
+    part = rng.uniform(0.03, 0.13) * (0.5 + 0.5 * k)  # lips parted over the teeth
     t[[49, 50, 51, 52, 53, 61, 62, 63], 1] -= part * 0.4
     t[[55, 56, 57, 58, 59, 65, 66, 67], 1] += part * 0.6
     for lower, upper in (((40, 41), (38, 37)), ((46, 47), (44, 43))):
