@@ -325,7 +325,7 @@ def _paint_head(rng, uv, skin, hair, bald, hairline, long_hair, beard, age, deta
 
 
 def _paint_features(rng, albedo, spec, cavity, uv, skin, hair, gaze, mouth_open):
-    """Eyes, brows, lips, nostrils in head texture space (in place)."""
+    """Eyes, brows, then the mouth (``_paint_mouth``) in head texture space (in place)."""
     eye_w = np.linalg.norm(uv[39] - uv[36])
     iris_c = _mix(IRIS, rng)
     lash = np.array([0.05, 0.04, 0.04], np.float32) * rng.uniform(0.6, 1.5)
@@ -390,7 +390,11 @@ def _paint_features(rng, albedo, spec, cavity, uv, skin, hair, gaze, mouth_open)
             cv2.line(albedo, _pt(off), _pt(off + d), tuple(float(v) for v in brow_c * rng.uniform(0.8, 1.2)), 1,
                      cv2.LINE_AA, 4)
 
-    # Lips and mouth.
+    _paint_mouth(rng, albedo, spec, cavity, uv, skin, eye_w, mouth_open)
+
+
+def _paint_mouth(rng, albedo, spec, cavity, uv, skin, eye_w, mouth_open):
+    """Lips, an open mouth's teeth and dark inside, nostrils in head texture space (in place)."""
     lip_c = skin * np.array([0.88, 0.58, 0.58], np.float32) * rng.uniform(0.75, 1.0)
     mask = np.zeros((TEX_H, TEX_W), np.float32)
     cv2.fillPoly(mask, [np.round(uv[48:60] * 16).astype(np.int32)], 1.0, cv2.LINE_AA, 4)
