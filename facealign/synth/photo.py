@@ -222,6 +222,21 @@ def _blob(canvas, centre, axes, value, rng=None, angle=0.0):
                 value, -1, cv2.LINE_AA, 4)
 
 
+def _window(points: np.ndarray, margin: float, align: int = 1) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1): the texture pixels within ``margin`` of the points' box, clipped to the texture, its edges
+    on multiples of ``align``. A feature is painted there alone: with a margin beyond its blur's reach (4 sigma),
+    and aligned to ``_soft``'s 4 x 4 cells where it blurs at a quarter of the resolution, the window gets the pixels
+    the whole texture would."""
+    x0, y0 = np.floor((points.min(0) - margin) / align).astype(int) * align
+    x1, y1 = np.ceil((points.max(0) + margin) / align).astype(int) * align
+    return max(x0, 0), max(y0, 0), min(x1, TEX_W), min(y1, TEX_H)
+
+
+def _poly(points: np.ndarray, origin=(0, 0)) -> np.ndarray:
+    """Points as cv2's fixed-point polygon (shift 4), in a window whose corner is ``origin``."""
+    return np.round(points * 16).astype(np.int32) - 16 * np.asarray(origin, np.int32)
+
+
 def _paint_head(rng, uv, skin, hair, bald, hairline, long_hair, beard, age, detail=True):
     """Albedo (H, W, 3), specular strength and cavity shading in head texture space."""
     albedo = np.empty((TEX_H, TEX_W, 3), np.float32)
@@ -333,9 +348,7 @@ def _paint_features(rng, albedo, spec, cavity, uv, skin, hair, gaze, mouth_open)
         p = uv[eye]
         mask = np.zeros((TEX_H, TEX_W), np.float32)
         cv2.fillPoly(mask, [np.round(p * 16).astype(np.int32)], 1.0, cv2.LINE_AA, 4)
-        x0, y0 = np.floor(p.min(0) - eye_w * 0.3).astype(int)
-        x1, y1 = np.ceil(p.max(0) + eye_w * 0.3).astype(int)
-        x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, TEX_W), min(y1, TEX_H)
+        x0, y0, x1, y1 = _window(p, eye_w * 0.3)
         if x1 - x0 < 2 or y1 - y0 < 2:
             continue
         m = mask[y0:y1, x0:x1, None]
@@ -371,22 +384,26 @@ def _paint_features(rng, albedo, spec, cavity, uv, skin, hair, gaze, mouth_open)
     density = rng.uniform(0.35, 0.8)
     for brow in (list(range(17, 22)), list(range(22, 27))):
         p = uv[brow]
-        t = np.linspace(0, 1, len(p))[:, None]
-        # thick at the inner end (21, 22), thin at the tail; the points run along the brow's upper edge (iBUG)
-        taper = 0.4 + 0.6 * t if brow[0] == 17 else 1 - 0.6 * t
-        band = np.zeros((TEX_H, TEX_W), np.float32)
-        outline = np.vstack([p, (p + np.array([0.0, 1.0]) * thick * 1.6 * taper)[::-1]])
-        cv2.fillPoly(band, [np.round(outline * 16).astype(np.int32)], 1.0, cv2.LINE_AA, 4)
-        band = (_soft(band, max(thick * 0.35, 0.6)) * density)[..., None]
-        albedo[:] = albedo * (1 - band) + brow_c * band
+
+        def taper(along):  # thick at the inner end (21, 22), thin at the tail (``along``: 0 at 17 or 22, 1 at the end)
+            return 0.4 + 0.6 * along if brow[0] == 17 else 1 - 0.6 * along
+
+        # the points run along the brow's upper edge (iBUG): the band hangs below them
+        below = np.array([0.0, 1.0]) * thick * 1.6 * taper(np.linspace(0, 1, len(p))[:, None])
+        outline = np.vstack([p, (p + below)[::-1]])
+        sigma = max(thick * 0.35, 0.6)
+        x0, y0, x1, y1 = _window(outline, 4 * sigma + 8, align=4)
+        band = np.zeros((y1 - y0, x1 - x0), np.float32)
+        cv2.fillPoly(band, [_poly(outline, (x0, y0))], 1.0, cv2.LINE_AA, 4)
+        band = (_soft(band, sigma) * density)[..., None]
+        albedo[y0:y1, x0:x1] = albedo[y0:y1, x0:x1] * (1 - band) + brow_c * band
         for k in range(int(rng.integers(25, 50))):
             t = rng.uniform(0, len(p) - 1)
             i = min(int(t), len(p) - 2)
             q = p[i] + (p[i + 1] - p[i]) * (t - i)
             along = (p[i + 1] - p[i]) / max(np.linalg.norm(p[i + 1] - p[i]), 1e-6)
-            taper = 0.4 + 0.6 * (t / (len(p) - 1)) if brow[0] == 17 else 1 - 0.6 * (t / (len(p) - 1))
-            off = q + [0, thick * taper * rng.uniform(0.4, 1.1)]
-            d = along * thick * rng.uniform(0.8, 1.6) + [0, -thick * taper * rng.uniform(0.3, 0.6)]
+            off = q + [0, thick * taper(t / (len(p) - 1)) * rng.uniform(0.4, 1.1)]
+            d = along * thick * rng.uniform(0.8, 1.6) + [0, -thick * taper(t / (len(p) - 1)) * rng.uniform(0.3, 0.6)]
             cv2.line(albedo, _pt(off), _pt(off + d), tuple(float(v) for v in brow_c * rng.uniform(0.8, 1.2)), 1,
                      cv2.LINE_AA, 4)
 
@@ -404,27 +421,28 @@ def _paint_mouth(rng, albedo, spec, cavity, uv, skin, eye_w, mouth_open):
     inner = uv[60:68]
     opening = np.linalg.norm(inner[2] - inner[6])
     if mouth_open and opening > 1.0:
-        inside = np.zeros((TEX_H, TEX_W), np.float32)
-        cv2.fillPoly(inside, [np.round(inner * 16).astype(np.int32)], 1.0, cv2.LINE_AA, 4)
         # Teeth: the upper row hangs from the upper lip; on some faces the lower row stands on the lower lip. Toward
         # the corners they fall into the cheeks' shadow, as in a smile.
         tooth = eye_w * rng.uniform(0.16, 0.26)
+        x0, y0, x1, y1 = _window(inner, tooth + 5)  # the rows reach a tooth beyond the lips; their blur 2.8 more
+        inside = np.zeros((y1 - y0, x1 - x0), np.float32)
+        cv2.fillPoly(inside, [_poly(inner, (x0, y0))], 1.0, cv2.LINE_AA, 4)
         teeth = np.zeros_like(inside)
         rows = [(inner[[0, 1, 2, 3, 4]], tooth)]
         if rng.random() < 0.5:
             rows.append((inner[[4, 5, 6, 7, 0]], -tooth * 0.7))
         for lip, depth in rows:
-            band = np.vstack([lip, lip[::-1] + [0, depth]])
-            cv2.fillPoly(teeth, [np.round(band * 16).astype(np.int32)], 1.0, cv2.LINE_AA, 4)
+            cv2.fillPoly(teeth, [_poly(np.vstack([lip, lip[::-1] + [0, depth]]), (x0, y0))], 1.0, cv2.LINE_AA, 4)
         half_w = max(np.linalg.norm(inner[4] - inner[0]) / 2, 1.0)
-        across = np.abs(np.arange(TEX_W, dtype=np.float32) - (inner[0, 0] + inner[4, 0]) / 2) / half_w
+        across = np.abs(np.arange(x0, x1, dtype=np.float32) - (inner[0, 0] + inner[4, 0]) / 2) / half_w
         teeth *= np.clip((1 - across) * rng.uniform(1.5, 3.0), 0, 1)[None, :]
         teeth = (_soft(teeth, 0.7) * inside)[..., None]
         inside = inside[..., None]
         dark = np.array([0.12, 0.04, 0.04], np.float32) * rng.uniform(0.5, 1.5)
         white = np.array([0.86, 0.82, 0.74], np.float32) * rng.uniform(0.7, 1.0)
-        albedo[:] = albedo * (1 - inside) + inside * (dark * (1 - teeth) + white * teeth)
-        np.maximum(cavity, (inside * (0.85 - 0.65 * teeth))[..., 0], out=cavity)
+        region = albedo[y0:y1, x0:x1]
+        region[:] = region * (1 - inside) + inside * (dark * (1 - teeth) + white * teeth)
+        np.maximum(cavity[y0:y1, x0:x1], (inside * (0.85 - 0.65 * teeth))[..., 0], out=cavity[y0:y1, x0:x1])
     cv2.polylines(albedo, [np.round(inner[[0, 1, 2, 3, 4]] * 16).astype(np.int32)], False,
                   tuple(float(v) for v in lip_c * 0.45), max(1, int(eye_w * 0.06)), cv2.LINE_AA, 4)
     for a, b in ((31, 32), (35, 34)):  # nostrils
