@@ -381,12 +381,14 @@ def _paint_features(rng, albedo, spec, cavity, uv, skin, hair, gaze, mouth_open)
     # Brows: a soft band (the hairs seen together, at a photograph's resolution), short strokes over it.
     brow_c = hair * rng.uniform(0.35, 0.8) if rng.random() < 0.8 else HAIR[rng.integers(3)]
     thick = eye_w * rng.uniform(0.12, 0.26)
-    density = rng.uniform(0.35, 0.8)
+    density = rng.uniform(0.55, 0.9)
     for brow in (list(range(17, 22)), list(range(22, 27))):
         p = uv[brow]
 
-        def taper(along):  # thick at the inner end (21, 22), thin at the tail (``along``: 0 at 17 or 22, 1 at the end)
-            return 0.4 + 0.6 * along if brow[0] == 17 else 1 - 0.6 * along
+        # thick at the inner end (21, 22), a third thinner at the tail (``along``: 0 at 17 or 22, 1 at the end): a
+        # tail thinned to 0.4 faded at 64 pixels, and models placed real brows' ends worse (docs/performance.md)
+        def taper(along):
+            return 0.65 + 0.35 * along if brow[0] == 17 else 1 - 0.35 * along
 
         # the points run along the brow's upper edge (iBUG): the band hangs below them
         below = np.array([0.0, 1.0]) * thick * 1.6 * taper(np.linspace(0, 1, len(p))[:, None])
