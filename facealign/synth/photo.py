@@ -346,12 +346,12 @@ def _paint_features(rng, albedo, spec, cavity, uv, skin, hair, gaze, mouth_open)
     lash = np.array([0.05, 0.04, 0.04], np.float32) * rng.uniform(0.6, 1.5)
     for eye in (list(range(36, 42)), list(range(42, 48))):
         p = uv[eye]
-        mask = np.zeros((TEX_H, TEX_W), np.float32)
-        cv2.fillPoly(mask, [np.round(p * 16).astype(np.int32)], 1.0, cv2.LINE_AA, 4)
         x0, y0, x1, y1 = _window(p, eye_w * 0.3)
         if x1 - x0 < 2 or y1 - y0 < 2:
             continue
-        m = mask[y0:y1, x0:x1, None]
+        m = np.zeros((y1 - y0, x1 - x0), np.float32)
+        cv2.fillPoly(m, [_poly(p, (x0, y0))], 1.0, cv2.LINE_AA, 4)
+        m = m[..., None]
         eye_img = np.empty((y1 - y0, x1 - x0, 3), np.float32)
         eye_img[:] = np.array([0.92, 0.89, 0.86], np.float32) * rng.uniform(0.9, 1.05)
         ys = (np.arange(y0, y1) - p[:, 1].min()) / max(np.ptp(p[:, 1]), 1)
@@ -404,8 +404,9 @@ def _paint_features(rng, albedo, spec, cavity, uv, skin, hair, gaze, mouth_open)
             i = min(int(t), len(p) - 2)
             q = p[i] + (p[i + 1] - p[i]) * (t - i)
             along = (p[i + 1] - p[i]) / max(np.linalg.norm(p[i + 1] - p[i]), 1e-6)
-            off = q + [0, thick * taper(t / (len(p) - 1)) * rng.uniform(0.4, 1.1)]
-            d = along * thick * rng.uniform(0.8, 1.6) + [0, -thick * taper(t / (len(p) - 1)) * rng.uniform(0.3, 0.6)]
+            width = thick * taper(t / (len(p) - 1))
+            off = q + [0, width * rng.uniform(0.4, 1.1)]
+            d = along * thick * rng.uniform(0.8, 1.6) + [0, -width * rng.uniform(0.3, 0.6)]
             cv2.line(albedo, _pt(off), _pt(off + d), tuple(float(v) for v in brow_c * rng.uniform(0.8, 1.2)), 1,
                      cv2.LINE_AA, 4)
 
