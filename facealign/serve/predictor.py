@@ -26,8 +26,8 @@ from facealign.serve import loading
 from facealign.runs.artifact import ModelInfo
 from facealign.data.codec import HeatmapCodec
 from facealign.data.schemes import get_scheme
-from facealign.data.transforms import box_crop, warp
-from facealign.evaluation.scoring import predict_crops
+from facealign.data.transforms import box_crop
+from facealign.evaluation.scoring import check_scales, predict_images
 
 
 @dataclass
@@ -77,18 +77,21 @@ class Predictor:
 
     ``backend``: a crops -> heatmaps callable (facealign.evaluation.backends); ``info``: the model's
     facts (facealign.runs.artifact.ModelInfo). ``flip``: average the heatmaps of the crop and of
-    its mirror image (re-labelled by the landmark scheme) before decoding. ``refine``: after
+    its mirror image (re-labelled by the landmark scheme) before decoding. ``scales``: crop each face at
+    these framings too (1.2: a crop 1.2 times as wide; ``facealign.evaluation.scoring.TTA_SCALES``) and
+    average the landmarks (the multi-scale test: slower by their number, steadier). ``refine``: after
     the first pass, crop again around the predicted landmarks that many times (a detector's
     box is framed differently from the landmark boxes the model was trained on).
     ``decode``: ``subpixel`` or ``reference`` (integer argmax after up-sampling).
     ``min_box_score``: drop the detector's boxes scoring below it (given boxes are kept).
     """
 
-    def __init__(self, backend, info: ModelInfo, *, detector=None, flip: bool = False, refine: int = 1,
-                 decode: str = "subpixel", batch_size: int = 8, min_box_score: float | None = None):
+    def __init__(self, backend, info: ModelInfo, *, detector=None, flip: bool = False, scales=(1.0,),
+                 refine: int = 1, decode: str = "subpixel", batch_size: int = 8, min_box_score: float | None = None):
         self.backend, self.info = backend, info
         self.detector, self.min_box_score = detector, min_box_score
         self.flip, self.refine, self.batch_size = flip, refine, batch_size
+        self.scales = check_scales(scales)
         self.codec = HeatmapCodec(info.input_size, info.heatmap_size, sigma=info.sigma, decode_mode=decode)
         self.scheme = get_scheme(info.scheme)
 
@@ -167,12 +170,11 @@ class Predictor:
         return out
 
     def _predict_crops(self, images, owner, transforms):
-        k, s, z = self.info.num_landmarks, self.info.input_size, self.info.predicts_z
+        k, z = self.info.num_landmarks, self.info.predicts_z
         if not transforms:
             return np.zeros((0, k, 3 if z else 2), np.float32), np.zeros((0, k), np.float32)
-        crops = np.stack([warp(images[i], M, s) for i, M in zip(owner, transforms)])
-        pts, scores, _ = predict_crops(self.backend, crops, transforms, self.codec, batch_size=self.batch_size,
-                                       flip_perm=self.scheme.flip if self.flip else None, depth=z)
+        pts, scores, _ = predict_images(self.backend, images, owner, transforms, self.codec, batch_size=self.batch_size,
+                                        scales=self.scales, flip_perm=self.scheme.flip if self.flip else None, depth=z)
         return pts.astype(np.float32), scores.astype(np.float32)
 
 
