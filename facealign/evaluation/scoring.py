@@ -183,7 +183,7 @@ def predict_images(backend, images, owner, transforms, codec: HeatmapCodec, *, b
                    flip_perm=None, pad: bool = False, depth: bool = False):
     """``predict_crops`` from the images themselves: face i is cropped from ``images[owner[i]]`` through
     ``transforms[i]`` at each of ``scales`` and its landmarks (and peak scores) are averaged over the scales,
-    in source pixels. Returns (landmarks, scores, the first scale's heatmaps)."""
+    in source pixels. Returns (landmarks, scores, the heatmaps of the scale nearest 1: the model's framing)."""
     size, n, scales = codec.input_size, len(transforms), check_scales(scales)
     every = [rescaled(M, size, k) if k != 1.0 else M for k in scales for M in transforms]
     crops = np.stack([warp(images[owner[i % n]], M, size) for i, M in enumerate(every)]) if n else \
@@ -192,7 +192,9 @@ def predict_images(backend, images, owner, transforms, codec: HeatmapCodec, *, b
                                   depth=depth)
     if len(scales) == 1 or not n:
         return pts, peak, hm
-    return (pts.reshape(len(scales), n, *pts.shape[1:]).mean(0), peak.reshape(len(scales), n, -1).mean(0), hm[:n])
+    nearest = int(np.argmin([abs(k - 1.0) for k in scales]))
+    return (pts.reshape(len(scales), n, *pts.shape[1:]).mean(0), peak.reshape(len(scales), n, -1).mean(0),
+            hm[nearest * n:(nearest + 1) * n])
 
 
 # --- protocols: record -> crop, transform, truth --------------------------------------------------------
