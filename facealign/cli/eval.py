@@ -33,7 +33,7 @@ Protocols (facealign.evaluation.scoring):
              framing, no quantisation, --decode subpixel (default), dark or reference; --flip averages
              with the mirrored crop; --scales 0.9,1,1.1 averages the landmarks of crops 0.9, 1 and 1.1
              times as wide (the multi-scale test); --scales tta: the seven chosen on the development
-             set, with --flip (14 network passes a face: about a point and a half lower there).
+             set, with --flip (14 network passes a face: 0.75 to 1.7 points lower there).
   train      a run's own validation protocol as its checkpoint recorded it (crop, decoding, sets,
              batch, sample limit): reproduces the validation NME the trainer logged.
   both       reference and standard (the default); all: the three.

@@ -19,7 +19,7 @@ from facealign.runs.layout import EVAL_DIR, TB_DIR
 from facealign.evaluation.figures import ced_figure, save_figure
 from facealign.evaluation.metrics import NORMALISATIONS, primary_norm
 from facealign.evaluation.scoring import Protocol, check_records, reference_protocol, score, yaw_bin_masks
-from facealign.evaluation.tables import format_comparison, format_table, summarise, test_time
+from facealign.evaluation.tables import augmentation_label, format_comparison, format_table, summarise
 from facealign.runs import checkpoint_format
 from facealign.runs.artifact import legacy_validation_record
 
@@ -134,7 +134,7 @@ def score_one(source, backend, args: EvalOptions, job: tuple, out: Path, tb, eva
     records = RecordSet([prefix])
     check_records(records, info, set_name)
     n = len(records) if limit is None else min(len(records), limit)
-    label = f"{set_name} ({protocol.name}{test_time({'flip': flip, 'scales': scales})})"
+    label = f"{set_name} ({protocol.name}{augmentation_label({'flip': flip, 'scales': scales})})"
     with tqdm(total=n, desc=f"[eval] {label}", unit="face", file=sys.stderr,
               disable=args.quiet or not sys.stderr.isatty()) as bar:
         result = score(backend, info, records, protocol, set_name=set_name, indices=range(n),

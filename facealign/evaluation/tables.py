@@ -10,7 +10,7 @@ from facealign.evaluation.scoring import yaw_bins
 THRESHOLDS = (0.08, 0.10)
 
 
-def test_time(entry: dict) -> str:
+def augmentation_label(entry: dict) -> str:
     """The test-time augmentation of a report's entry, as its label's suffix: '', ' + flip', ' + flip + 7 scales'."""
     scales = entry.get("scales") or [1.0]
     return (" + flip" if entry["flip"] else "") + (f" + {len(scales)} scales" if list(scales) != [1.0] else "")
@@ -46,7 +46,7 @@ def format_table(report: dict) -> str:
     for entry in report["results"]:
         for norm, row in entry["by_norm"].items():
             primary = " **" if norm == report["primary_norm"] else ""
-            lines.append(f"| {entry['set']} | {entry['protocol']}{test_time(entry)} | {norm}{primary}"
+            lines.append(f"| {entry['set']} | {entry['protocol']}{augmentation_label(entry)} | {norm}{primary}"
                          f" | {100 * row['nme']:.3f} | " + " | ".join(f"{row[c]:.4f}" for c in cols[1:])
                          + f" | {entry['images']} | {entry['images_per_s']:.1f} |")
     lines.append("")
@@ -62,7 +62,7 @@ def format_table(report: dict) -> str:
         for e in yawed:
             cells = [f"{100 * e['by_yaw'][norm][b]['nme']:.3f} ({e['by_yaw'][norm][b]['images']})"
                      if e["by_yaw"][norm][b]["nme"] is not None else "– (0)" for b in bins]
-            lines.append(f"| {e['set']} | {e['protocol']}{test_time(e)} | " + " | ".join(cells)
+            lines.append(f"| {e['set']} | {e['protocol']}{augmentation_label(e)} | " + " | ".join(cells)
                          + f" | {100 * e['by_yaw'][norm]['balanced']['nme']:.3f} | {100 * e['by_norm'][norm]['nme']:.3f} |")
     lines += format_depth(report)
     return "\n".join(lines)
@@ -80,7 +80,7 @@ def format_depth(report: dict) -> list[str]:
         bins = d["nme_3d"]["by_yaw"] or {}
         cells = ", ".join(f"{b}: {100 * v['nme']:.2f} / {100 * d['z']['by_yaw'][b]['nme']:.2f}"
                           for b, v in bins.items() if b != "balanced" and v["nme"] is not None) or "–"
-        lines.append(f"| {e['set']} | {e['protocol']}{test_time(e)} | {100 * d['nme_3d']['nme']:.3f} "
+        lines.append(f"| {e['set']} | {e['protocol']}{augmentation_label(e)} | {100 * d['nme_3d']['nme']:.3f} "
                      f"| {100 * d['z']['nme']:.3f} | {cells} |")
     return lines
 
@@ -92,7 +92,7 @@ def format_comparison(reports: list[dict]) -> str:
         for entry in report["results"]:
             norm = report["primary_norm"]
             row = entry["by_norm"][norm]
-            lines.append(f"| {report['label']} | {entry['set']} | {entry['protocol']}{test_time(entry)}"
+            lines.append(f"| {report['label']} | {entry['set']} | {entry['protocol']}{augmentation_label(entry)}"
                          f" | {norm} | {100 * row['nme']:.3f} | {row['auc@0.10']:.4f} | {row['failure@0.10']:.4f} "
                          f"| {entry['images']} |")
     return "\n".join(lines)
