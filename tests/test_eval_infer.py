@@ -363,6 +363,8 @@ def test_eval_and_infer_take_the_multiscale_test(trained_run, synth_sets, menpo_
     assert entry["flip"] and entry["scales"] == list(scoring.TTA_SCALES)
     assert "synth (standard + flip + 7 scales)" in proc.stdout
     assert (tmp_path / "eval" / "predictions_synth_standard_flip_scales7.json").is_file()
+    proc = run_cli("facealign-eval", trained_run, "--protocol", "train", "--scales", "tta", "--out", tmp_path / "t")
+    assert proc.returncode == 2 and "--scales is a test of the standard protocol" in proc.stderr, proc.stderr
     for bad, said in (("0.9,wide", "expected 'tta' or numbers"), ("0.9,9", "0.25 to 4.0")):
         proc = run_cli("facealign-eval", trained_run, "--data", synth_sets / "val", "--scales", bad,
                        "--out", tmp_path / "bad")

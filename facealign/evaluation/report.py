@@ -67,6 +67,8 @@ def plan(source, args: EvalOptions, sets: dict, margins: dict) -> list[tuple]:
             raise UsageError(f"{source.path}: the reference protocol needs 68-point models, {info.name} predicts "
                              f"{info.num_landmarks}")
         wanted = tuple(w for w in wanted if w != "reference")
+    if args.scales != (1.0,) and "standard" not in wanted:  # said, not silently ignored
+        raise UsageError(f"--scales is a test of the standard protocol; --protocol {args.protocol} does not run it")
     dims = {"2d": 2, "3d": 3}.get(args.landmark_type, info.landmark_dims)
     jobs = []
     for name in wanted:
